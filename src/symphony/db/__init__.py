@@ -1,0 +1,62 @@
+"""The database boundary: the only package that talks to PostgreSQL.
+
+Everything else uses this API — `Database.transaction(Role.X)`, `Database.fetch_all(...)`
+with a query *name*, `Database.listen(...)` — and receives sanitized `SymphonyError`s.
+"""
+
+from __future__ import annotations
+
+from symphony.db.bootstrap import BootstrapResult, bootstrap
+from symphony.db.config import DatabaseSettings
+from symphony.db.database import Database, Listener, Row, Transaction, check_role
+from symphony.db.error import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    IdempotencyConflictError,
+    InvalidRequestError,
+    InvariantViolationError,
+    LeaseFencedError,
+    MigrationError,
+    PermissionDeniedError,
+    QueryTimeoutError,
+    RoleError,
+    SymphonyError,
+    UnsupportedServerError,
+)
+from symphony.db.migration import MigrationReport, migrate, pending_migrations
+from symphony.db.role import Principal, Role
+from symphony.db.server import EmbeddedServer, Endpoint, resolve_endpoint
+
+PENDING_CHANNEL = "symphony_outbox_pending"
+
+__all__ = [
+    "PENDING_CHANNEL",
+    "BootstrapResult",
+    "ConfigurationError",
+    "Database",
+    "DatabaseSettings",
+    "DatabaseUnavailableError",
+    "EmbeddedServer",
+    "Endpoint",
+    "IdempotencyConflictError",
+    "InvalidRequestError",
+    "InvariantViolationError",
+    "LeaseFencedError",
+    "Listener",
+    "MigrationError",
+    "MigrationReport",
+    "PermissionDeniedError",
+    "Principal",
+    "QueryTimeoutError",
+    "Role",
+    "RoleError",
+    "Row",
+    "SymphonyError",
+    "Transaction",
+    "UnsupportedServerError",
+    "bootstrap",
+    "check_role",
+    "migrate",
+    "pending_migrations",
+    "resolve_endpoint",
+]

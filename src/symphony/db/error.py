@@ -1,0 +1,280 @@
+"""Errors that leave the database boundary, and the translation of driver errors into them.
+
+A driver error can carry SQL text, table names and parameter values; none of that may reach a
+client or a log line read by someone without access to the database. Every failure therefore
+leaves `symphony.db` as a `SymphonyError` with:
+
+* a stable public `code` and a fixed public message chosen here, never copied from the server;
+* the `sqlstate`, an `incident_id` that ties the public error to the full detail in the log,
+  and a `context` label naming the operation;
+* the original exception as `__cause__`, for code that must look deeper (tests, debugging).
+
+Translation is by SQLSTATE and constraint name only, never by message text.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import ClassVar
+
+import psycopg
+import psycopg_pool
+from psycopg import errors as pg_errors
+
+log = logging.getLogger("symphony.db")
+
+
+class SymphonyError(Exception):
+    """Base of every error raised by Symphony. The message is safe to show to a client."""
+
+    default_code: ClassVar[str] = "INTERNAL_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        sqlstate: str | None = None,
+        context: str = "",
+        incident_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.sqlstate = sqlstate
+        self.context = context
+        self.incident_id = incident_id or uuid.uuid4().hex
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message} (incident {self.incident_id})"
+
+    def as_dict(self) -> dict[str, str | None]:
+        """The public, machine-readable form (for `--json` output and API bodies)."""
+        return {
+            "code": self.code,
+            "message": self.message,
+            "sqlstate": self.sqlstate,
+            "context": self.context,
+            "incident_id": self.incident_id,
+        }
+
+
+class ConfigurationError(SymphonyError):
+    """A setting is missing or malformed; the process should not start."""
+
+    default_code = "CONFIGURATION_ERROR"
+
+
+class DatabaseUnavailableError(SymphonyError):
+    """The server cannot be reached, or the connection broke."""
+
+    default_code = "DATABASE_UNAVAILABLE"
+
+
+class UnsupportedServerError(SymphonyError):
+    """The server is older than PostgreSQL 16."""
+
+    default_code = "UNSUPPORTED_SERVER"
+
+
+class MigrationError(SymphonyError):
+    """A migration cannot be applied, or an applied one was changed."""
+
+    default_code = "MIGRATION_ERROR"
+
+
+class RoleError(SymphonyError):
+    """Unknown role, nested transaction, or a connection whose role could not be verified."""
+
+    default_code = "ROLE_ERROR"
+
+
+class PermissionDeniedError(SymphonyError):
+    """The role lacks the privilege (42501) — the least-privilege design doing its job."""
+
+    default_code = "PERMISSION_DENIED"
+
+
+class InvalidRequestError(SymphonyError):
+    """The database refused the input (validation in the outbox functions)."""
+
+    default_code = "INVALID_REQUEST"
+
+
+class IdempotencyConflictError(SymphonyError):
+    """An idempotency key was reused with a different request (I1)."""
+
+    default_code = "IDEMPOTENCY_KEY_REUSED"
+
+
+class LeaseFencedError(SymphonyError):
+    """A completion was attempted with a stale or foreign lease token (I9)."""
+
+    default_code = "LEASE_NOT_HELD"
+
+
+class InvariantViolationError(SymphonyError):
+    """A ledger rule refused a write: append-only, legal transitions, one terminal row."""
+
+    default_code = "INVARIANT_VIOLATION"
+
+
+class QueryTimeoutError(SymphonyError):
+    """A statement ran past its timeout and was cancelled."""
+
+    default_code = "QUERY_TIMEOUT"
+
+
+@dataclass(frozen=True, slots=True)
+class _Mapping:
+    kind: type[SymphonyError]
+    code: str
+    message: str
+
+
+# SQLSTATEs of class SY are raised by this product's own SQL (see the migrations).
+_BY_SQLSTATE: dict[str, _Mapping] = {
+    "SY011": _Mapping(InvalidRequestError, "INVALID_INSTRUCTION_ID",
+                      "instruction_id must be 1-128 letters, digits, '.', '_', ':' or '-'"),
+    "SY012": _Mapping(InvalidRequestError, "INVALID_IDEMPOTENCY_KEY",
+                      "idempotency_key must be 1-255 printable ASCII characters"),
+    "SY013": _Mapping(InvalidRequestError, "INVALID_PARTICIPANT_ID",
+                      "participant_id must be 1-64 letters, digits, '.', '_', ':' or '-'"),
+    "SY014": _Mapping(InvalidRequestError, "UNKNOWN_RAIL_TYPE",
+                      "rail_type is not a known, enabled payment rail"),
+    "SY015": _Mapping(InvalidRequestError, "INVALID_PAYLOAD", "payload must be a JSON object"),
+    "SY016": _Mapping(InvalidRequestError, "INVALID_AMOUNT",
+                      "payload.amount must be a positive decimal with at most 8 decimals"),
+    "SY017": _Mapping(InvalidRequestError, "INVALID_CURRENCY",
+                      "payload.currency must be a 3-letter ISO 4217 code"),
+    "SY018": _Mapping(InvalidRequestError, "INVALID_DESTINATION",
+                      "payload.destination must be a non-empty string of at most 256 characters"),
+    "SY019": _Mapping(InvalidRequestError, "PAYLOAD_TOO_LARGE",
+                      "payload must be at most 16384 bytes"),
+    "SY020": _Mapping(InvalidRequestError, "INVALID_WORKER_ID",
+                      "worker_id must be 1-128 characters"),
+    "SY021": _Mapping(InvalidRequestError, "INVALID_BATCH_SIZE",
+                      "batch size or limit is out of range"),
+    "SY022": _Mapping(InvalidRequestError, "INVALID_LEASE",
+                      "lease must be between 1 and 86400 seconds"),
+    "SY023": _Mapping(InvalidRequestError, "INVALID_COMPLETION_BATCH",
+                      "every completion argument must have one element per item"),
+    "SY024": _Mapping(InvalidRequestError, "INVALID_OUTCOME",
+                      "a completion needs an outbox_id, a lease token and an outcome of "
+                      "DISPATCHED, RETRYABLE or FAILED"),
+    "SY025": _Mapping(InvalidRequestError, "DUPLICATE_COMPLETION",
+                      "an item may be completed once per batch"),
+    "SY100": _Mapping(IdempotencyConflictError, "IDEMPOTENCY_KEY_REUSED",
+                      "the idempotency key was already used with a different request"),
+    "SY200": _Mapping(LeaseFencedError, "LEASE_NOT_HELD",
+                      "the lease on this outbox item is no longer held by the caller"),
+    "SY300": _Mapping(InvariantViolationError, "ILLEGAL_TRANSITION",
+                      "the ledger refused an illegal state transition"),
+    "SY301": _Mapping(InvariantViolationError, "ATTEMPT_SEQUENCE_VIOLATION",
+                      "attempt numbers must continue without gaps and never decrease"),
+    "SY302": _Mapping(InvariantViolationError, "PENDING_LEDGER_MISMATCH",
+                      "an item must be pending exactly while it has no terminal ledger row"),
+    "SY303": _Mapping(InvariantViolationError, "ITEM_IDENTITY_CHANGED",
+                      "a pending item keeps its identity"),
+    "P0001": _Mapping(InvariantViolationError, "HISTORY_IS_APPEND_ONLY",
+                      "the history is append-only: rows cannot be changed or removed"),
+    "42501": _Mapping(PermissionDeniedError, "PERMISSION_DENIED",
+                      "the role is not allowed to perform this operation"),
+    "57014": _Mapping(QueryTimeoutError, "QUERY_TIMEOUT",
+                      "the database operation took too long and was cancelled"),
+    "55P03": _Mapping(QueryTimeoutError, "LOCK_TIMEOUT",
+                      "the database operation waited too long for a lock"),
+    "25P03": _Mapping(QueryTimeoutError, "IDLE_IN_TRANSACTION_TIMEOUT",
+                      "the transaction stayed idle too long and was ended"),
+    "28P01": _Mapping(DatabaseUnavailableError, "AUTHENTICATION_FAILED",
+                      "the database refused the service's credentials"),
+    "28000": _Mapping(DatabaseUnavailableError, "AUTHENTICATION_FAILED",
+                      "the database refused the service's credentials"),
+}
+
+# Unique violations are told apart by the constraint (index) that fired.
+_BY_CONSTRAINT: dict[str, _Mapping] = {
+    "payment_outbox_attempts_one_dispatched_idx": _Mapping(
+        InvariantViolationError, "DUPLICATE_DISPATCHED",
+        "an outbox item can be dispatched only once"),
+    "payment_outbox_attempts_one_terminal_idx": _Mapping(
+        InvariantViolationError, "DUPLICATE_TERMINAL",
+        "an outbox item can reach a terminal state only once"),
+    "payment_outbox_attempts_outbox_attempt_no_key": _Mapping(
+        InvariantViolationError, "ATTEMPT_SEQUENCE_VIOLATION",
+        "attempt numbers must continue without gaps and never decrease"),
+    "payment_outbox_pending_pkey": _Mapping(
+        InvariantViolationError, "DUPLICATE_PENDING",
+        "an outbox item can be pending only once"),
+    "payment_outbox_attempts_append_only": _Mapping(
+        InvariantViolationError, "HISTORY_IS_APPEND_ONLY",
+        "the attempt ledger is append-only: rows cannot be changed or removed"),
+    "payment_instruction_registry_append_only": _Mapping(
+        InvariantViolationError, "HISTORY_IS_APPEND_ONLY",
+        "the idempotency registry is append-only: rows cannot be changed or removed"),
+}
+
+_CONNECTION_CLASSES = ("08", "57P")
+
+
+def translate(exc: BaseException, context: str) -> SymphonyError:
+    """Turn a driver (or pool) exception into a sanitized `SymphonyError`.
+
+    The full detail — message, SQLSTATE, constraint, server detail — is logged under the
+    incident id; the returned error carries only the fixed public text.
+    """
+    if isinstance(exc, SymphonyError):
+        return exc
+    incident_id = uuid.uuid4().hex
+    sqlstate: str | None = None
+    constraint: str | None = None
+    if isinstance(exc, psycopg.Error):
+        sqlstate = exc.sqlstate
+        diag = exc.diag
+        constraint = diag.constraint_name
+    mapping = (_BY_CONSTRAINT.get(constraint) if constraint else None) or (
+        _BY_SQLSTATE.get(sqlstate) if sqlstate else None
+    )
+    if mapping is None:
+        mapping = _fallback(exc, sqlstate)
+    level = logging.WARNING if mapping.kind in _EXPECTED else logging.ERROR
+    log.log(
+        level,
+        "database error: incident=%s context=%s sqlstate=%s constraint=%s type=%s detail=%s",
+        incident_id, context, sqlstate, constraint, type(exc).__name__, exc,
+    )
+    err = mapping.kind(
+        mapping.message,
+        code=mapping.code,
+        sqlstate=sqlstate,
+        context=context,
+        incident_id=incident_id,
+    )
+    err.__cause__ = exc
+    return err
+
+
+_EXPECTED: frozenset[type[SymphonyError]] = frozenset(
+    {InvalidRequestError, IdempotencyConflictError, LeaseFencedError, PermissionDeniedError}
+)
+
+
+def _fallback(exc: BaseException, sqlstate: str | None) -> _Mapping:
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return _Mapping(DatabaseUnavailableError, "POOL_EXHAUSTED",
+                        "no database connection became free in time")
+    if sqlstate is not None and sqlstate.startswith(_CONNECTION_CLASSES):
+        return _Mapping(DatabaseUnavailableError, "DATABASE_UNAVAILABLE",
+                        "the database connection failed")
+    if isinstance(exc, pg_errors.IntegrityError):
+        return _Mapping(InvariantViolationError, "INTEGRITY_VIOLATION",
+                        "the database refused a write that breaks an integrity rule")
+    if isinstance(exc, pg_errors.DataError):
+        return _Mapping(InvalidRequestError, "INVALID_DATA",
+                        "the database refused a value of the wrong type or range")
+    if isinstance(exc, (psycopg.OperationalError, OSError)) and sqlstate is None:
+        return _Mapping(DatabaseUnavailableError, "DATABASE_UNAVAILABLE",
+                        "the database connection failed")
+    return _Mapping(SymphonyError, "DATABASE_ERROR", "the database operation failed")

@@ -1,0 +1,162 @@
+"""Forward-only, checksummed schema migrations shipped inside the package.
+
+Files are `sql/migrations/NNNN_name.sql`, numbered from 0001 without gaps. Each is applied in
+its own transaction together with its record in `symphony_meta.schema_migrations`, so a failed
+migration leaves nothing behind. Concurrent runs queue on an advisory lock. Before anything is
+applied, every recorded migration is checked against the shipped file: a changed checksum, or
+a recorded version this code does not know, stops the run — history is never rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import LiteralString, cast
+
+import psycopg
+
+from symphony.db.error import MigrationError, translate
+
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# Arbitrary but fixed: all migrators of one database serialize on it.
+_LOCK_KEY = 0x5359_4D50_0001
+
+_BOOTSTRAP: LiteralString = """
+CREATE SCHEMA IF NOT EXISTS symphony_meta;
+REVOKE ALL ON SCHEMA symphony_meta FROM PUBLIC;
+CREATE TABLE IF NOT EXISTS symphony_meta.schema_migrations (
+    version    integer     NOT NULL,
+    name       text        NOT NULL,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT schema_migrations_pkey PRIMARY KEY (version)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+    checksum: str
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationReport:
+    applied: list[str]
+    already_applied: list[str]
+
+    @property
+    def latest(self) -> str:
+        names = self.already_applied + self.applied
+        return names[-1] if names else ""
+
+
+def load_migrations() -> list[Migration]:
+    """The shipped migrations in order; refuses misnamed files and gaps."""
+    root = resources.files("symphony.db").joinpath("sql", "migrations")
+    found: list[Migration] = []
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        match = _NAME.match(entry.name)
+        if match is None:
+            raise MigrationError(
+                f"migration file {entry.name!r} must be named NNNN_lowercase_name.sql",
+                code="MIGRATION_MISNAMED",
+            )
+        text = entry.read_text(encoding="utf-8")
+        found.append(
+            Migration(
+                version=int(match.group(1)),
+                name=entry.name,
+                sql=text,
+                checksum=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            )
+        )
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise MigrationError(
+                f"migrations must be numbered 0001, 0002, ... without gaps; "
+                f"{migration.name} should be number {expected:04d}",
+                code="MIGRATION_GAP",
+            )
+    return found
+
+
+async def migrate(admin_dsn: str) -> MigrationReport:
+    """Apply every pending migration; a no-op when all are applied."""
+    migrations = load_migrations()
+    try:
+        async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
+            await conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+            try:
+                async with conn.transaction():
+                    await conn.execute(_BOOTSTRAP)
+                recorded = await _recorded(conn)
+                _verify(recorded, migrations)
+                applied: list[str] = []
+                already: list[str] = []
+                for migration in migrations:
+                    if migration.version in recorded:
+                        already.append(migration.name)
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(cast(LiteralString, migration.sql))
+                        # A migration may switch to the owner; the record is the admin's.
+                        await conn.execute("RESET ROLE")
+                        await conn.execute(
+                            "INSERT INTO symphony_meta.schema_migrations (version, name, checksum)"
+                            " VALUES (%s, %s, %s)",
+                            (migration.version, migration.name, migration.checksum),
+                        )
+                    applied.append(migration.name)
+                return MigrationReport(applied=applied, already_applied=already)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    except MigrationError:
+        raise
+    except (psycopg.Error, OSError) as exc:
+        raise translate(exc, "migrate") from exc
+
+
+async def pending_migrations(admin_dsn: str) -> list[str]:
+    """Names of shipped migrations not yet applied (after verifying the applied ones)."""
+    migrations = load_migrations()
+    try:
+        async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
+            row = await (
+                await conn.execute("SELECT to_regclass('symphony_meta.schema_migrations')")
+            ).fetchone()
+            recorded = {} if row is None or row[0] is None else await _recorded(conn)
+    except (psycopg.Error, OSError) as exc:
+        raise translate(exc, "migration-status") from exc
+    _verify(recorded, migrations)
+    return [m.name for m in migrations if m.version not in recorded]
+
+
+async def _recorded(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> dict[int, str]:
+    cur = await conn.execute("SELECT version, checksum FROM symphony_meta.schema_migrations")
+    return {int(str(v)): str(c) for v, c in await cur.fetchall()}
+
+
+def _verify(recorded: dict[int, str], migrations: list[Migration]) -> None:
+    shipped = {m.version: m for m in migrations}
+    for version, checksum in sorted(recorded.items()):
+        migration = shipped.get(version)
+        if migration is None:
+            raise MigrationError(
+                f"the database has migration {version:04d} applied, which this version of "
+                "Symphony does not ship: upgrade Symphony instead of running an older one",
+                code="MIGRATION_UNKNOWN",
+            )
+        if migration.checksum != checksum:
+            raise MigrationError(
+                f"migration {migration.name} was changed after it was applied (checksum "
+                "mismatch); migrations are forward-only: restore the file and add a new "
+                "migration for the change",
+                code="MIGRATION_CHECKSUM_MISMATCH",
+            )

@@ -1,0 +1,68 @@
+-- 0005 — the supervisor status view and least-privilege grants.
+--
+-- Why: PUBLIC gets nothing; each runtime role gets exactly what its service does.
+-- * ingest:   execute enqueue_payment_outbox. Nothing else, not even a read.
+-- * executor: execute claim / complete / repair; read the pending queue and the status view
+--             (to count zombies). No table writes: every write goes through the functions.
+-- * readonly, auditor: read the outbox, never participant_outbox_sequences (a participant's
+--             volume is commercial information) and never any sequence object.
+-- * control:  the operator: read everything, run a repair by hand, tune the retry policy.
+-- No runtime role may TRUNCATE, UPDATE or DELETE the ledger or write the pending table.
+
+SET LOCAL ROLE symphony_owner;
+
+CREATE VIEW symphony.outbox_supervisor_status
+WITH (security_barrier = true) AS
+SELECT
+    count(*) FILTER (WHERE p.lease_token IS NULL AND p.next_attempt_at <= now())  AS due,
+    count(*) FILTER (WHERE p.lease_token IS NULL AND p.next_attempt_at > now())   AS scheduled,
+    count(*) FILTER (WHERE p.lease_token IS NOT NULL AND p.lease_expires_at > now())
+                                                                                  AS dispatching,
+    count(*) FILTER (WHERE p.lease_token IS NOT NULL AND p.lease_expires_at <= now())
+                                                                                  AS zombies,
+    count(*)                                                                      AS pending_total,
+    min(p.created_at)                                                             AS oldest_pending_at,
+    (SELECT count(*) FROM symphony.payment_outbox_attempts a WHERE a.state = 'DISPATCHED')
+                                                                                  AS dispatched_total,
+    (SELECT count(*) FROM symphony.payment_outbox_attempts a WHERE a.state = 'FAILED')
+                                                                                  AS failed_total,
+    now()                                                                         AS observed_at
+FROM symphony.payment_outbox_pending p;
+
+REVOKE ALL ON ALL TABLES IN SCHEMA symphony FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA symphony FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA symphony FROM PUBLIC;
+REVOKE ALL ON TYPE symphony.attempt_state FROM PUBLIC;
+
+GRANT USAGE ON SCHEMA symphony
+    TO symphony_control, symphony_ingest, symphony_executor, symphony_readonly, symphony_auditor;
+GRANT USAGE ON TYPE symphony.attempt_state
+    TO symphony_control, symphony_executor, symphony_readonly, symphony_auditor;
+
+-- ingest
+GRANT EXECUTE ON FUNCTION symphony.enqueue_payment_outbox(text, text, text, text, jsonb)
+    TO symphony_ingest;
+
+-- executor
+GRANT EXECUTE ON FUNCTION symphony.claim_outbox_batch(text, integer, integer)
+    TO symphony_executor;
+GRANT EXECUTE ON FUNCTION symphony.complete_outbox_batch(
+    uuid[], uuid[], text[], text[], text[], boolean[], text[]) TO symphony_executor;
+GRANT EXECUTE ON FUNCTION symphony.complete_outbox_attempt(
+    uuid, uuid, text, text, text, boolean, text) TO symphony_executor;
+GRANT EXECUTE ON FUNCTION symphony.repair_expired_leases(integer)
+    TO symphony_executor, symphony_control;
+GRANT SELECT ON symphony.payment_outbox_pending, symphony.payment_rails,
+                symphony.outbox_supervisor_status
+    TO symphony_executor;
+
+-- readers
+GRANT SELECT ON symphony.payment_outbox_pending, symphony.payment_outbox_attempts,
+                symphony.payment_instruction_registry, symphony.payment_rails,
+                symphony.outbox_retry_policy, symphony.outbox_supervisor_status
+    TO symphony_readonly, symphony_auditor, symphony_control;
+
+-- control
+GRANT SELECT ON symphony.participant_outbox_sequences TO symphony_control;
+GRANT UPDATE (max_attempts, backoff_base_ms, backoff_max_ms, jitter_ratio, updated_at)
+    ON symphony.outbox_retry_policy TO symphony_control;

@@ -1,0 +1,107 @@
+-- Runtime queries of Symphony Outbox. Each block is one statement, named by its header.
+-- Parameters use psycopg's %(name)s form. Callers run them as a role through symphony.db.
+
+-- name: enqueue_payment_outbox
+-- Idempotent enqueue of one payment instruction (role: ingest).
+SELECT outbox_id, sequence_id, state, created
+  FROM symphony.enqueue_payment_outbox(
+      %(instruction_id)s, %(idempotency_key)s, %(participant_id)s, %(rail_type)s,
+      %(payload)s::jsonb);
+
+-- name: claim_outbox_batch
+-- Lease up to batch_size due items and append their DISPATCHING rows (role: executor).
+SELECT outbox_id, lease_token, lease_expires_at, attempt_no, attempt_count, needs_lookup,
+       participant_id, sequence_id, instruction_id, rail_type, payload
+  FROM symphony.claim_outbox_batch(%(worker_id)s, %(batch_size)s, %(lease_seconds)s);
+
+-- name: complete_outbox_batch
+-- Record the outcome of many dispatches in one statement, each fenced by its lease token.
+SELECT outbox_id, result, state, attempt_no, next_attempt_at
+  FROM symphony.complete_outbox_batch(
+      %(outbox_ids)s::uuid[], %(lease_tokens)s::uuid[], %(outcomes)s::text[],
+      %(error_codes)s::text[], %(error_details)s::text[], %(ambiguous)s::boolean[],
+      %(rail_transaction_ids)s::text[]);
+
+-- name: complete_outbox_attempt
+-- Record the outcome of one dispatch; a stale lease token is refused with SY200.
+SELECT outbox_id, state, attempt_no, next_attempt_at
+  FROM symphony.complete_outbox_attempt(
+      %(outbox_id)s, %(lease_token)s, %(outcome)s, %(error_code)s, %(error_detail)s,
+      %(ambiguous)s, %(rail_transaction_id)s);
+
+-- name: repair_expired_leases
+-- Return up to `limit` items with expired leases to PENDING, appending ZOMBIE_REQUEUE.
+SELECT outbox_id, attempt_no, attempt_count, claimed_by, lease_expires_at
+  FROM symphony.repair_expired_leases(%(limit)s);
+
+-- name: count_zombies
+-- Leases that expired and await repair (partial index on lease_expires_at).
+SELECT count(*) AS zombies
+  FROM symphony.payment_outbox_pending p
+ WHERE p.lease_token IS NOT NULL
+   AND p.lease_expires_at <= now();
+
+-- name: supervisor_status
+SELECT due, scheduled, dispatching, zombies, pending_total, oldest_pending_at,
+       dispatched_total, failed_total, observed_at
+  FROM symphony.outbox_supervisor_status;
+
+-- name: item_ledger
+-- The full history of one item, oldest first (roles: readonly, auditor, control).
+SELECT a.attempt_no, a.state::text AS state, a.worker_id, a.error_code, a.error_detail,
+       a.rail_transaction_id, a.recorded_at
+  FROM symphony.payment_outbox_attempts a
+ WHERE a.outbox_id = %(outbox_id)s
+ ORDER BY a.attempt_no;
+
+-- name: item_summary
+-- Where one item stands: its registry entry, its pending row if live, its terminal state.
+SELECT r.outbox_id, r.instruction_id, r.idempotency_key, r.participant_id, r.sequence_id,
+       r.rail_type, r.payload, r.created_at,
+       p.outbox_id IS NOT NULL AS pending,
+       p.attempt_count, p.next_attempt_at, p.lease_expires_at, p.claimed_by,
+       (SELECT t.state::text FROM symphony.payment_outbox_attempts t
+         WHERE t.outbox_id = r.outbox_id AND t.state IN ('DISPATCHED', 'FAILED')) AS terminal_state
+  FROM symphony.payment_instruction_registry r
+  LEFT JOIN symphony.payment_outbox_pending p ON p.outbox_id = r.outbox_id
+ WHERE r.outbox_id = %(outbox_id)s;
+
+-- name: audit_illegal_transitions
+-- Ledger rows that do not continue their item's history legally (should be none: I4, I5).
+SELECT x.outbox_id, x.attempt_no, x.state, x.previous_state, x.previous_attempt_no
+  FROM (
+      SELECT a.outbox_id, a.attempt_no, a.state::text AS state,
+             (lag(a.state) OVER w)::text AS previous_state,
+             lag(a.attempt_no) OVER w AS previous_attempt_no
+        FROM symphony.payment_outbox_attempts a
+      WINDOW w AS (PARTITION BY a.outbox_id ORDER BY a.attempt_no)
+  ) x
+ WHERE x.attempt_no <> coalesce(x.previous_attempt_no, 0) + 1
+    OR NOT CASE
+        WHEN x.previous_state IS NULL THEN x.state = 'DISPATCHING'
+        WHEN x.previous_state = 'DISPATCHING'
+            THEN x.state IN ('DISPATCHED', 'RETRYABLE', 'FAILED', 'ZOMBIE_REQUEUE')
+        WHEN x.previous_state IN ('RETRYABLE', 'ZOMBIE_REQUEUE') THEN x.state = 'DISPATCHING'
+        ELSE false
+    END
+ ORDER BY x.outbox_id, x.attempt_no
+ LIMIT %(limit)s;
+
+-- name: audit_pending_mismatch
+-- Items pending although terminal, or neither pending nor terminal (should be none: I7).
+SELECT r.outbox_id,
+       p.outbox_id IS NOT NULL AS pending,
+       EXISTS (SELECT 1 FROM symphony.payment_outbox_attempts t
+                WHERE t.outbox_id = r.outbox_id
+                  AND t.state IN ('DISPATCHED', 'FAILED')) AS terminal
+  FROM symphony.payment_instruction_registry r
+  LEFT JOIN symphony.payment_outbox_pending p ON p.outbox_id = r.outbox_id
+ WHERE (p.outbox_id IS NOT NULL) = EXISTS (
+           SELECT 1 FROM symphony.payment_outbox_attempts t
+            WHERE t.outbox_id = r.outbox_id AND t.state IN ('DISPATCHED', 'FAILED'))
+ LIMIT %(limit)s;
+
+-- name: audit_counts
+SELECT (SELECT count(*) FROM symphony.payment_instruction_registry) AS items,
+       (SELECT count(*) FROM symphony.payment_outbox_attempts) AS ledger_rows,
+       (SELECT count(*) FROM symphony.payment_outbox_pending) AS pending;
