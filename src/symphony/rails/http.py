@@ -1,0 +1,308 @@
+"""HTTP implementation of the rail client contract.
+
+The classification here is the safety boundary of the whole outbox: anything
+that might have reached the rail and been executed must come back AMBIGUOUS
+(so the worker looks it up before re-sending), and only answers that prove the
+rail did nothing may come back RETRYABLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Final
+
+import httpx
+
+from symphony.rails.client import (
+    DispatchOutcome,
+    DispatchResult,
+    LookupResult,
+    LookupStatus,
+    validate_reference,
+)
+
+# A rail's answer is a small JSON document; reading an unbounded body would let
+# a misbehaving rail or proxy exhaust worker memory.
+MAX_RESPONSE_BYTES: Final = 64 * 1024
+
+# httpx timeouts apply per phase (pool, connect, write, each read), so a rail
+# that trickles bytes could hold a call far beyond ``timeout``. This backstop
+# caps the whole call; it is a multiple so that ordinary phase timeouts (which
+# classify more precisely, e.g. connect timeouts as RETRYABLE) always fire first.
+_BACKSTOP_FACTOR: Final = 2.0
+
+_CODE_MAX_LENGTH: Final = 64
+_RETRYABLE_STATUSES: Final = frozenset({408, 429, 503})
+
+
+class HttpRailClient:
+    """Rail client speaking the simulator's (and a real rail adapter's) HTTP API.
+
+    One shared ``httpx.AsyncClient`` carries all calls so connections are
+    pooled across the worker's concurrent dispatches. ``transport`` replaces the
+    network for tests; ``max_connections`` is then ignored, as in httpx.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        max_connections: int = 64,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.supports_lookup: bool = True
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+            ),
+            headers={"Accept": "application/json", "User-Agent": "symphony-outbox"},
+            follow_redirects=False,
+            # Real timeouts are set per call; this only applies if a call path forgets.
+            timeout=httpx.Timeout(10.0),
+        )
+
+    async def __aenter__(self) -> HttpRailClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close pooled connections; safe to call more than once."""
+        await self._client.aclose()
+
+    async def dispatch(
+        self,
+        reference: str,
+        *,
+        rail_type: str,
+        payload: Mapping[str, Any],
+        timeout: float,  # noqa: ASYNC109 - the contract's timeout, see RailClient
+    ) -> DispatchResult:
+        """Ask the rail to execute ``reference``; always returns a classified result."""
+        validate_reference(reference)
+        _validate_timeout(timeout)
+        try:
+            content = json.dumps(
+                {"reference": reference, "rail_type": rail_type, "payload": dict(payload)},
+                allow_nan=False,
+                separators=(",", ":"),
+            ).encode()
+        except (TypeError, ValueError) as exc:
+            # The payload comes from stored data, not code: retrying cannot fix
+            # it, and raising would make the item a poison pill for the worker.
+            return DispatchResult(
+                DispatchOutcome.TERMINAL,
+                code="INVALID_PAYLOAD",
+                detail=f"payload is not JSON-serialisable: {exc}",
+            )
+        request = self._client.build_request(
+            "POST",
+            "/v1/payments",
+            content=content,
+            headers={"Content-Type": "application/json", "Idempotency-Key": reference},
+            timeout=httpx.Timeout(timeout),
+        )
+        try:
+            async with asyncio.timeout(timeout * _BACKSTOP_FACTOR):
+                status, body = await self._exchange(request)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            return DispatchResult(
+                DispatchOutcome.RETRYABLE,
+                code="RAIL_UNREACHABLE",
+                detail=_exception_detail(exc),
+            )
+        except httpx.TimeoutException as exc:
+            return DispatchResult(
+                DispatchOutcome.AMBIGUOUS, code="RAIL_TIMEOUT", detail=_exception_detail(exc)
+            )
+        except TimeoutError:
+            return DispatchResult(
+                DispatchOutcome.AMBIGUOUS,
+                code="RAIL_TIMEOUT",
+                detail=f"no complete answer within {timeout * _BACKSTOP_FACTOR:g}s",
+            )
+        except httpx.HTTPError as exc:
+            return DispatchResult(
+                DispatchOutcome.AMBIGUOUS,
+                code="RAIL_TRANSPORT_ERROR",
+                detail=_exception_detail(exc),
+            )
+        return _classify_dispatch(reference, status, body)
+
+    async def lookup(self, reference: str, *, timeout: float) -> LookupResult:  # noqa: ASYNC109
+        """Ask the rail whether ``reference`` was executed; UNKNOWN if it cannot say."""
+        validate_reference(reference)
+        _validate_timeout(timeout)
+        request = self._client.build_request(
+            "GET", f"/v1/payments/{reference}", timeout=httpx.Timeout(timeout)
+        )
+        try:
+            async with asyncio.timeout(timeout * _BACKSTOP_FACTOR):
+                status, body = await self._exchange(request)
+        except TimeoutError:
+            return LookupResult(LookupStatus.UNKNOWN, detail="lookup timed out")
+        except httpx.HTTPError as exc:
+            return LookupResult(LookupStatus.UNKNOWN, detail=_exception_detail(exc))
+        return _classify_lookup(reference, status, body)
+
+    async def _exchange(self, request: httpx.Request) -> tuple[int, bytes | None]:
+        """Send ``request``; return the status and body, or None for an oversized body."""
+        response = await self._client.send(request, stream=True)
+        try:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    return response.status_code, None
+                chunks.append(chunk)
+            return response.status_code, b"".join(chunks)
+        finally:
+            await response.aclose()
+
+
+def _validate_timeout(timeout: float) -> None:
+    if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a positive finite number of seconds, got {timeout!r}")
+
+
+def _exception_detail(exc: BaseException) -> str:
+    # Only the exception type and its message: httpx messages name the failure,
+    # never request headers or bodies.
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _json_object(body: bytes | None) -> dict[str, Any] | None:
+    if not body:
+        return None
+    try:
+        parsed = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _rail_code(document: Mapping[str, Any] | None) -> str | None:
+    """The rail's error code, if it is a plausible machine-readable token."""
+    if document is None:
+        return None
+    code = document.get("code")
+    if (
+        isinstance(code, str)
+        and 0 < len(code) <= _CODE_MAX_LENGTH
+        and all(ch.isascii() and (ch.isalnum() or ch in "_.:-") for ch in code)
+    ):
+        return code
+    return None
+
+
+def _rail_message(status: int, document: Mapping[str, Any] | None) -> str:
+    message = document.get("message") if document is not None else None
+    if isinstance(message, str) and message:
+        return f"HTTP {status}: {message}"
+    return f"HTTP {status}"
+
+
+def _classify_dispatch(reference: str, status: int, body: bytes | None) -> DispatchResult:
+    document = _json_object(body)
+    if status in (200, 201):
+        return _classify_success(reference, status, body, document)
+    if status in _RETRYABLE_STATUSES:
+        # These statuses mean the rail refused before doing any work.
+        return DispatchResult(
+            DispatchOutcome.RETRYABLE,
+            code=_rail_code(document) or "RAIL_UNAVAILABLE",
+            detail=_rail_message(status, document),
+        )
+    if 500 <= status <= 599:
+        return DispatchResult(
+            DispatchOutcome.AMBIGUOUS,
+            code=_rail_code(document) or "RAIL_SERVER_ERROR",
+            detail=_rail_message(status, document),
+        )
+    if 400 <= status <= 499:
+        code = _rail_code(document)
+        if code is None and status == 409:
+            code = "REFERENCE_CONFLICT"
+        if code is None:
+            # A 4xx without the rail's error shape is likely a proxy or a
+            # misrouted URL, not the rail declining the payment; failing the
+            # payment for good on that evidence would be wrong.
+            return DispatchResult(
+                DispatchOutcome.AMBIGUOUS,
+                code="RAIL_MALFORMED_RESPONSE",
+                detail=f"HTTP {status} without a rail error body",
+            )
+        return DispatchResult(
+            DispatchOutcome.TERMINAL, code=code, detail=_rail_message(status, document)
+        )
+    return DispatchResult(
+        DispatchOutcome.AMBIGUOUS,
+        code="RAIL_UNEXPECTED_STATUS",
+        detail=f"HTTP {status}",
+    )
+
+
+def _classify_success(
+    reference: str, status: int, body: bytes | None, document: Mapping[str, Any] | None
+) -> DispatchResult:
+    def malformed(why: str) -> DispatchResult:
+        return DispatchResult(
+            DispatchOutcome.AMBIGUOUS,
+            code="RAIL_MALFORMED_RESPONSE",
+            detail=f"HTTP {status}: {why}",
+        )
+
+    if document is None:
+        return malformed("body too large" if body is None else "body is not a JSON object")
+    transaction_id = document.get("rail_transaction_id")
+    if not isinstance(transaction_id, str) or not transaction_id:
+        return malformed("missing rail_transaction_id")
+    if document.get("reference", reference) != reference:
+        # An answer for another payment must never confirm this one.
+        return malformed("answer names a different reference")
+    if document.get("status", "EXECUTED") != "EXECUTED":
+        return malformed(f"unexpected status {str(document.get('status'))[:40]!r}")
+    return DispatchResult(
+        DispatchOutcome.SUCCESS,
+        detail="replayed" if document.get("replayed") is True else None,
+        rail_transaction_id=transaction_id,
+    )
+
+
+def _classify_lookup(reference: str, status: int, body: bytes | None) -> LookupResult:
+    if status == 404:
+        return LookupResult(LookupStatus.NOT_FOUND)
+    if status != 200:
+        return LookupResult(LookupStatus.UNKNOWN, detail=f"HTTP {status}")
+    document = _json_object(body)
+    if document is None:
+        return LookupResult(LookupStatus.UNKNOWN, detail="malformed lookup answer")
+    if document.get("reference", reference) != reference:
+        return LookupResult(LookupStatus.UNKNOWN, detail="answer names a different reference")
+    if document.get("status") != "EXECUTED":
+        return LookupResult(
+            LookupStatus.UNKNOWN,
+            detail=f"rail status {str(document.get('status'))[:40]!r}",
+        )
+    transaction_id = document.get("rail_transaction_id")
+    return LookupResult(
+        LookupStatus.EXECUTED,
+        rail_transaction_id=transaction_id if isinstance(transaction_id, str) else None,
+    )
