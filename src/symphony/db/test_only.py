@@ -52,6 +52,7 @@ async def execute_as_role(
         await tx.verify_role()
         try:
             cur = await tx.connection.execute(cast(LiteralString, statement), params)
+            await tx._pipeline.sync()
             return list(await cur.fetchall()) if cur.description else []
         except psycopg.Error as exc:
             raise translate(exc, "test-only") from exc
@@ -122,3 +123,19 @@ def pool_size(db: Database, principal: Principal) -> int:
     """Connections the principal's pool holds now."""
     pool = db._pools.get(principal)
     return 0 if pool is None else int(pool.get_stats().get("pool_size", 0))
+
+
+async def create_database(admin_dsn: str, name: str) -> str:
+    """Create an empty database on the admin's server; returns the admin DSN to it."""
+    async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
+        await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+        await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    """Drop a database created by `create_database` (connections to it are terminated)."""
+    async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
+        await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))

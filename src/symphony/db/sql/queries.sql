@@ -30,16 +30,18 @@ SELECT outbox_id, state, attempt_no, next_attempt_at
       %(ambiguous)s, %(rail_transaction_id)s);
 
 -- name: repair_expired_leases
--- Return up to `limit` items with expired leases to PENDING, appending ZOMBIE_REQUEUE.
+-- Return up to `limit` items whose lease expired, or is older than `threshold_seconds`,
+-- to PENDING, appending ZOMBIE_REQUEUE.
 SELECT outbox_id, attempt_no, attempt_count, claimed_by, lease_expires_at
-  FROM symphony.repair_expired_leases(%(limit)s);
+  FROM symphony.repair_expired_leases(%(limit)s, %(threshold_seconds)s);
 
 -- name: count_zombies
--- Leases that expired and await repair (partial index on lease_expires_at).
+-- Leases that expired, or are older than `threshold_seconds`, and await repair.
 SELECT count(*) AS zombies
   FROM symphony.payment_outbox_pending p
  WHERE p.lease_token IS NOT NULL
-   AND p.lease_expires_at <= now();
+   AND (p.lease_expires_at <= now()
+        OR p.claimed_at <= now() - make_interval(secs => %(threshold_seconds)s));
 
 -- name: supervisor_status
 SELECT due, scheduled, dispatching, zombies, pending_total, oldest_pending_at,

@@ -131,6 +131,11 @@ CREATE INDEX payment_outbox_pending_lease_expiry_idx
     ON symphony.payment_outbox_pending (lease_expires_at)
     WHERE lease_token IS NOT NULL;
 
+-- Leases older than the repair worker's threshold, whatever length they were granted.
+CREATE INDEX payment_outbox_pending_claimed_at_idx
+    ON symphony.payment_outbox_pending (claimed_at)
+    WHERE lease_token IS NOT NULL;
+
 CREATE TABLE symphony.payment_outbox_attempts (
     attempt_id          bigint GENERATED ALWAYS AS IDENTITY,
     outbox_id           uuid                   NOT NULL,

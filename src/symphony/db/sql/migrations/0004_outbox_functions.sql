@@ -400,7 +400,8 @@ $$;
 -- repair --------------------------------------------------------------------------------------
 
 CREATE FUNCTION symphony.repair_expired_leases(
-    p_limit integer DEFAULT 1000
+    p_limit             integer DEFAULT 1000,
+    p_threshold_seconds integer DEFAULT NULL
 ) RETURNS TABLE (
     outbox_id        uuid,
     attempt_no       integer,
@@ -420,13 +421,20 @@ BEGIN
         RAISE EXCEPTION 'repair limit must be between 1 and 100000'
             USING ERRCODE = 'SY021', CONSTRAINT = 'repair_limit';
     END IF;
+    IF p_threshold_seconds IS NOT NULL AND p_threshold_seconds NOT BETWEEN 1 AND 86400 THEN
+        RAISE EXCEPTION 'zombie threshold must be between 1 and 86400 seconds'
+            USING ERRCODE = 'SY022', CONSTRAINT = 'repair_threshold';
+    END IF;
 
     RETURN QUERY
     WITH stale AS (
         SELECT p.outbox_id, p.claimed_by, p.lease_token, p.lease_expires_at
           FROM payment_outbox_pending p
          WHERE p.lease_token IS NOT NULL
-           AND p.lease_expires_at <= now()
+           -- A lease is stale when it expired, or when it is older than the repair
+           -- threshold (a lease granted longer than the threshold allows is not trusted).
+           AND (p.lease_expires_at <= now()
+                OR p.claimed_at <= now() - make_interval(secs => p_threshold_seconds))
          ORDER BY p.lease_expires_at
          LIMIT p_limit
            FOR UPDATE SKIP LOCKED

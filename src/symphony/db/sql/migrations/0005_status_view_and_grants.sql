@@ -50,7 +50,7 @@ GRANT EXECUTE ON FUNCTION symphony.complete_outbox_batch(
     uuid[], uuid[], text[], text[], text[], boolean[], text[]) TO symphony_executor;
 GRANT EXECUTE ON FUNCTION symphony.complete_outbox_attempt(
     uuid, uuid, text, text, text, boolean, text) TO symphony_executor;
-GRANT EXECUTE ON FUNCTION symphony.repair_expired_leases(integer)
+GRANT EXECUTE ON FUNCTION symphony.repair_expired_leases(integer, integer)
     TO symphony_executor, symphony_control;
 GRANT SELECT ON symphony.payment_outbox_pending, symphony.payment_rails,
                 symphony.outbox_supervisor_status

@@ -1,0 +1,28 @@
+"""The outbox domain: payment instructions, leased items, outcomes, and the store that moves
+them through the database functions (enqueue, claim, complete, repair)."""
+
+from __future__ import annotations
+
+from symphony.outbox.model import (
+    ClaimedItem,
+    Completion,
+    CompletionResult,
+    EnqueueResult,
+    Outcome,
+    PaymentInstruction,
+    RepairedItem,
+    SupervisorStatus,
+)
+from symphony.outbox.store import OutboxStore
+
+__all__ = [
+    "ClaimedItem",
+    "Completion",
+    "CompletionResult",
+    "EnqueueResult",
+    "Outcome",
+    "OutboxStore",
+    "PaymentInstruction",
+    "RepairedItem",
+    "SupervisorStatus",
+]

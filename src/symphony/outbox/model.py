@@ -1,0 +1,119 @@
+"""Value types of the outbox. The database validates everything again; these exist so code
+outside it is typed, and so obvious mistakes fail before a round trip."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+
+class Outcome(StrEnum):
+    """What a dispatch attempt ended in, as recorded by `complete_outbox_attempt`."""
+
+    DISPATCHED = "DISPATCHED"
+    RETRYABLE = "RETRYABLE"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentInstruction:
+    """One payment a participant asks for. `payload` holds amount, currency, destination."""
+
+    instruction_id: str
+    idempotency_key: str
+    participant_id: str
+    rail_type: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    outbox_id: UUID
+    sequence_id: int
+    state: str
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedItem:
+    """An item leased to one worker: only the holder of `lease_token` may complete it."""
+
+    outbox_id: UUID
+    lease_token: UUID
+    lease_expires_at: datetime
+    attempt_no: int
+    attempt_count: int
+    needs_lookup: bool
+    participant_id: str
+    sequence_id: int
+    instruction_id: str
+    rail_type: str
+    payload: dict[str, Any]
+
+    @property
+    def reference(self) -> str:
+        """The one stable reference the rail sees for this item, on every attempt (I10)."""
+        return str(self.outbox_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The outcome of one dispatch, reported under the lease that dispatched it."""
+
+    outbox_id: UUID
+    lease_token: UUID
+    outcome: Outcome
+    error_code: str | None = None
+    error_detail: str | None = None
+    ambiguous: bool = False
+    rail_transaction_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionResult:
+    outbox_id: UUID
+    fenced: bool
+    state: str | None
+    attempt_no: int | None
+    next_attempt_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RepairedItem:
+    outbox_id: UUID
+    attempt_no: int
+    attempt_count: int
+    claimed_by: str
+    lease_expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorStatus:
+    due: int
+    scheduled: int
+    dispatching: int
+    zombies: int
+    pending_total: int
+    oldest_pending_at: datetime | None
+    dispatched_total: int
+    failed_total: int
+    observed_at: datetime
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "due": self.due,
+            "scheduled": self.scheduled,
+            "dispatching": self.dispatching,
+            "zombies": self.zombies,
+            "pending_total": self.pending_total,
+            "oldest_pending_at": (
+                self.oldest_pending_at.isoformat() if self.oldest_pending_at else None
+            ),
+            "dispatched_total": self.dispatched_total,
+            "failed_total": self.failed_total,
+            "observed_at": self.observed_at.isoformat(),
+        }

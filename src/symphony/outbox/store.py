@@ -1,0 +1,170 @@
+"""The outbox's operations, each one named query through `symphony.db` as the right role.
+
+Claim, complete and repair take and return whole batches: one statement per batch, so the
+per-item cost is rows written, not round trips.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from symphony.db import Database, Role
+from symphony.outbox.model import (
+    ClaimedItem,
+    Completion,
+    CompletionResult,
+    EnqueueResult,
+    PaymentInstruction,
+    RepairedItem,
+    SupervisorStatus,
+)
+
+
+class OutboxStore:
+    """Typed access to the outbox functions and views."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def enqueue(self, instruction: PaymentInstruction) -> EnqueueResult:
+        """Idempotent for ever on (instruction_id, idempotency_key) — I1."""
+        row = await self.db.fetch_one(
+            Role.INGEST,
+            "enqueue_payment_outbox",
+            {
+                "instruction_id": instruction.instruction_id,
+                "idempotency_key": instruction.idempotency_key,
+                "participant_id": instruction.participant_id,
+                "rail_type": instruction.rail_type,
+                "payload": json.dumps(instruction.payload, separators=(",", ":")),
+            },
+        )
+        assert row is not None  # the function always returns one row or raises
+        return EnqueueResult(
+            outbox_id=row["outbox_id"],
+            sequence_id=int(row["sequence_id"]),
+            state=str(row["state"]),
+            created=bool(row["created"]),
+        )
+
+    async def claim(
+        self, worker_id: str, batch_size: int, lease_seconds: int
+    ) -> list[ClaimedItem]:
+        rows = await self.db.fetch_all(
+            Role.EXECUTOR,
+            "claim_outbox_batch",
+            {"worker_id": worker_id, "batch_size": batch_size, "lease_seconds": lease_seconds},
+        )
+        return [
+            ClaimedItem(
+                outbox_id=r["outbox_id"],
+                lease_token=r["lease_token"],
+                lease_expires_at=r["lease_expires_at"],
+                attempt_no=int(r["attempt_no"]),
+                attempt_count=int(r["attempt_count"]),
+                needs_lookup=bool(r["needs_lookup"]),
+                participant_id=str(r["participant_id"]),
+                sequence_id=int(r["sequence_id"]),
+                instruction_id=str(r["instruction_id"]),
+                rail_type=str(r["rail_type"]),
+                payload=dict(r["payload"]),
+            )
+            for r in rows
+        ]
+
+    async def complete_batch(self, completions: Sequence[Completion]) -> list[CompletionResult]:
+        """Record many outcomes in one statement. A fenced item (stale lease) writes nothing
+        and comes back with `fenced=True`; the others are recorded."""
+        if not completions:
+            return []
+        rows = await self.db.fetch_all(
+            Role.EXECUTOR,
+            "complete_outbox_batch",
+            {
+                "outbox_ids": [c.outbox_id for c in completions],
+                "lease_tokens": [c.lease_token for c in completions],
+                "outcomes": [c.outcome.value for c in completions],
+                "error_codes": [c.error_code for c in completions],
+                "error_details": [c.error_detail for c in completions],
+                "ambiguous": [c.ambiguous for c in completions],
+                "rail_transaction_ids": [c.rail_transaction_id for c in completions],
+            },
+        )
+        return [_completion_result(r) for r in rows]
+
+    async def complete(self, completion: Completion) -> CompletionResult:
+        """Record one outcome; a stale lease raises `LeaseFencedError` (SQLSTATE SY200)."""
+        row = await self.db.fetch_one(
+            Role.EXECUTOR,
+            "complete_outbox_attempt",
+            {
+                "outbox_id": completion.outbox_id,
+                "lease_token": completion.lease_token,
+                "outcome": completion.outcome.value,
+                "error_code": completion.error_code,
+                "error_detail": completion.error_detail,
+                "ambiguous": completion.ambiguous,
+                "rail_transaction_id": completion.rail_transaction_id,
+            },
+        )
+        assert row is not None
+        return _completion_result({**row, "result": "COMPLETED"})
+
+    async def repair_expired_leases(
+        self, limit: int, *, threshold_seconds: int | None = None, role: Role = Role.EXECUTOR
+    ) -> list[RepairedItem]:
+        rows = await self.db.fetch_all(
+            role,
+            "repair_expired_leases",
+            {"limit": limit, "threshold_seconds": threshold_seconds},
+        )
+        return [
+            RepairedItem(
+                outbox_id=r["outbox_id"],
+                attempt_no=int(r["attempt_no"]),
+                attempt_count=int(r["attempt_count"]),
+                claimed_by=str(r["claimed_by"]),
+                lease_expires_at=r["lease_expires_at"],
+            )
+            for r in rows
+        ]
+
+    async def count_zombies(self, threshold_seconds: int | None = None) -> int:
+        row = await self.db.fetch_one(
+            Role.EXECUTOR, "count_zombies", {"threshold_seconds": threshold_seconds}
+        )
+        return int(row["zombies"]) if row else 0
+
+    async def status(self, role: Role = Role.READONLY) -> SupervisorStatus:
+        row = await self.db.fetch_one(role, "supervisor_status")
+        assert row is not None
+        return SupervisorStatus(
+            due=int(row["due"]),
+            scheduled=int(row["scheduled"]),
+            dispatching=int(row["dispatching"]),
+            zombies=int(row["zombies"]),
+            pending_total=int(row["pending_total"]),
+            oldest_pending_at=row["oldest_pending_at"],
+            dispatched_total=int(row["dispatched_total"]),
+            failed_total=int(row["failed_total"]),
+            observed_at=row["observed_at"],
+        )
+
+    async def ledger(self, outbox_id: UUID, role: Role = Role.AUDITOR) -> list[dict[str, Any]]:
+        return await self.db.fetch_all(role, "item_ledger", {"outbox_id": outbox_id})
+
+    async def item(self, outbox_id: UUID, role: Role = Role.READONLY) -> dict[str, Any] | None:
+        return await self.db.fetch_one(role, "item_summary", {"outbox_id": outbox_id})
+
+
+def _completion_result(row: dict[str, Any]) -> CompletionResult:
+    return CompletionResult(
+        outbox_id=row["outbox_id"],
+        fenced=row["result"] == "FENCED",
+        state=row["state"],
+        attempt_no=row["attempt_no"],
+        next_attempt_at=row["next_attempt_at"],
+    )

@@ -1,0 +1,1 @@
+"""Test helpers: database fixtures and shared support code."""

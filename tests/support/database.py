@@ -1,0 +1,99 @@
+"""Database fixtures shared by `tests/` and `src/symphony/db/tests/`: a real PostgreSQL, always.
+
+With `DATABASE_URL` unset, the suite starts its own throwaway embedded PostgreSQL once per
+session (deleted at the end); with it set, it uses that server, creating (and dropping) its
+own databases on it. Either way no test depends on a server someone started by hand.
+
+Roles are cluster-wide, so the whole session shares one `SYMPHONY_HOME` (one set of principal
+passwords): use the `symphony_home` fixture for anything that needs one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+os.environ["SYMPHONY_ENV"] = "test"
+
+import pytest
+from psycopg import conninfo as pg_conninfo
+
+from symphony.db import Database, DatabaseSettings, EmbeddedServer, bootstrap
+from symphony.db import test_only
+
+
+@pytest.fixture(scope="session")
+def server_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Admin DSN of the server the suite runs against (maintenance database)."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    root = tmp_path_factory.mktemp("pg")
+    server = EmbeddedServer(root / "pgdata", delete_on_stop=True)
+    dsn = server.start()
+    try:
+        yield dsn
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def symphony_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("symphony-home")
+
+
+DatabaseFactory = Callable[[], DatabaseSettings]
+
+
+@pytest.fixture(scope="session")
+def make_database(
+    server_admin_dsn: str, symphony_home: Path
+) -> Iterator[DatabaseFactory]:
+    """Create a fresh, migrated, provisioned database; returns settings that point at it."""
+    created: list[str] = []
+
+    def factory() -> DatabaseSettings:
+        name = f"symphony_test_{uuid.uuid4().hex[:12]}"
+        dsn = asyncio.run(test_only.create_database(server_admin_dsn, name))
+        created.append(name)
+        settings = DatabaseSettings(DATABASE_URL=dsn, SYMPHONY_HOME=str(symphony_home))
+        asyncio.run(bootstrap(settings))
+        return settings
+
+    yield factory
+    for name in created:
+        asyncio.run(test_only.drop_database(server_admin_dsn, name))
+
+
+@pytest.fixture(scope="session")
+def db_settings(make_database: DatabaseFactory) -> DatabaseSettings:
+    """The session's shared, migrated database. Tests isolate themselves by unique ids."""
+    return make_database()
+
+
+@pytest.fixture
+def admin_dsn(db_settings: DatabaseSettings) -> str:
+    assert db_settings.database_url is not None
+    return db_settings.database_url.get_secret_value()
+
+
+@pytest.fixture
+async def db(db_settings: DatabaseSettings) -> AsyncIterator[Database]:
+    database = await Database.open(db_settings)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+def unique(prefix: str) -> str:
+    """An id no other test uses (tests share the session database)."""
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+def dsn_database(dsn: str) -> str:
+    return str(pg_conninfo.conninfo_to_dict(dsn).get("dbname"))
