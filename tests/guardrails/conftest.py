@@ -1,133 +1,25 @@
-"""Shared helpers for the guardrail tests: the checker module, fixtures and scratch trees.
-
-The checker lives in ``scripts/guardrails/`` (it is a CI tool, not part of the product),
-so it is loaded from its file rather than imported as a package.
-"""
+"""Fixtures for the guardrail tests (helpers live in ``guardrail_helpers.py``)."""
 
 from __future__ import annotations
 
-import importlib.util
-import io
-import os
-import re
-import shutil
-import subprocess
-import sys
-import tokenize
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from guardrail_helpers import copy_tree, load_checker
 
-# The fixtures are code to read, never to import or collect.
+# The fixtures directory holds code to read, never to import or collect.
 collect_ignore = ["fixtures"]
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-CHECKER_PATH = REPO_ROOT / "scripts" / "guardrails" / "db_boundary.py"
-BUILD_CHECK_PATH = REPO_ROOT / "scripts" / "build_prod_check.py"
-
-_EXPECT = re.compile(r"#\s*expect(-below)?:\s*((?:DB\d{3}\s*)+)")
-_CHECKED_AS = re.compile(r"#\s*checked-as:\s*(\S+)")
-
-# What a scratch copy of the repository needs to run the guardrails and the build.
-_TREE_ROOT_FILES = ("pyproject.toml", ".importlinter", "Makefile", "README.md", "LICENSE")
-_TREE_DIRS = ("src", "scripts")
-_IGNORED = shutil.ignore_patterns(
-    "__pycache__", "*.pyc", ".venv", ".git", "dist", "build", "*.egg-info", ".*_cache"
-)
-
-
-def load_script(path: Path, name: str) -> ModuleType:
-    """Import a standalone script as a module."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # Registered before running so dataclasses can resolve the module's annotations.
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
 def checker() -> ModuleType:
-    return load_script(CHECKER_PATH, "db_boundary")
-
-
-@dataclass(frozen=True)
-class Fixture:
-    """A fixture file, where it is checked as, and the findings it must produce."""
-
-    path: Path
-    checked_as: str
-    expected: Counter[tuple[int, str]]
-
-    @property
-    def source(self) -> str:
-        return self.path.read_text(encoding="utf-8")
-
-
-def load_fixture(path: Path) -> Fixture:
-    """Read the ``# checked-as:`` and ``# expect:`` comments of a fixture file."""
-    source = path.read_text(encoding="utf-8")
-    checked_as = f"src/symphony/outbox/{path.name}"
-    expected: Counter[tuple[int, str]] = Counter()
-    # Comments are read with the tokenizer so that text inside strings never counts.
-    for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type != tokenize.COMMENT:
-            continue
-        line = token.start[0]
-        if match := _CHECKED_AS.search(token.string):
-            checked_as = match.group(1)
-        for match in _EXPECT.finditer(token.string):
-            target = line + 1 if match.group(1) else line
-            for code in match.group(2).split():
-                expected[(target, code)] += 1
-    return Fixture(path, checked_as, expected)
-
-
-def fixture_files(kind: str) -> list[Path]:
-    return sorted((FIXTURES / kind).glob("*.py"))
-
-
-def tool_env() -> dict[str, str]:
-    """The environment for running the scripts: this interpreter's bin directory first,
-    so that a scratch tree without a .venv finds python3, lint-imports and ruff."""
-    env = dict(os.environ)
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("PYTHONPATH", None)
-    return env
-
-
-def copy_tree(destination: Path) -> Path:
-    """Copy what the guardrails and the build read into ``destination``."""
-    destination.mkdir(parents=True, exist_ok=True)
-    for name in _TREE_ROOT_FILES:
-        if (REPO_ROOT / name).is_file():
-            shutil.copy2(REPO_ROOT / name, destination / name)
-    for name in _TREE_DIRS:
-        shutil.copytree(REPO_ROOT / name, destination / name, ignore=_IGNORED, symlinks=True)
-    return destination
+    """The database-boundary checker, loaded from scripts/guardrails/db_boundary.py."""
+    return load_checker()
 
 
 @pytest.fixture
 def scratch_tree(tmp_path: Path) -> Iterator[Path]:
     """A fresh copy of the repository's src, scripts and configuration."""
     yield copy_tree(tmp_path / "repo")
-
-
-def run_script(tree: Path, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run one of the repository's shell scripts in ``tree``, from another directory."""
-    return subprocess.run(
-        ["bash", str(tree / script)],
-        cwd=tree.parent,  # the script must find its root itself
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )

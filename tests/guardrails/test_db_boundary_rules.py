@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import FIXTURES, REPO_ROOT, fixture_files, load_fixture
+from guardrail_helpers import FIXTURES, REPO_ROOT, fixture_files, load_fixture
 
 VIOLATIONS = fixture_files("violations")
 CLEAN = fixture_files("clean")
