@@ -10,7 +10,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from decimal import Decimal
 from typing import Any
 
@@ -37,7 +37,7 @@ from symphony.services.rail_sim import (
 REF = "7d4f1f5e-8a43-4c1e-9a51-0a3b5b1d2c10"
 PAYLOAD = {"destination": "GB33BUKB20201555555555", "amount_minor": 1250, "currency": "GBP"}
 
-Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
+Handler = Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
 
 
 def mock_client(handler: Handler) -> HttpRailClient:
@@ -489,7 +489,7 @@ async def test_hang_before_execute_lookup_not_found_and_resend_executes_exactly_
 
     # The hung call wakes up later and must find the payment already executed.
     async def hung_call_finished() -> bool:
-        return (await get_stats(rail))["in_flight"] == 0
+        return bool((await get_stats(rail))["in_flight"] == 0)
 
     await wait_until(hung_call_finished)
 
@@ -595,6 +595,7 @@ async def test_stats_reset_and_health_endpoints(
             "MISSING_IDEMPOTENCY_KEY",
         ),
     ],
+    ids=["invalid-json", "missing-key"],
 )
 async def test_simulator_rejects_bad_requests_with_coded_400(
     rail: RailSimServer, headers: dict[str, str], content: bytes, code: str

@@ -390,19 +390,21 @@ async def outcome_sequence(sim: RailSimulator, count: int) -> list[tuple[int, st
     return [(r.status_code, r.body.get("code")) for r in replies]
 
 
-MIXED = {"retryable_failure_rate": 0.3, "terminal_failure_rate": 0.3, "hang_rate": 0.3}
+def mixed(seed: int, hang_mode: HangMode = HangMode.AFTER_EXECUTE) -> RailSimBehaviour:
+    """Every kind of random failure at once, so sequences are varied."""
+    return RailSimBehaviour(
+        retryable_failure_rate=0.3,
+        terminal_failure_rate=0.3,
+        hang_rate=0.3,
+        hang_mode=hang_mode,
+        seed=seed,
+    )
 
 
 async def test_same_seed_gives_same_outcome_sequence_and_other_seed_differs() -> None:
-    first = await outcome_sequence(
-        RailSimulator(RailSimBehaviour(**MIXED, seed=42), wait=RecordingWait()), 60
-    )
-    again = await outcome_sequence(
-        RailSimulator(RailSimBehaviour(**MIXED, seed=42), wait=RecordingWait()), 60
-    )
-    other = await outcome_sequence(
-        RailSimulator(RailSimBehaviour(**MIXED, seed=43), wait=RecordingWait()), 60
-    )
+    first = await outcome_sequence(RailSimulator(mixed(42), wait=RecordingWait()), 60)
+    again = await outcome_sequence(RailSimulator(mixed(42), wait=RecordingWait()), 60)
+    other = await outcome_sequence(RailSimulator(mixed(43), wait=RecordingWait()), 60)
 
     assert first == again
     assert first != other
@@ -410,7 +412,7 @@ async def test_same_seed_gives_same_outcome_sequence_and_other_seed_differs() ->
 
 
 async def test_reset_clears_state_and_restarts_the_seeded_sequence() -> None:
-    sim = RailSimulator(RailSimBehaviour(**MIXED, seed=7), wait=RecordingWait())
+    sim = RailSimulator(mixed(7), wait=RecordingWait())
     before = await outcome_sequence(sim, 30)
 
     sim.reset()
@@ -486,14 +488,14 @@ def test_behaviour_rejects_invalid_settings(fields: dict[str, Any]) -> None:
 async def test_no_sequence_of_calls_executes_a_reference_twice_and_lookup_agrees(
     calls: list[tuple[str, str]], seed: int, mode: HangMode
 ) -> None:
-    behaviour = RailSimBehaviour(**MIXED, hang_mode=mode, seed=seed)
+    behaviour = mixed(seed, mode)
 
     async def yield_to_others(_: float) -> None:
         await asyncio.sleep(0)
 
     sim = RailSimulator(behaviour, wait=RecordingWait(yield_to_others))
     # Each reference keeps one destination so retries are genuine retries.
-    destination = {}
+    destination: dict[str, str] = {}
     for reference, trigger in calls:
         destination.setdefault(reference, trigger)
 

@@ -31,8 +31,9 @@ MAX_RESPONSE_BYTES: Final = 64 * 1024
 
 # httpx timeouts apply per phase (pool, connect, write, each read), so a rail
 # that trickles bytes could hold a call far beyond ``timeout``. This backstop
-# caps the whole call; it is a multiple so that ordinary phase timeouts (which
-# classify more precisely, e.g. connect timeouts as RETRYABLE) always fire first.
+# caps the whole call. It is a multiple so that the phase timeouts, which
+# classify more precisely (a connect timeout is RETRYABLE), normally fire first;
+# when the backstop wins, AMBIGUOUS is the answer that is safe in every phase.
 _BACKSTOP_FACTOR: Final = 2.0
 
 _CODE_MAX_LENGTH: Final = 64

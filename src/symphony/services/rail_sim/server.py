@@ -222,7 +222,9 @@ def config_from_args(args: argparse.Namespace) -> RailSimConfig:
         latency_ms=args.latency_ms,
         retryable_failure_rate=args.retryable_rate,
         terminal_failure_rate=args.terminal_rate,
-        terminal_codes=tuple(code.strip() for code in args.terminal_codes.split(",") if code),
+        terminal_codes=tuple(
+            code for code in (part.strip() for part in args.terminal_codes.split(",")) if code
+        ),
         hang_rate=args.hang_rate,
         hang_seconds=args.hang_seconds,
         hang_mode=HangMode(args.hang_mode),
