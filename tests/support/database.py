@@ -97,3 +97,24 @@ def unique(prefix: str) -> str:
 
 def dsn_database(dsn: str) -> str:
     return str(pg_conninfo.conninfo_to_dict(dsn).get("dbname"))
+
+
+@pytest.fixture(scope="module")
+def isolated_settings(make_database: DatabaseFactory) -> DatabaseSettings:
+    """A database of this test module's own: for tests that claim, count or repair the queue."""
+    return make_database()
+
+
+@pytest.fixture
+def isolated_admin_dsn(isolated_settings: DatabaseSettings) -> str:
+    assert isolated_settings.database_url is not None
+    return isolated_settings.database_url.get_secret_value()
+
+
+@pytest.fixture
+async def isolated_db(isolated_settings: DatabaseSettings) -> AsyncIterator[Database]:
+    database = await Database.open(isolated_settings)
+    try:
+        yield database
+    finally:
+        await database.close()

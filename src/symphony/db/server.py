@@ -84,6 +84,12 @@ def parse_database_url(url: str) -> dict[str, Any]:
         raise ConfigurationError(
             "DATABASE_URL must use the postgresql:// scheme", code="INVALID_DATABASE_URL"
         )
+    port = str(parts.get("port") or "")
+    if port and not all(p.isdigit() and 0 < int(p) < 65536 for p in port.split(",")):
+        raise ConfigurationError(
+            "DATABASE_URL has an invalid port: expected a number from 1 to 65535",
+            code="INVALID_DATABASE_URL",
+        )
     return parts
 
 

@@ -26,7 +26,7 @@ from psycopg.rows import dict_row
 
 from symphony.db.database import Database, Row, check_role
 from symphony.db.error import translate
-from symphony.db.role import Principal, Role
+from symphony.db.role import OWNER_ROLE, Principal, Role
 
 Params = Mapping[str, Any] | Sequence[Any] | None
 
@@ -36,9 +36,48 @@ async def query_no_role(admin_dsn: str, statement: str, params: Params = None) -
     async with await psycopg.AsyncConnection.connect(
         admin_dsn, autocommit=True, row_factory=dict_row
     ) as conn:
-        async with conn.transaction():
-            cur = await conn.execute(cast(LiteralString, statement), params)
-            return list(await cur.fetchall()) if cur.description else []
+        try:
+            async with conn.transaction():
+                cur = await conn.execute(cast(LiteralString, statement), params)
+                return list(await cur.fetchall()) if cur.description else []
+        except psycopg.Error as exc:
+            raise translate(exc, "test-only:no-role") from exc
+
+
+async def statements_no_role(
+    admin_dsn: str, statements: Sequence[tuple[str, Params]]
+) -> list[Row]:
+    """Run several statements as the admin in one transaction; rows of the last one."""
+    async with await psycopg.AsyncConnection.connect(
+        admin_dsn, autocommit=True, row_factory=dict_row
+    ) as conn:
+        try:
+            rows: list[Row] = []
+            async with conn.transaction():
+                for statement, params in statements:
+                    cur = await conn.execute(cast(LiteralString, statement), params)
+                    rows = list(await cur.fetchall()) if cur.description else []
+            return rows
+        except psycopg.Error as exc:
+            raise translate(exc, "test-only:no-role") from exc
+
+
+async def query_as_owner(admin_dsn: str, statement: str, params: Params = None) -> list[Row]:
+    """Run `statement` as the schema owner (the admin switches to it for this transaction).
+
+    Shows what the database itself refuses even to the owner of the tables (I3, I5, I7).
+    """
+    async with await psycopg.AsyncConnection.connect(
+        admin_dsn, autocommit=True, row_factory=dict_row
+    ) as conn:
+        try:
+            async with conn.transaction():
+                await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(
+                    sql.Identifier(OWNER_ROLE)))
+                cur = await conn.execute(cast(LiteralString, statement), params)
+                return list(await cur.fetchall()) if cur.description else []
+        except psycopg.Error as exc:
+            raise translate(exc, "test-only:owner") from exc
 
 
 async def execute_as_role(

@@ -1,0 +1,79 @@
+"""Bad configuration gets a clear error with a code, and no secret is echoed back."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from symphony.db import (
+    ConfigurationError,
+    Database,
+    DatabaseSettings,
+    DatabaseUnavailableError,
+    MigrationError,
+)
+from symphony.db import test_only
+from symphony.db.server import parse_database_url
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://user:hunter2@host:notaport/db", "mysql://user:hunter2@host/db",
+     "host=x port", "   "],
+)
+def test_malformed_database_url_is_refused(url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_database_url(url)
+    assert info.value.code == "INVALID_DATABASE_URL"
+    assert "hunter2" not in str(info.value)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_unreachable_server_is_named(tmp_path: object) -> None:
+    port = _free_port()
+    settings = DatabaseSettings(
+        DATABASE_URL=f"postgresql://admin:hunter2@127.0.0.1:{port}/symphony",
+        SYMPHONY_DB_CONNECT_TIMEOUT_S=2,
+    )
+    with pytest.raises(DatabaseUnavailableError) as info:
+        await Database.open(settings)
+    assert info.value.code == "DATABASE_UNREACHABLE"
+    assert f"127.0.0.1:{port}" in info.value.message
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("SYMPHONY_DB_STATEMENT_TIMEOUT_MS", "0"), ("SYMPHONY_DB_POOL_MAX_SIZE", "many")],
+)
+def test_invalid_settings_are_start_up_errors(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=variable):
+        DatabaseSettings()
+
+
+async def test_unmigrated_database_is_a_clear_error(
+    server_admin_dsn: str, symphony_home: object
+) -> None:
+    name = "symphony_unmigrated"
+    dsn = await test_only.create_database(server_admin_dsn, name)
+    try:
+        settings = DatabaseSettings(DATABASE_URL=dsn, SYMPHONY_HOME=str(symphony_home))
+        with pytest.raises(MigrationError) as info:
+            await Database.open(settings)
+        assert info.value.code == "MIGRATIONS_PENDING"
+        assert "symphony migrate" in info.value.message
+    finally:
+        await test_only.drop_database(server_admin_dsn, name)
+
+
+async def test_server_reports_supported_version(db: Database) -> None:
+    assert db.endpoint.server_version >= 160000
