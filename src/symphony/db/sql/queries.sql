@@ -107,3 +107,23 @@ SELECT r.outbox_id,
 SELECT (SELECT count(*) FROM symphony.payment_instruction_registry) AS items,
        (SELECT count(*) FROM symphony.payment_outbox_attempts) AS ledger_rows,
        (SELECT count(*) FROM symphony.payment_outbox_pending) AS pending;
+
+-- name: retry_policy
+-- The retry policy complete_outbox_batch applies (roles: control, readonly, auditor).
+SELECT max_attempts, backoff_base_ms, backoff_max_ms, jitter_ratio, updated_at
+  FROM symphony.outbox_retry_policy
+ WHERE singleton;
+
+-- name: set_retry_policy
+-- Tune the retry policy (role: control; the table's CHECKs bound every value).
+UPDATE symphony.outbox_retry_policy
+   SET max_attempts = %(max_attempts)s, backoff_base_ms = %(backoff_base_ms)s,
+       backoff_max_ms = %(backoff_max_ms)s, jitter_ratio = %(jitter_ratio)s, updated_at = now()
+ WHERE singleton
+RETURNING max_attempts, backoff_base_ms, backoff_max_ms, jitter_ratio, updated_at;
+
+-- name: count_still_pending
+-- How many of the given items are not terminal yet (roles: readonly, auditor, control).
+SELECT count(*) AS pending
+  FROM symphony.payment_outbox_pending p
+ WHERE p.outbox_id = ANY(%(outbox_ids)s::uuid[]);
