@@ -1,0 +1,181 @@
+"""Enqueue: validated in the database, idempotent for ever (I1), sequenced per participant (I8)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from symphony.db import (
+    Database,
+    IdempotencyConflictError,
+    InvalidRequestError,
+    Role,
+)
+from symphony.db import test_only
+from symphony.outbox import Completion, Outcome, OutboxStore
+from tests.support.outbox import instruction, payload
+
+LONG = "x" * 300
+
+
+@pytest.mark.parametrize(
+    ("overrides", "sqlstate", "code"),
+    [
+        ({"instruction_id": ""}, "SY011", "INVALID_INSTRUCTION_ID"),
+        ({"instruction_id": "a" * 129}, "SY011", "INVALID_INSTRUCTION_ID"),
+        ({"instruction_id": "has space"}, "SY011", "INVALID_INSTRUCTION_ID"),
+        ({"idempotency_key": ""}, "SY012", "INVALID_IDEMPOTENCY_KEY"),
+        ({"idempotency_key": "k" * 256}, "SY012", "INVALID_IDEMPOTENCY_KEY"),
+        ({"idempotency_key": "tab\there"}, "SY012", "INVALID_IDEMPOTENCY_KEY"),
+        ({"participant_id": ""}, "SY013", "INVALID_PARTICIPANT_ID"),
+        ({"rail_type": "CARRIER_PIGEON"}, "SY014", "UNKNOWN_RAIL_TYPE"),
+        ({"payload": []}, "SY015", "INVALID_PAYLOAD"),
+        ({"payload": payload(amount="0")}, "SY016", "INVALID_AMOUNT"),
+        ({"payload": payload(amount="-5.00")}, "SY016", "INVALID_AMOUNT"),
+        ({"payload": payload(amount="1e9")}, "SY016", "INVALID_AMOUNT"),
+        ({"payload": payload(amount="1.123456789")}, "SY016", "INVALID_AMOUNT"),
+        ({"payload": payload(amount=None)}, "SY016", "INVALID_AMOUNT"),
+        ({"payload": {"currency": "EUR", "destination": "d"}}, "SY016", "INVALID_AMOUNT"),
+        ({"payload": payload(currency="eur")}, "SY017", "INVALID_CURRENCY"),
+        ({"payload": payload(currency="EURO")}, "SY017", "INVALID_CURRENCY"),
+        ({"payload": payload(currency=978)}, "SY017", "INVALID_CURRENCY"),
+        ({"payload": payload(destination="")}, "SY018", "INVALID_DESTINATION"),
+        ({"payload": payload(destination=LONG)}, "SY018", "INVALID_DESTINATION"),
+        ({"payload": payload(destination=7)}, "SY018", "INVALID_DESTINATION"),
+        ({"payload": payload(memo="m" * 17000)}, "SY019", "PAYLOAD_TOO_LARGE"),
+    ],
+)
+async def test_invalid_input_is_refused_with_its_own_code(
+    db: Database, admin_dsn: str, overrides: dict[str, Any], sqlstate: str, code: str
+) -> None:
+    bad = instruction(**overrides)
+    with pytest.raises(InvalidRequestError) as info:
+        await OutboxStore(db).enqueue(bad)
+    assert info.value.sqlstate == sqlstate
+    assert info.value.code == code
+    # Nothing half-written: no registry row for the refused instruction.
+    rows = await test_only.query_no_role(
+        admin_dsn,
+        "SELECT count(*) AS n FROM symphony.payment_instruction_registry "
+        " WHERE instruction_id = %s",
+        (bad.instruction_id,),
+    )
+    assert rows[0]["n"] == 0
+
+
+@pytest.mark.parametrize("amount", ["0.01", 12, 12.5, "999999999999999.99999999"])
+async def test_valid_amount_forms_are_accepted(db: Database, amount: Any) -> None:
+    result = await OutboxStore(db).enqueue(instruction(payload=payload(amount=amount)))
+    assert result.created
+
+
+async def test_replay_returns_the_same_item(db: Database, admin_dsn: str) -> None:
+    store = OutboxStore(db)
+    original = instruction()
+    first = await store.enqueue(original)
+    # Key order in the payload is not part of the request's identity (JSON objects).
+    reordered = instruction(
+        instruction_id=original.instruction_id, idempotency_key=original.idempotency_key,
+        participant_id=original.participant_id, rail_type=original.rail_type,
+        payload=dict(reversed(list(original.payload.items()))),
+    )
+    second = await store.enqueue(reordered)
+    assert first.created and not second.created
+    assert (second.outbox_id, second.sequence_id) == (first.outbox_id, first.sequence_id)
+    rows = await test_only.query_no_role(
+        admin_dsn,
+        "SELECT (SELECT count(*) FROM symphony.payment_instruction_registry "
+        "         WHERE outbox_id = %(id)s) AS registry, "
+        "       (SELECT count(*) FROM symphony.payment_outbox_pending "
+        "         WHERE outbox_id = %(id)s) AS pending",
+        {"id": first.outbox_id},
+    )
+    assert rows == [{"registry": 1, "pending": 1}]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"participant_id": "someone-else"},
+        {"rail_type": "ACH"},
+        {"payload": payload(amount="125.51")},
+    ],
+    ids=["participant", "rail", "payload"],
+)
+async def test_reused_key_with_a_different_request_is_refused(
+    db: Database, change: dict[str, Any]
+) -> None:
+    store = OutboxStore(db)
+    original = instruction()
+    await store.enqueue(original)
+    fields = {
+        "instruction_id": original.instruction_id, "idempotency_key": original.idempotency_key,
+        "participant_id": original.participant_id, "rail_type": original.rail_type,
+        "payload": original.payload, **change,
+    }
+    with pytest.raises(IdempotencyConflictError) as info:
+        await store.enqueue(instruction(**fields))
+    assert info.value.sqlstate == "SY100"
+
+
+async def test_key_is_remembered_after_the_item_is_terminal(isolated_db: Database) -> None:
+    store = OutboxStore(isolated_db)
+    original = instruction()
+    first = await store.enqueue(original)
+    [item] = [c for c in await store.claim("w", 1000, 60) if c.outbox_id == first.outbox_id]
+    await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED))
+    replay = await store.enqueue(original)
+    assert replay.outbox_id == first.outbox_id
+    assert not replay.created and replay.state == "DISPATCHED"
+
+
+async def test_sequence_ids_increase_per_participant(db: Database) -> None:
+    store = OutboxStore(db)
+    participant = instruction().participant_id
+    other = instruction().participant_id
+    mine = [
+        (await store.enqueue(instruction(participant_id=participant))).sequence_id
+        for _ in range(5)
+    ]
+    theirs = (await store.enqueue(instruction(participant_id=other))).sequence_id
+    assert mine == [1, 2, 3, 4, 5]
+    assert theirs == 1
+
+
+async def test_refused_replay_burns_no_sequence_number(db: Database) -> None:
+    store = OutboxStore(db)
+    original = instruction()
+    first = await store.enqueue(original)
+    await store.enqueue(original)  # replay
+    with pytest.raises(IdempotencyConflictError):
+        await store.enqueue(instruction(
+            instruction_id=original.instruction_id, idempotency_key=original.idempotency_key,
+            participant_id=original.participant_id, rail_type="ACH", payload=original.payload))
+    nxt = await store.enqueue(instruction(participant_id=original.participant_id))
+    assert nxt.sequence_id == first.sequence_id + 1
+
+
+async def test_enqueue_wakes_listeners(db: Database) -> None:
+    async with db.listen(Role.EXECUTOR, "symphony_outbox_pending") as listener:
+        await OutboxStore(db).enqueue(instruction())
+        assert await listener.wait(timeout=5.0)
+
+
+async def test_replay_does_not_notify(db: Database) -> None:
+    store = OutboxStore(db)
+    original = instruction()
+    await store.enqueue(original)
+    async with db.listen(Role.EXECUTOR, "symphony_outbox_pending") as listener:
+        await store.enqueue(original)
+        assert not await listener.wait(timeout=0.3)
+
+
+async def test_payload_is_stored_as_sent(db: Database, admin_dsn: str) -> None:
+    sent = payload(amount="10.10", memo="rent", nested={"a": [1, 2]})
+    result = await OutboxStore(db).enqueue(instruction(payload=sent))
+    rows = await test_only.query_no_role(
+        admin_dsn, "SELECT payload FROM symphony.payment_instruction_registry "
+                   " WHERE outbox_id = %s", (result.outbox_id,))
+    assert rows[0]["payload"] == json.loads(json.dumps(sent))
