@@ -274,8 +274,10 @@ ROLE_SQL_TEXT = re.compile(
     re.IGNORECASE | re.VERBOSE,
 )
 
-# Callables that import a module named by their first argument.
-DYNAMIC_IMPORTERS = frozenset({"import_module", "__import__", "run_module", "resolve_name"})
+# Callables that import (or locate, for find_spec) a module named by their first argument.
+DYNAMIC_IMPORTERS = frozenset(
+    {"import_module", "__import__", "find_spec", "run_module", "resolve_name"}
+)
 # Modules those callables come from, to follow ``from importlib import import_module as x``.
 _DYNAMIC_IMPORTER_HOMES = frozenset({"importlib", "builtins", "runpy", "pkgutil"})
 # Builtins that run code given as a string.
@@ -291,10 +293,9 @@ TESTS_DIR = PurePosixPath("tests")
 # purpose. Keep this narrow; nothing else is exempt from the role-SQL rule.
 FIXTURES_DIR = PurePosixPath("tests/guardrails/fixtures")
 
-# Directories never walked: VCS data, virtualenvs, caches and build output.
-# Hidden directories (.git, .venv, caches) and any virtualenv (a pyvenv.cfg inside) are
-# skipped too. build/ and dist/ are skipped only at the root, so that no package can hide
-# from the checker by its name.
+# Directories never walked: hidden ones (.git, .venv, caches), any virtualenv (it has a
+# pyvenv.cfg) and the names below. build/, dist/ and venv/ are skipped only at the root,
+# so that no package can hide from the checker by its name.
 SKIPPED_DIR_NAMES = frozenset({"__pycache__", "node_modules", "site-packages"})
 SKIPPED_ROOT_DIR_NAMES = frozenset({"build", "dist", "venv"})
 
@@ -566,7 +567,8 @@ class FileChecker(ast.NodeVisitor):
         self.findings: list[Finding] = []
         self.folder = Folder(ast.Module(body=[], type_ignores=[]))
         self._docstrings: set[int] = set()
-        self._dynamic_aliases: set[str] = set(DYNAMIC_IMPORTERS)
+        # Local name -> importer it is bound to (``from importlib import import_module as x``).
+        self._dynamic_aliases: dict[str, str] = {name: name for name in DYNAMIC_IMPORTERS}
         self._shadowed_runners: set[str] = set()
 
     # -- entry points ------------------------------------------------------------------
@@ -609,7 +611,7 @@ class FileChecker(ast.NodeVisitor):
                         node.module.split(".")[0] in _DYNAMIC_IMPORTER_HOMES
                         and alias.name in DYNAMIC_IMPORTERS
                     ):
-                        self._dynamic_aliases.add(bound)
+                        self._dynamic_aliases[bound] = alias.name
                     elif bound in CODE_RUNNERS:
                         # e.g. ``from re import compile``: not the builtin.
                         self._shadowed_runners.add(bound)
@@ -748,14 +750,31 @@ class FileChecker(ast.NodeVisitor):
 
     # -- calls -------------------------------------------------------------------------
 
+    def _dynamic_importer(self, func: ast.AST) -> str | None:
+        """The importer a call goes through: ``import_module`` (or an alias of it),
+        ``x.import_module``, ``getattr(importlib, "import_module")``, ..."""
+        if isinstance(func, ast.Name) and func.id in self._dynamic_aliases:
+            return self._dynamic_aliases[func.id]
+        if isinstance(func, ast.Attribute) and func.attr in DYNAMIC_IMPORTERS:
+            return func.attr
+        if (
+            isinstance(func, ast.Call)
+            and isinstance(func.func, ast.Name)
+            and func.func.id == "getattr"
+            and len(func.args) >= 2
+        ):
+            name = _exact(self.folder.fold(func.args[1]))
+            if name in DYNAMIC_IMPORTERS:
+                return name
+        return None
+
     def visit_Call(self, node: ast.Call) -> None:
         callee = _callee_name(node.func)
-        if callee is not None:
-            if (isinstance(node.func, ast.Name) and callee in self._dynamic_aliases) or (
-                isinstance(node.func, ast.Attribute) and callee in DYNAMIC_IMPORTERS
-            ):
-                self._check_dynamic_import(node, callee)
-            elif (
+        importer = self._dynamic_importer(node.func)
+        if importer is not None:
+            self._check_dynamic_import(node, importer)
+        elif callee is not None:
+            if (
                 isinstance(node.func, ast.Name)
                 and callee in CODE_RUNNERS
                 and callee not in self._shadowed_runners
@@ -812,7 +831,7 @@ class FileChecker(ast.NodeVisitor):
             return
         how = f"{callee}(...)"
         parts = self.folder.fold(name_arg)
-        if callee == "import_module":
+        if callee in {"import_module", "find_spec"}:
             package_arg = _argument(node, 1, "package")
             parts = self._absolute_dynamic_name(parts, package_arg, level=None)
         elif callee == "__import__":
