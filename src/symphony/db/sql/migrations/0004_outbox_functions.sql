@@ -205,6 +205,9 @@ BEGIN
                last_attempt_no  = p.last_attempt_no + 1
           FROM due
          WHERE p.outbox_id = due.outbox_id
+           -- Spelled out so the update probes the primary key for the few claimed rows
+           -- instead of hash-joining against the whole queue.
+           AND p.outbox_id = ANY (ARRAY(SELECT d.outbox_id FROM due d))
         RETURNING p.outbox_id, p.lease_token, p.lease_expires_at, p.last_attempt_no,
                   p.attempt_count, p.needs_lookup
     ),
@@ -293,6 +296,7 @@ BEGIN
         SELECT p.outbox_id, p.attempt_count, p.last_attempt_no, p.claimed_by, p.lease_token
           FROM payment_outbox_pending p
           JOIN input i ON i.outbox_id = p.outbox_id AND i.lease_token = p.lease_token
+         WHERE p.outbox_id = ANY (p_outbox_ids)
            FOR UPDATE OF p
     ),
     decided AS (
@@ -337,6 +341,7 @@ BEGIN
         DELETE FROM payment_outbox_pending p
          USING decided d
          WHERE p.outbox_id = d.outbox_id AND d.state IN ('DISPATCHED', 'FAILED')
+           AND p.outbox_id = ANY (p_outbox_ids)
         RETURNING p.outbox_id
     ),
     rescheduled AS (
@@ -348,6 +353,7 @@ BEGIN
                last_error_code = d.error_code
           FROM decided d
          WHERE p.outbox_id = d.outbox_id AND d.state = 'RETRYABLE'
+           AND p.outbox_id = ANY (p_outbox_ids)
         RETURNING p.outbox_id, p.next_attempt_at
     )
     SELECT i.outbox_id,
@@ -450,6 +456,7 @@ BEGIN
                last_error_code = 'ZOMBIE_REQUEUE'
           FROM stale s
          WHERE p.outbox_id = s.outbox_id
+           AND p.outbox_id = ANY (ARRAY(SELECT x.outbox_id FROM stale x))
         RETURNING p.outbox_id, p.last_attempt_no, p.attempt_count
     ),
     ledger AS (
