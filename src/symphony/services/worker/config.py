@@ -1,0 +1,117 @@
+"""Settings of the executor worker, read from the environment or given explicitly.
+
+Every setting has a documented default and is validated when the config is built: a bad value
+stops the worker with a `ConfigurationError` (exit code 2 from the CLI) instead of becoming a
+silent default. Explicit keyword arguments win over the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from symphony.db import ConfigurationError
+from symphony.repair import zombie_threshold_from_env
+
+DEFAULT_RAIL_URL: Final = "http://127.0.0.1:8765"
+MAX_WORKER_ID_LENGTH: Final = 128
+
+
+def default_worker_id() -> str:
+    """`hostname-pid`: unique per process, and says where a lease came from."""
+    return f"{socket.gethostname()}-{os.getpid()}"[-MAX_WORKER_ID_LENGTH:]
+
+
+class WorkerConfig(BaseSettings):
+    """How one executor worker claims, dispatches and stops.
+
+    worker_id: written into every lease and ledger row (default `hostname-pid`).
+    batch_size: most items claimed per cycle (default 64).
+    max_concurrency: most rail calls in flight at once (default 32).
+    dispatch_timeout_seconds: bound of one dispatch call (default 10).
+    lookup_timeout_seconds: bound of one "did you execute it?" call (default 5).
+    poll_interval_seconds: longest sleep between cycles when no notification arrives
+        (default 1.0); notifications wake the worker sooner.
+    lease_seconds: how long a claimed item stays leased. It is the zombie threshold
+        (`ZOMBIE_THRESHOLD_SECONDS`, default 120), so an item is repaired exactly when the
+        worker that leased it can no longer be trusted to finish it.
+    shutdown_grace_seconds: on stop, how long in-flight dispatches may still finish and be
+        recorded (default 15); the rest stay leased for the zombie repair.
+    rail_url: base URL of the payment rail (default the simulator on 127.0.0.1:8765).
+    metrics_port: serve Prometheus metrics on 127.0.0.1 at this port (default: off).
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    worker_id: str = Field(
+        default_factory=default_worker_id, min_length=1, max_length=MAX_WORKER_ID_LENGTH,
+        validation_alias="SYMPHONY_WORKER_ID",
+    )
+    batch_size: int = Field(default=64, ge=1, le=10_000, validation_alias="SYMPHONY_BATCH_SIZE")
+    max_concurrency: int = Field(
+        default=32, ge=1, le=1_024, validation_alias="SYMPHONY_MAX_CONCURRENCY"
+    )
+    dispatch_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=3_600, validation_alias="SYMPHONY_DISPATCH_TIMEOUT_SECONDS"
+    )
+    lookup_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=3_600, validation_alias="SYMPHONY_LOOKUP_TIMEOUT_SECONDS"
+    )
+    poll_interval_seconds: float = Field(
+        default=1.0, gt=0, le=3_600, validation_alias="SYMPHONY_POLL_INTERVAL_SECONDS"
+    )
+    # Not read under its own name: ZOMBIE_THRESHOLD_SECONDS is the one knob for both the lease
+    # and the repair, so the two can never disagree.
+    lease_seconds: int = Field(default_factory=zombie_threshold_from_env, ge=1, le=86_400)
+    shutdown_grace_seconds: float = Field(
+        default=15.0, ge=0, le=3_600, validation_alias="SYMPHONY_SHUTDOWN_GRACE_SECONDS"
+    )
+    rail_url: str = Field(default=DEFAULT_RAIL_URL, validation_alias="SYMPHONY_RAIL_URL")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65_535, validation_alias="SYMPHONY_METRICS_PORT"
+    )
+
+    @field_validator("rail_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _calls_fit_in_the_lease(self) -> WorkerConfig:
+        # A lookup followed by a dispatch must end well inside the lease; otherwise the repair
+        # would hand the item to another worker while this one is still talking to the rail.
+        if self.dispatch_timeout_seconds + self.lookup_timeout_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"dispatch timeout ({self.dispatch_timeout_seconds:g}s) plus lookup timeout "
+                f"({self.lookup_timeout_seconds:g}s) must be shorter than the lease "
+                f"(ZOMBIE_THRESHOLD_SECONDS = {self.lease_seconds}s)"
+            )
+        return self
+
+    @classmethod
+    def load(cls, **overrides: Any) -> WorkerConfig:
+        """The config from the environment and `overrides`; a bad value is a
+        `ConfigurationError` naming the setting, never a pydantic traceback."""
+        explicit = {name: value for name, value in overrides.items() if value is not None}
+        try:
+            return cls(**explicit)
+        except ValidationError as exc:
+            raise ConfigurationError(
+                "invalid worker setting: " + _describe(exc), code="INVALID_WORKER_CONFIG"
+            ) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"]) or "config"
+        problems.append(f"{where}: {error['msg']}")
+    return "; ".join(problems)

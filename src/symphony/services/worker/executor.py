@@ -1,0 +1,420 @@
+"""The executor worker: claims due items, sends them to the rail, records the outcomes.
+
+One cycle (`run_once`) is: claim one batch, dispatch its items with bounded concurrency, and
+record every outcome with ONE `complete_outbox_batch` call. The database does the rest: it
+fences stale leases (I9), turns a retry past the policy's limit into FAILED, and schedules the
+backoff.
+
+How a rail answer becomes an outcome:
+
+    SUCCESS                    -> DISPATCHED with the rail's transaction id
+    RETRYABLE                  -> RETRYABLE (the rail certainly did not execute)
+    AMBIGUOUS (timeout, ...)   -> RETRYABLE, ambiguous: the next attempt asks the rail first
+    TERMINAL                   -> FAILED with the rail's code
+    malformed payload          -> FAILED with INVALID_PAYLOAD, and the rail is never called
+
+An item whose previous attempt ended ambiguously (a timeout, or a zombie requeue after its
+worker died) is looked up before it is sent again (I10): EXECUTED records DISPATCHED without a
+second send, NOT_FOUND sends, UNKNOWN retries later rather than risk paying twice.
+
+Stopping: no new claims; dispatches in flight get `shutdown_grace_seconds` to finish and are
+recorded; whatever still runs after that is cancelled and left leased, so the zombie repair
+requeues it for a lookup. An item this worker did not finish is never completed by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+from symphony.db import PENDING_CHANNEL, Role
+from symphony.outbox import ClaimedItem, Completion, CompletionResult, OutboxStore, Outcome
+from symphony.rails import DispatchOutcome, DispatchResult, LookupStatus, RailClient
+from symphony.service import LoopService
+from symphony.services.worker.config import WorkerConfig
+from symphony.services.worker.metric import WorkerMetrics
+
+# The same rules `enqueue_payment_outbox` enforces; checked again so that whatever reached the
+# table by another road is never sent.
+_AMOUNT: Final = re.compile(r"[0-9]{1,15}(\.[0-9]{1,8})?")
+_CURRENCY: Final = re.compile(r"[A-Z]{3}")
+_MAX_DESTINATION: Final = 256
+
+# Slack on top of the client's own timeout handling (it may take up to twice `timeout` to give
+# up); our bound only catches a client that never returns.
+_OUTER_TIMEOUT_FACTOR: Final = 2.0
+_OUTER_TIMEOUT_SLACK: Final = 0.5
+
+_LISTEN_WAIT_SECONDS: Final = 30.0
+_LISTEN_BACKOFF_FIRST: Final = 0.5
+_LISTEN_BACKOFF_MAX: Final = 30.0
+# Time the final completion statement gets after the grace period ran out.
+_COMPLETION_SLACK_SECONDS: Final = 15.0
+
+
+def payload_problem(payload: Mapping[str, Any]) -> str | None:
+    """Why `payload` must not be sent, or None when it looks like a payment."""
+    amount = payload.get("amount")
+    if isinstance(amount, bool) or not isinstance(amount, str | int | float):
+        return "payload.amount is missing or not a decimal"
+    text = amount if isinstance(amount, str) else str(amount)
+    if _AMOUNT.fullmatch(text) is None or float(text) <= 0:
+        return "payload.amount must be a positive decimal with at most 8 decimals"
+    currency = payload.get("currency")
+    if not isinstance(currency, str) or _CURRENCY.fullmatch(currency) is None:
+        return "payload.currency must be a 3-letter ISO 4217 code"
+    destination = payload.get("destination")
+    if not isinstance(destination, str) or not 1 <= len(destination) <= _MAX_DESTINATION:
+        return f"payload.destination must be a string of 1-{_MAX_DESTINATION} characters"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CycleResult:
+    """What one cycle did.
+
+    claimed: items leased. dispatched / retried / failed: items recorded in that state (as the
+    database decided: a retry past the limit counts as failed). fenced: completions refused
+    because the lease was lost meanwhile. looked_up: rail lookups made. skipped_send: items
+    recorded DISPATCHED from a lookup, without a second send. abandoned: items still in flight
+    when the grace period ran out, left leased for the repair.
+    """
+
+    claimed: int = 0
+    dispatched: int = 0
+    retried: int = 0
+    failed: int = 0
+    fenced: int = 0
+    looked_up: int = 0
+    skipped_send: int = 0
+    abandoned: int = 0
+    batch_full: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    completion: Completion
+    looked_up: bool = False
+    skipped_send: bool = False
+
+
+class ExecutorWorker(LoopService[CycleResult]):
+    """Claims, dispatches and completes outbox items; see the module docstring."""
+
+    name = "executor"
+
+    def __init__(
+        self,
+        store: OutboxStore,
+        rail: RailClient,
+        config: WorkerConfig,
+        *,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        super().__init__(config.poll_interval_seconds)
+        self.store = store
+        self.rail = rail
+        self.config = config
+        self.metrics = metrics or WorkerMetrics()
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+        self._stop_requested = asyncio.Event()
+        self._grace_deadline: float | None = None
+        self._listener_task: asyncio.Task[None] | None = None
+        self.listening = False
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start claiming (and listening for new work); a second call does nothing."""
+        if self.running:
+            return
+        self._stop_requested = asyncio.Event()
+        self._grace_deadline = None
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - the base signature
+        """Stop claiming; let in-flight dispatches finish within the grace period and record
+        them. A repeated call does nothing. `timeout` overrides the grace period."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        grace = self.config.shutdown_grace_seconds if timeout is None else timeout
+        self.request_stop(grace)
+        try:
+            # The cycle itself enforces the grace period; this outer bound only catches a
+            # completion statement that hangs.
+            await asyncio.wait_for(asyncio.shield(task), grace + _COMPLETION_SLACK_SECONDS)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def request_stop(self, grace: float | None = None) -> None:
+        """Ask the worker to stop claiming; in-flight work gets `grace` seconds from now."""
+        if self._stop_requested.is_set():
+            return
+        grace = self.config.shutdown_grace_seconds if grace is None else grace
+        self._grace_deadline = asyncio.get_running_loop().time() + max(grace, 0.0)
+        self._stop_requested.set()
+        self._stopping.set()
+        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_requested.is_set()
+
+    async def _run(self) -> None:
+        self._listener_task = asyncio.create_task(self._listen(), name=f"{self.name}-listener")
+        try:
+            while not self._stop_requested.is_set():
+                # Cleared before the cycle, so a notification that arrives during it is kept.
+                self._wake.clear()
+                try:
+                    result = await self.run_once()
+                    self.last_result = result
+                    self.cycles += 1
+                    if result.batch_full:
+                        continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self.failures += 1
+                    self.metrics.cycle_failures.inc()
+                    self.log.exception("worker cycle failed; retrying in %.1fs", self.interval)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.interval)
+        finally:
+            listener, self._listener_task = self._listener_task, None
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+
+    async def _listen(self) -> None:
+        """Wake the loop on every notification; reconnect with backoff when the connection
+        breaks. The polling interval covers the gaps."""
+        backoff = _LISTEN_BACKOFF_FIRST
+        while True:
+            try:
+                async with self.store.db.listen(Role.EXECUTOR, PENDING_CHANNEL) as listener:
+                    self.listening = True
+                    backoff = _LISTEN_BACKOFF_FIRST
+                    # Work may have arrived while nobody listened.
+                    self.wake()
+                    while True:
+                        if await listener.wait(_LISTEN_WAIT_SECONDS):
+                            self.wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.warning(
+                    "listening for new work failed (%s); polling every %.1fs, reconnecting in "
+                    "%.1fs", exc, self.interval, backoff,
+                )
+            finally:
+                self.listening = False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _LISTEN_BACKOFF_MAX)
+
+    # -- one cycle ----------------------------------------------------------------------------
+
+    async def run_once(self) -> CycleResult:
+        """Claim one batch, dispatch it, and record the outcomes in one statement."""
+        if self._stop_requested.is_set():
+            return CycleResult()
+        items = await self.store.claim(
+            self.config.worker_id, self.config.batch_size, self.config.lease_seconds
+        )
+        if not items:
+            return CycleResult()
+        self.metrics.claimed.inc(len(items))
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self._decide(item), name=f"dispatch-{item.reference}")
+                for item in items
+            ]
+            await self._settle(tasks)
+        decisions = [t.result() for t in tasks if not t.cancelled()]
+        abandoned = len(items) - len(decisions)
+        if abandoned:
+            self.log.warning(
+                "%d item(s) still in flight after the shutdown grace period: left leased for "
+                "the zombie repair", abandoned,
+            )
+        results = await self.store.complete_batch([d.completion for d in decisions])
+        return self._tally(items, decisions, results, abandoned)
+
+    async def _settle(self, tasks: Sequence[asyncio.Task[_Decision]]) -> None:
+        """Wait for every task, or, once a stop is requested, until the grace period ends;
+        then cancel what is left."""
+        pending: set[asyncio.Task[Any]] = set(tasks)
+        stop = asyncio.create_task(self._stop_requested.wait())
+        try:
+            while pending and not stop.done():
+                done, _ = await asyncio.wait(
+                    pending | {stop}, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending -= done
+        finally:
+            stop.cancel()
+        if not pending:
+            return
+        deadline = self._grace_deadline or asyncio.get_running_loop().time()
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining > 0:
+            _, pending = await asyncio.wait(pending, timeout=remaining)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    def _tally(
+        self,
+        items: Sequence[ClaimedItem],
+        decisions: Sequence[_Decision],
+        results: Sequence[CompletionResult],
+        abandoned: int,
+    ) -> CycleResult:
+        counts = {"DISPATCHED": 0, "RETRYABLE": 0, "FAILED": 0}
+        fenced = 0
+        for result in results:
+            if result.fenced:
+                fenced += 1
+                self.log.warning(
+                    "completion of %s refused: the lease was lost (repaired or reclaimed); "
+                    "the item belongs to its new holder now", result.outbox_id,
+                )
+            elif result.state in counts:
+                counts[result.state] += 1
+        m = self.metrics
+        m.dispatched.inc(counts["DISPATCHED"])
+        m.retried.inc(counts["RETRYABLE"])
+        m.failed.inc(counts["FAILED"])
+        m.fenced.inc(fenced)
+        looked_up = sum(d.looked_up for d in decisions)
+        skipped = sum(d.skipped_send for d in decisions)
+        m.lookups.inc(looked_up)
+        m.skipped_sends.inc(skipped)
+        return CycleResult(
+            claimed=len(items),
+            dispatched=counts["DISPATCHED"],
+            retried=counts["RETRYABLE"],
+            failed=counts["FAILED"],
+            fenced=fenced,
+            looked_up=looked_up,
+            skipped_send=skipped,
+            abandoned=abandoned,
+            batch_full=len(items) >= self.config.batch_size,
+        )
+
+    # -- one item -----------------------------------------------------------------------------
+
+    async def _decide(self, item: ClaimedItem) -> _Decision:
+        problem = payload_problem(item.payload)
+        if problem is not None:
+            self.log.error("not sending %s: %s", item.reference, problem)
+            return _Decision(_complete(item, Outcome.FAILED, "INVALID_PAYLOAD", problem))
+        async with self._slots:
+            looked_up = False
+            if item.needs_lookup and self.rail.supports_lookup:
+                looked_up = True
+                found = await self._lookup(item)
+                if found is not None:
+                    return _Decision(found, looked_up=True,
+                                     skipped_send=found.outcome is Outcome.DISPATCHED)
+            result = await self._dispatch(item)
+            return _Decision(_classify(item, result), looked_up=looked_up)
+
+    async def _lookup(self, item: ClaimedItem) -> Completion | None:
+        """The completion a lookup settles, or None when the item should be sent."""
+        timeout = self.config.lookup_timeout_seconds
+        try:
+            async with asyncio.timeout(_outer_bound(timeout)):
+                answer = await self.rail.lookup(item.reference, timeout=timeout)
+        except TimeoutError:
+            return _complete(item, Outcome.RETRYABLE, "LOOKUP_TIMEOUT",
+                             "the rail did not answer the lookup in time", ambiguous=True)
+        except Exception as exc:
+            self.log.warning("lookup of %s raised %s", item.reference, type(exc).__name__)
+            return _complete(item, Outcome.RETRYABLE, "LOOKUP_FAILED",
+                             f"lookup raised {type(exc).__name__}", ambiguous=True)
+        if answer.status is LookupStatus.EXECUTED:
+            self.log.info("%s was already executed by the rail: recorded without a second send",
+                          item.reference)
+            return _complete(item, Outcome.DISPATCHED, None, "confirmed by lookup",
+                             rail_transaction_id=answer.rail_transaction_id)
+        if answer.status is LookupStatus.NOT_FOUND:
+            return None
+        # Neither yes nor no: sending could pay twice, so ask again on the next attempt.
+        return _complete(item, Outcome.RETRYABLE, "LOOKUP_UNKNOWN", answer.detail,
+                         ambiguous=True)
+
+    async def _dispatch(self, item: ClaimedItem) -> DispatchResult:
+        timeout = self.config.dispatch_timeout_seconds
+        started = time.perf_counter()
+        self.metrics.in_flight.inc()
+        try:
+            async with asyncio.timeout(_outer_bound(timeout)):
+                return await self.rail.dispatch(
+                    item.reference, rail_type=item.rail_type, payload=item.payload,
+                    timeout=timeout,
+                )
+        except TimeoutError:
+            return DispatchResult(DispatchOutcome.AMBIGUOUS, "RAIL_TIMEOUT",
+                                  f"no answer within {_outer_bound(timeout):g}s")
+        except Exception as exc:
+            # The request may have left before the client failed: treat it as ambiguous.
+            self.log.warning("dispatch of %s raised %s", item.reference, type(exc).__name__)
+            return DispatchResult(DispatchOutcome.AMBIGUOUS, "RAIL_CLIENT_ERROR",
+                                  f"dispatch raised {type(exc).__name__}")
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.dispatch_seconds.observe(time.perf_counter() - started)
+
+
+def _outer_bound(timeout: float) -> float:
+    return timeout * _OUTER_TIMEOUT_FACTOR + _OUTER_TIMEOUT_SLACK
+
+
+def _complete(
+    item: ClaimedItem,
+    outcome: Outcome,
+    code: str | None,
+    detail: str | None,
+    *,
+    ambiguous: bool = False,
+    rail_transaction_id: str | None = None,
+) -> Completion:
+    return Completion(
+        outbox_id=item.outbox_id,
+        lease_token=item.lease_token,
+        outcome=outcome,
+        error_code=code,
+        error_detail=detail,
+        ambiguous=ambiguous,
+        rail_transaction_id=rail_transaction_id,
+    )
+
+
+def _classify(item: ClaimedItem, result: DispatchResult) -> Completion:
+    match result.outcome:
+        case DispatchOutcome.SUCCESS:
+            return _complete(item, Outcome.DISPATCHED, None, result.detail,
+                             rail_transaction_id=result.rail_transaction_id)
+        case DispatchOutcome.RETRYABLE:
+            return _complete(item, Outcome.RETRYABLE, result.code or "RAIL_RETRYABLE",
+                             result.detail)
+        case DispatchOutcome.AMBIGUOUS:
+            return _complete(item, Outcome.RETRYABLE, result.code or "RAIL_AMBIGUOUS",
+                             result.detail, ambiguous=True)
+        case DispatchOutcome.TERMINAL:
+            return _complete(item, Outcome.FAILED, result.code or "RAIL_DECLINED",
+                             result.detail)
+    # An outcome this worker does not know: the rail may have acted, so look it up next time.
+    return _complete(item, Outcome.RETRYABLE, "RAIL_UNKNOWN_OUTCOME", str(result.outcome),
+                     ambiguous=True)

@@ -1,0 +1,484 @@
+"""The executor worker against a real PostgreSQL: every rail answer ends in the right ledger
+rows, lookups prevent second sends, fencing is reported, concurrency is bounded, and a stop
+never completes an item the worker did not finish.
+
+The rail is an in-process fake (the classification is what is under test); every test claims
+from its own fresh database, because the session database holds other tests' items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from uuid import UUID
+
+import pytest
+from tests.support.database import DatabaseFactory, unique
+
+from symphony.db import ConfigurationError, Database, DatabaseSettings, test_only
+from symphony.outbox import ClaimedItem, OutboxStore, PaymentInstruction
+from symphony.rails import DispatchOutcome, DispatchResult, LookupResult, LookupStatus
+from symphony.services.worker import ExecutorWorker, WorkerConfig, payload_problem
+
+SUCCESS = DispatchResult(DispatchOutcome.SUCCESS, rail_transaction_id="rail-tx-1")
+
+DispatchHook = Callable[[str], Awaitable[DispatchResult | None]]
+
+
+@dataclass
+class FakeRail:
+    """A rail that answers from a script and records every call it gets."""
+
+    answer: DispatchResult = SUCCESS
+    lookup_answer: LookupResult = field(
+        default_factory=lambda: LookupResult(LookupStatus.NOT_FOUND)
+    )
+    delay: float = 0.0
+    on_dispatch: DispatchHook | None = None
+    supports_lookup: bool = True
+    dispatched: list[str] = field(default_factory=list)
+    looked_up: list[str] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    async def dispatch(
+        self, reference: str, *, rail_type: str, payload: Mapping[str, Any],
+        timeout: float,  # noqa: ASYNC109 - the RailClient protocol
+    ) -> DispatchResult:
+        self.dispatched.append(reference)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if self.on_dispatch is not None:
+                override = await self.on_dispatch(reference)
+                if override is not None:
+                    return override
+            return self.answer
+        finally:
+            self.in_flight -= 1
+
+    async def lookup(self, reference: str, *, timeout: float) -> LookupResult:  # noqa: ASYNC109
+        self.looked_up.append(reference)
+        return self.lookup_answer
+
+    async def aclose(self) -> None:
+        return None
+
+
+@dataclass
+class Harness:
+    db: Database
+    store: OutboxStore
+    admin_dsn: str
+
+    def config(self, **overrides: Any) -> WorkerConfig:
+        values: dict[str, Any] = {
+            "worker_id": unique("worker"),
+            "lease_seconds": 60,
+            "dispatch_timeout_seconds": 2.0,
+            "lookup_timeout_seconds": 1.0,
+            "poll_interval_seconds": 30.0,
+            "shutdown_grace_seconds": 5.0,
+        }
+        values.update(overrides)
+        return WorkerConfig(**values)
+
+    async def enqueue(self, destination: str = "ACCT-1", **payload: Any) -> UUID:
+        body = {"amount": "12.50", "currency": "EUR", "destination": destination, **payload}
+        result = await self.store.enqueue(PaymentInstruction(
+            instruction_id=unique("instr"), idempotency_key=unique("key"),
+            participant_id="participant-a", rail_type="SEPA_CT", payload=body,
+        ))
+        return result.outbox_id
+
+    async def states(self, outbox_id: UUID) -> list[str]:
+        return [row["state"] for row in await self.store.ledger(outbox_id)]
+
+    async def pending_row(self, outbox_id: UUID) -> dict[str, Any] | None:
+        rows = await test_only.query_no_role(
+            self.admin_dsn,
+            "SELECT needs_lookup, lease_token, claimed_by, next_attempt_at, last_error_code "
+            "FROM symphony.payment_outbox_pending WHERE outbox_id = %s",
+            (outbox_id,),
+        )
+        return rows[0] if rows else None
+
+    async def make_due(self, outbox_id: UUID) -> None:
+        """Skip the retry backoff: the item is due now."""
+        await test_only.query_no_role(
+            self.admin_dsn,
+            "UPDATE symphony.payment_outbox_pending SET next_attempt_at = now() "
+            "WHERE outbox_id = %s",
+            (outbox_id,),
+        )
+
+    async def expire_lease(self, outbox_id: UUID) -> None:
+        await test_only.query_no_role(
+            self.admin_dsn,
+            "UPDATE symphony.payment_outbox_pending "
+            "SET lease_expires_at = now() - interval '1 second' WHERE outbox_id = %s",
+            (outbox_id,),
+        )
+
+
+@pytest.fixture(scope="module")
+def module_settings(make_database: DatabaseFactory) -> DatabaseSettings:
+    """A database of this module's own: no other module's items can be claimed here."""
+    return make_database()
+
+
+@pytest.fixture
+async def h(module_settings: DatabaseSettings) -> AsyncIterator[Harness]:
+    assert module_settings.database_url is not None
+    admin_dsn = module_settings.database_url.get_secret_value()
+    # Earlier tests' leftovers (rescheduled retries, abandoned leases) are parked a day ahead,
+    # so each test claims and repairs only the items it enqueued itself.
+    await test_only.query_no_role(
+        admin_dsn,
+        "UPDATE symphony.payment_outbox_pending SET "
+        "next_attempt_at = CASE WHEN lease_token IS NULL THEN now() + interval '1 day' "
+        "ELSE next_attempt_at END, "
+        "lease_expires_at = CASE WHEN lease_token IS NULL THEN NULL "
+        "ELSE now() + interval '1 day' END",
+    )
+    db = await Database.open(module_settings)
+    try:
+        yield Harness(db, OutboxStore(db), admin_dsn)
+    finally:
+        await db.close()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    async with asyncio.timeout(within):
+        while not await check():  # noqa: ASYNC110 - polls state no event announces
+            await asyncio.sleep(0.02)
+
+
+# -- classification --------------------------------------------------------------------------
+
+
+async def test_success_is_recorded_dispatched_with_the_rail_transaction_id(h: Harness) -> None:
+    outbox_id = await h.enqueue()
+    rail = FakeRail()
+    result = await ExecutorWorker(h.store, rail, h.config()).run_once()
+
+    assert (result.claimed, result.dispatched, result.retried, result.failed) == (1, 1, 0, 0)
+    assert rail.dispatched == [str(outbox_id)]
+    ledger = await h.store.ledger(outbox_id)
+    assert [r["state"] for r in ledger] == ["DISPATCHING", "DISPATCHED"]
+    assert ledger[-1]["rail_transaction_id"] == "rail-tx-1"
+    assert await h.pending_row(outbox_id) is None
+
+
+async def test_retryable_answer_reschedules_without_a_lookup_flag(h: Harness) -> None:
+    outbox_id = await h.enqueue()
+    rail = FakeRail(answer=DispatchResult(DispatchOutcome.RETRYABLE, "RAIL_UNAVAILABLE", "503"))
+    result = await ExecutorWorker(h.store, rail, h.config()).run_once()
+
+    assert (result.claimed, result.retried) == (1, 1)
+    ledger = await h.store.ledger(outbox_id)
+    assert [r["state"] for r in ledger] == ["DISPATCHING", "RETRYABLE"]
+    assert ledger[-1]["error_code"] == "RAIL_UNAVAILABLE"
+    pending = await h.pending_row(outbox_id)
+    assert pending is not None
+    assert pending["lease_token"] is None and pending["needs_lookup"] is False
+
+
+async def test_terminal_answer_fails_the_item_with_the_rails_code(h: Harness) -> None:
+    outbox_id = await h.enqueue()
+    rail = FakeRail(answer=DispatchResult(DispatchOutcome.TERMINAL, "INSUFFICIENT_FUNDS", "422"))
+    result = await ExecutorWorker(h.store, rail, h.config()).run_once()
+
+    assert (result.claimed, result.failed) == (1, 1)
+    ledger = await h.store.ledger(outbox_id)
+    assert [r["state"] for r in ledger] == ["DISPATCHING", "FAILED"]
+    assert ledger[-1]["error_code"] == "INSUFFICIENT_FUNDS"
+    assert await h.pending_row(outbox_id) is None
+
+
+async def test_ambiguous_answer_retries_and_flags_a_lookup(h: Harness) -> None:
+    outbox_id = await h.enqueue()
+    rail = FakeRail(answer=DispatchResult(DispatchOutcome.AMBIGUOUS, "RAIL_TIMEOUT", "timeout"))
+    result = await ExecutorWorker(h.store, rail, h.config()).run_once()
+
+    assert result.retried == 1
+    assert await h.states(outbox_id) == ["DISPATCHING", "RETRYABLE"]
+    pending = await h.pending_row(outbox_id)
+    assert pending is not None and pending["needs_lookup"] is True
+
+
+async def test_executed_lookup_records_dispatched_without_a_second_send(h: Harness) -> None:
+    outbox_id = await h.enqueue()
+    rail = FakeRail(answer=DispatchResult(DispatchOutcome.AMBIGUOUS, "RAIL_TIMEOUT", "timeout"))
+    worker = ExecutorWorker(h.store, rail, h.config())
+    await worker.run_once()
+    await h.make_due(outbox_id)
+
+    rail.lookup_answer = LookupResult(LookupStatus.EXECUTED, rail_transaction_id="rail-tx-9")
+    rail.answer = SUCCESS
+    result = await worker.run_once()
+
+    assert (result.claimed, result.looked_up, result.skipped_send, result.dispatched) == (
+        1, 1, 1, 1)
+    assert rail.dispatched == [str(outbox_id)], "the rail must see one send only (I10)"
+    assert rail.looked_up == [str(outbox_id)]
+    ledger = await h.store.ledger(outbox_id)
+    assert [r["state"] for r in ledger] == [
+        "DISPATCHING", "RETRYABLE", "DISPATCHING", "DISPATCHED"]
+    assert ledger[-1]["rail_transaction_id"] == "rail-tx-9"
+
+
+async def test_not_found_lookup_sends_again_under_the_same_reference(h: Harness) -> None:
+    outbox_id = await h.enqueue()
+    rail = FakeRail(answer=DispatchResult(DispatchOutcome.AMBIGUOUS, "RAIL_TIMEOUT", "timeout"))
+    worker = ExecutorWorker(h.store, rail, h.config())
+    await worker.run_once()
+    await h.make_due(outbox_id)
+
+    rail.answer = SUCCESS
+    result = await worker.run_once()
+
+    assert (result.looked_up, result.skipped_send, result.dispatched) == (1, 0, 1)
+    assert rail.dispatched == [str(outbox_id), str(outbox_id)]
+    assert await h.states(outbox_id) == [
+        "DISPATCHING", "RETRYABLE", "DISPATCHING", "DISPATCHED"]
+
+
+async def test_unknown_lookup_retries_without_sending(h: Harness) -> None:
+    outbox_id = await h.enqueue()
+    rail = FakeRail(answer=DispatchResult(DispatchOutcome.AMBIGUOUS, "RAIL_TIMEOUT", "timeout"))
+    worker = ExecutorWorker(h.store, rail, h.config())
+    await worker.run_once()
+    await h.make_due(outbox_id)
+
+    rail.lookup_answer = LookupResult(LookupStatus.UNKNOWN, detail="rail unreachable")
+    result = await worker.run_once()
+
+    assert (result.looked_up, result.retried, result.dispatched) == (1, 1, 0)
+    assert rail.dispatched == [str(outbox_id)], "an UNKNOWN lookup must not lead to a send"
+    ledger = await h.store.ledger(outbox_id)
+    assert ledger[-1]["state"] == "RETRYABLE" and ledger[-1]["error_code"] == "LOOKUP_UNKNOWN"
+    pending = await h.pending_row(outbox_id)
+    assert pending is not None and pending["needs_lookup"] is True
+
+
+async def test_zombie_requeued_item_is_looked_up_before_it_is_sent(h: Harness) -> None:
+    outbox_id = await h.enqueue()
+    # A worker that died mid-dispatch: claimed, never completed, lease expired, repaired.
+    await h.store.claim(unique("dead-worker"), 10, 60)
+    await h.expire_lease(outbox_id)
+    assert [r.outbox_id for r in await h.store.repair_expired_leases(10)] == [outbox_id]
+
+    rail = FakeRail(lookup_answer=LookupResult(LookupStatus.EXECUTED, "rail-tx-dead"))
+    result = await ExecutorWorker(h.store, rail, h.config()).run_once()
+
+    assert (result.skipped_send, result.dispatched) == (1, 1)
+    assert rail.dispatched == []
+    assert await h.states(outbox_id) == [
+        "DISPATCHING", "ZOMBIE_REQUEUE", "DISPATCHING", "DISPATCHED"]
+
+
+class CorruptingStore(OutboxStore):
+    """Hands the worker a payload the database would never have accepted at enqueue."""
+
+    async def claim(self, worker_id: str, batch_size: int, lease_seconds: int
+                    ) -> list[ClaimedItem]:
+        items = await super().claim(worker_id, batch_size, lease_seconds)
+        bad = {"amount": "-5", "currency": "EUR", "destination": "X"}
+        return [replace(item, payload=bad) for item in items]
+
+
+async def test_invalid_payload_fails_without_calling_the_rail(h: Harness) -> None:
+    outbox_id = await h.enqueue()
+    rail = FakeRail()
+    result = await ExecutorWorker(CorruptingStore(h.db), rail, h.config()).run_once()
+
+    assert (result.claimed, result.failed) == (1, 1)
+    assert rail.dispatched == [] and rail.looked_up == []
+    ledger = await h.store.ledger(outbox_id)
+    assert [r["state"] for r in ledger] == ["DISPATCHING", "FAILED"]
+    assert ledger[-1]["error_code"] == "INVALID_PAYLOAD"
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        ({"amount": "12.50", "currency": "EUR", "destination": "X"}, None),
+        ({"amount": 7, "currency": "USD", "destination": "X"}, None),
+        ({"currency": "EUR", "destination": "X"}, "amount"),
+        ({"amount": True, "currency": "EUR", "destination": "X"}, "amount"),
+        ({"amount": "0", "currency": "EUR", "destination": "X"}, "amount"),
+        ({"amount": "1.123456789", "currency": "EUR", "destination": "X"}, "amount"),
+        ({"amount": "1e5", "currency": "EUR", "destination": "X"}, "amount"),
+        ({"amount": "1", "currency": "eur", "destination": "X"}, "currency"),
+        ({"amount": "1", "destination": "X"}, "currency"),
+        ({"amount": "1", "currency": "EUR", "destination": ""}, "destination"),
+        ({"amount": "1", "currency": "EUR", "destination": "X" * 257}, "destination"),
+        ({"amount": "1", "currency": "EUR", "destination": 42}, "destination"),
+    ],
+)
+def test_payload_check(payload: dict[str, Any], problem: str | None) -> None:
+    found = payload_problem(payload)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found
+
+
+# -- fencing ---------------------------------------------------------------------------------
+
+
+async def test_completion_after_the_lease_was_repaired_is_reported_fenced(h: Harness) -> None:
+    outbox_id = await h.enqueue()
+
+    async def lose_the_lease(reference: str) -> DispatchResult | None:
+        # While the rail call is in flight, the lease expires and the repair requeues the item.
+        await h.expire_lease(UUID(reference))
+        await h.store.repair_expired_leases(10)
+        return None
+
+    rail = FakeRail(on_dispatch=lose_the_lease)
+    result = await ExecutorWorker(h.store, rail, h.config()).run_once()
+
+    assert (result.claimed, result.fenced, result.dispatched) == (1, 1, 0)
+    assert await h.states(outbox_id) == ["DISPATCHING", "ZOMBIE_REQUEUE"]
+    pending = await h.pending_row(outbox_id)
+    assert pending is not None
+    assert pending["lease_token"] is None and pending["needs_lookup"] is True
+
+
+# -- concurrency, the loop, stopping ---------------------------------------------------------
+
+
+async def test_concurrency_is_bounded(h: Harness) -> None:
+    ids = [await h.enqueue() for _ in range(12)]
+    rail = FakeRail(delay=0.05)
+    result = await ExecutorWorker(h.store, rail, h.config(max_concurrency=3)).run_once()
+
+    assert (result.claimed, result.dispatched) == (12, 12)
+    assert rail.max_in_flight == 3
+    assert sorted(rail.dispatched) == sorted(str(i) for i in ids)
+
+
+async def test_graceful_stop_records_finished_items_and_leaves_the_rest_leased(
+    h: Harness,
+) -> None:
+    fast = [await h.enqueue(destination="FAST") for _ in range(3)]
+    slow = [await h.enqueue(destination="SLOW") for _ in range(2)]
+    slow_refs = {str(i) for i in slow}
+    never = asyncio.Event()
+
+    async def hang_on_slow(reference: str) -> DispatchResult | None:
+        if reference in slow_refs:
+            await never.wait()
+        return None
+
+    rail = FakeRail(on_dispatch=hang_on_slow)
+    worker = ExecutorWorker(h.store, rail, h.config())
+    cycle = asyncio.create_task(worker.run_once())
+    await eventually(lambda: _true(len(rail.dispatched) == 5 and rail.in_flight == 2))
+
+    worker.request_stop(grace=0.2)
+    result = await asyncio.wait_for(cycle, 10)
+
+    assert (result.claimed, result.dispatched, result.abandoned) == (5, 3, 2)
+    for outbox_id in fast:
+        assert await h.states(outbox_id) == ["DISPATCHING", "DISPATCHED"]
+    for outbox_id in slow:
+        assert await h.states(outbox_id) == ["DISPATCHING"], "unfinished items stay in flight"
+        pending = await h.pending_row(outbox_id)
+        assert pending is not None and pending["lease_token"] is not None
+    # A stopped worker claims nothing more.
+    assert (await worker.run_once()).claimed == 0
+
+
+async def test_stop_of_a_running_worker_drains_within_the_grace_period(h: Harness) -> None:
+    outbox_id = await h.enqueue()
+    release = asyncio.Event()
+
+    async def wait_for_release(reference: str) -> DispatchResult | None:
+        await release.wait()
+        return None
+
+    rail = FakeRail(on_dispatch=wait_for_release)
+    worker = ExecutorWorker(h.store, rail, h.config(shutdown_grace_seconds=5.0))
+    await worker.start()
+    await eventually(lambda: _true(rail.in_flight == 1))
+
+    stopping = asyncio.create_task(worker.stop())
+    await asyncio.sleep(0.1)
+    release.set()  # finishes inside the grace period: must be recorded
+    await asyncio.wait_for(stopping, 10)
+
+    assert not worker.running
+    assert await h.states(outbox_id) == ["DISPATCHING", "DISPATCHED"]
+    await worker.stop()  # a repeated stop is harmless
+
+
+async def test_notification_wakes_the_worker_before_the_poll_interval(h: Harness) -> None:
+    rail = FakeRail()
+    worker = ExecutorWorker(h.store, rail, h.config(poll_interval_seconds=60.0))
+    await worker.start()
+    try:
+        await eventually(lambda: _true(worker.listening))
+        await asyncio.sleep(0.2)  # let the wake-up that follows connecting run its cycle
+        outbox_id = await h.enqueue()
+        await eventually(lambda: _true(rail.dispatched == [str(outbox_id)]), within=5.0)
+        await eventually(lambda: _async_states_end(h, outbox_id, "DISPATCHED"), within=5.0)
+    finally:
+        await worker.stop()
+
+
+async def test_a_full_batch_is_followed_by_another_cycle_at_once(h: Harness) -> None:
+    ids = [await h.enqueue() for _ in range(5)]
+    rail = FakeRail()
+    worker = ExecutorWorker(h.store, rail, h.config(batch_size=2, poll_interval_seconds=60.0))
+    await worker.start()
+    try:
+        await eventually(lambda: _true(len(rail.dispatched) == 5), within=5.0)
+    finally:
+        await worker.stop()
+    assert sorted(rail.dispatched) == sorted(str(i) for i in ids)
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def test_lease_follows_the_zombie_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZOMBIE_THRESHOLD_SECONDS", "45")
+    assert WorkerConfig().lease_seconds == 45
+
+
+def test_invalid_zombie_threshold_is_a_startup_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZOMBIE_THRESHOLD_SECONDS", "soon")
+    with pytest.raises(ConfigurationError) as info:
+        WorkerConfig.load()
+    assert info.value.code == "INVALID_ZOMBIE_THRESHOLD"
+
+
+def test_calls_longer_than_the_lease_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZOMBIE_THRESHOLD_SECONDS", "10")
+    with pytest.raises(ConfigurationError) as info:
+        WorkerConfig.load(dispatch_timeout_seconds=8, lookup_timeout_seconds=5)
+    assert info.value.code == "INVALID_WORKER_CONFIG"
+    assert "lease" in info.value.message
+
+
+def test_bad_environment_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYMPHONY_BATCH_SIZE", "0")
+    with pytest.raises(ConfigurationError) as info:
+        WorkerConfig.load()
+    assert "SYMPHONY_BATCH_SIZE" in info.value.message
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _async_states_end(h: Harness, outbox_id: UUID, state: str) -> bool:
+    states = await h.states(outbox_id)
+    return bool(states) and states[-1] == state
