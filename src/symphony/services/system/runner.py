@@ -1,0 +1,222 @@
+"""`symphony run`: the whole system in one process, on the embedded PostgreSQL by default.
+
+Order of start: the database (embedded unless `DATABASE_URL` is set) with its migrations, the
+rail simulator (unless `SYMPHONY_RAIL_URL` names a rail), then the worker with its repair loop.
+Stop is the reverse, on SIGINT or SIGTERM: the worker drains first, while the rail it talks to
+is still up. An embedded server this command started is stopped on exit; one that was already
+running is left to whoever started it. The data stays, so the next start finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+from uuid import UUID
+
+from symphony.db import Database, DatabaseSettings, EmbeddedServer, bootstrap
+from symphony.outbox import OutboxStore
+from symphony.services.rail_sim import RailSimBehaviour, RailSimConfig, RailSimServer
+from symphony.services.rail_sim.server import DEFAULT_PORT
+from symphony.services.system.demo import (
+    DEMO_DISPATCH_TIMEOUT_SECONDS,
+    DEMO_LOOKUP_TIMEOUT_SECONDS,
+    DEMO_RETRY_POLICY,
+    apply_retry_policy,
+    demo_instructions,
+    enqueue_stream,
+    snapshot,
+)
+from symphony.services.worker import WorkerConfig, WorkerProcess, stop_on_signals
+
+log = logging.getLogger("symphony.run")
+
+# The simulator's hangs only need to outlast the demo's dispatch timeout.
+_DEMO_HANG_SECONDS = 5.0
+_DEMO_LATENCY_MS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """demo: enqueue `demo_count` sample payments and show live counts until they settle."""
+
+    demo: bool = False
+    demo_count: int = 40
+
+
+class SystemRunner:
+    """Starts and stops the parts of `symphony run`; `run()` does both around a stop event."""
+
+    def __init__(
+        self,
+        settings: DatabaseSettings,
+        options: RunOptions,
+        *,
+        out: TextIO | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.options = options
+        self.out = out or sys.stdout
+        self.stop_event = stop or asyncio.Event()
+        self.embedded: EmbeddedServer | None = None
+        self.db: Database | None = None
+        self.rail_sim: RailSimServer | None = None
+        self.worker: WorkerProcess | None = None
+        self._previous_policy: dict[str, Any] | None = None
+        self._demo_task: asyncio.Task[None] | None = None
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    async def run(self) -> None:
+        """Run until SIGINT/SIGTERM (or the stop event), then stop everything."""
+        with stop_on_signals(self.stop_event):
+            try:
+                await self.start()
+                if not self.stop_event.is_set():
+                    self.say("Running. Ctrl-C stops everything.")
+                await self.stop_event.wait()
+                self.say("Stopping ...")
+            finally:
+                await self.shutdown()
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.say("Symphony Outbox")
+        # Built before the database starts, so a bad setting stops us before anything runs.
+        config_overrides: dict[str, Any] = {}
+        if self.options.demo:
+            config_overrides.update(
+                dispatch_timeout_seconds=DEMO_DISPATCH_TIMEOUT_SECONDS,
+                lookup_timeout_seconds=DEMO_LOOKUP_TIMEOUT_SECONDS,
+            )
+        config = WorkerConfig.load(**config_overrides)
+
+        if settings.database_url is None:
+            self.say(f"  database   starting the embedded PostgreSQL, data in "
+                     f"{settings.embedded_data_dir.resolve()}")
+        boot = await bootstrap(settings)
+        self.embedded = boot.embedded
+        if boot.embedded is not None:
+            state = "started" if boot.embedded.started_here else "already running, reused"
+            self.say(f"  database   embedded PostgreSQL {state}")
+        else:
+            self.say(f"  database   {boot.endpoint.describe()}")
+        self.say(f"  schema     {len(boot.migrations.applied)} migration(s) applied now, "
+                 f"{len(boot.migrations.already_applied)} already in place")
+        self.db = await Database.open(settings, embedded=boot.embedded)
+
+        if "rail_url" in config.model_fields_set:
+            self.say(f"  rail       {config.rail_url} (SYMPHONY_RAIL_URL)")
+        else:
+            self.rail_sim = await self._start_rail_sim()
+            config = WorkerConfig.load(**config_overrides, rail_url=self.rail_sim.url)
+            self.say(f"  rail       simulator at {self.rail_sim.url} (in this process)")
+
+        if self.options.demo:
+            self._previous_policy = await apply_retry_policy(self.db, DEMO_RETRY_POLICY)
+            self.say("  demo       retry backoff 200 ms .. 2 s, dispatch timeout "
+                     f"{config.dispatch_timeout_seconds:g}s (restored on exit)")
+
+        self.worker = WorkerProcess(self.db, config)
+        await self.worker.start()
+        self.say(f"  worker     {config.worker_id}: batch {config.batch_size}, concurrency "
+                 f"{config.max_concurrency}, lease {config.lease_seconds}s, zombie repair on")
+        if config.metrics_port is not None:
+            self.say(f"  metrics    http://127.0.0.1:{config.metrics_port}/metrics")
+        where = ("from this directory" if settings.database_url is None
+                 else "with the same DATABASE_URL")
+        self.say(f"In another terminal, {where}: symphony status   (or: symphony audit verify)")
+        if self.options.demo:
+            self._demo_task = asyncio.create_task(self._demo(), name="demo")
+
+    async def _start_rail_sim(self) -> RailSimServer:
+        behaviour = (
+            RailSimBehaviour(latency_ms=_DEMO_LATENCY_MS, hang_seconds=_DEMO_HANG_SECONDS)
+            if self.options.demo else RailSimBehaviour()
+        )
+        # The usual port when it is free, so a separate `symphony worker` finds the rail by
+        # default; any free port otherwise.
+        for port in (DEFAULT_PORT, 0):
+            server = RailSimServer(RailSimConfig(port=port, behaviour=behaviour))
+            try:
+                await server.start()
+            except OSError:
+                continue
+            return server
+        raise RuntimeError("the rail simulator could not bind any port")
+
+    async def _demo(self) -> None:
+        assert self.worker is not None
+        store: OutboxStore = self.worker.store
+        ids: list[UUID] = []
+        instructions = demo_instructions(self.options.demo_count)
+        self.say(f"Demo: enqueuing {len(instructions)} payments (every 10th: RETRY:2, "
+                 "FAIL:INSUFFICIENT_FUNDS, HANG:1) ...")
+        started = time.monotonic()
+        feed = asyncio.create_task(enqueue_stream(store, instructions, on_enqueued=ids.append))
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                try:
+                    view = await snapshot(store, ids, started)
+                except Exception as exc:
+                    self.say(f"(status unavailable: {exc})")
+                    continue
+                self.say(view.line())
+                if feed.done() and view.demo_unsettled == 0:
+                    feed.result()
+                    break
+            self.say(f"Demo complete: all {len(ids)} payments settled in "
+                     f"{time.monotonic() - started:.1f}s. Still running; Ctrl-C stops.")
+        finally:
+            feed.cancel()
+            await asyncio.gather(feed, return_exceptions=True)
+
+    async def shutdown(self) -> None:
+        """Stop what was started, in reverse order. Safe after a partial start."""
+        if self._demo_task is not None:
+            self._demo_task.cancel()
+            await asyncio.gather(self._demo_task, return_exceptions=True)
+            self._demo_task = None
+        if self.worker is not None:
+            await self.worker.stop()
+            self.worker = None
+        if self._previous_policy is not None and self.db is not None:
+            try:
+                await apply_retry_policy(self.db, self._previous_policy)
+            except Exception:
+                log.exception("could not restore the retry policy after the demo")
+            self._previous_policy = None
+        if self.rail_sim is not None:
+            await self.rail_sim.stop()
+            self.rail_sim = None
+        if self.db is not None:
+            await self.db.close()
+            self.db = None
+        embedded, self.embedded = self.embedded, None
+        if embedded is not None:
+            if embedded.started_here:
+                try:
+                    await asyncio.to_thread(embedded.shutdown)
+                except Exception:
+                    log.exception("could not stop the embedded PostgreSQL; `symphony db stop` "
+                                  "stops it")
+                else:
+                    self.say("Stopped the embedded PostgreSQL; its data stays for the next "
+                             "start.")
+            else:
+                embedded.stop()
+                self.say("Left the embedded PostgreSQL running (it was running before).")
+        self.say("Stopped.")
+
+
+async def run_system(
+    settings: DatabaseSettings, options: RunOptions, *, out: TextIO | None = None
+) -> None:
+    """Run the whole system until SIGINT or SIGTERM."""
+    await SystemRunner(settings, options, out=out).run()

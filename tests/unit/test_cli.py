@@ -1,0 +1,298 @@
+"""The `symphony` command, run in-process through `main([...])` against the test database.
+
+Every command reads `DATABASE_URL` and `SYMPHONY_HOME` like a real invocation. The home is
+always the session's (roles and their passwords are cluster-wide). Commands that claim or
+audit run on a database of their own, since the session database holds other tests' items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.support.database import DatabaseFactory, unique
+
+from symphony.cli import main
+from symphony.db import Database, DatabaseSettings, test_only
+from symphony.outbox import OutboxStore
+from symphony.services.rail_sim import RailSimConfig, RailSimServer
+
+
+@pytest.fixture
+def cli_env(
+    monkeypatch: pytest.MonkeyPatch, db_settings: DatabaseSettings, symphony_home: Path
+) -> DatabaseSettings:
+    """The CLI's environment pointed at the session database."""
+    return _point_at(monkeypatch, db_settings, symphony_home)
+
+
+@pytest.fixture
+def own_db(
+    monkeypatch: pytest.MonkeyPatch, make_database: DatabaseFactory, symphony_home: Path
+) -> DatabaseSettings:
+    """The CLI's environment pointed at a database of this test's own."""
+    return _point_at(monkeypatch, make_database(), symphony_home)
+
+
+def _point_at(
+    monkeypatch: pytest.MonkeyPatch, settings: DatabaseSettings, home: Path
+) -> DatabaseSettings:
+    assert settings.database_url is not None
+    monkeypatch.setenv("DATABASE_URL", settings.database_url.get_secret_value())
+    monkeypatch.setenv("SYMPHONY_HOME", str(home))
+    for name in ("ZOMBIE_THRESHOLD_SECONDS", "SYMPHONY_RAIL_URL", "SYMPHONY_LOG_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def rail_url() -> Iterator[str]:
+    """The rail simulator on its own loop and thread: `main()` runs its own event loop."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="rail-sim", daemon=True)
+    thread.start()
+    server = RailSimServer(RailSimConfig(port=0))
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+    try:
+        yield server.url
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
+    """Run a command with --json; its exit code and the one JSON document it printed."""
+    code = main([*argv, "--json"])
+    out = capsys.readouterr().out.strip()
+    return code, json.loads(out)
+
+
+def enqueue_args(instruction_id: str, key: str, **overrides: str) -> list[str]:
+    values = {"participant": "participant-cli", "rail": "RTP", "amount": "10.00",
+              "currency": "USD", "destination": "ACCT-77", **overrides}
+    args = ["enqueue", "--instruction-id", instruction_id, "--idempotency-key", key]
+    for name, value in values.items():
+        args += [f"--{name}", value]
+    return args
+
+
+# -- migrate, enqueue, status ----------------------------------------------------------------
+
+
+def test_migrate_on_a_migrated_database_applies_nothing(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, report = run_json(capsys, "migrate")
+    assert code == 0
+    assert report["applied"] == []
+    assert report["already_applied"] and report["latest"] == report["already_applied"][-1]
+
+
+def test_enqueue_is_idempotent(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = enqueue_args(unique("cli"), unique("key"))
+    code, first = run_json(capsys, *args)
+    assert code == 0 and first["created"] is True and first["state"] == "PENDING"
+    code, again = run_json(capsys, *args)
+    assert code == 0 and again["created"] is False
+    assert again["outbox_id"] == first["outbox_id"]
+    assert again["sequence_id"] == first["sequence_id"]
+
+
+def test_enqueue_accepts_a_whole_payload(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    payload = json.dumps({"amount": "3.14", "currency": "GBP", "destination": "ACCT-1",
+                          "reference_note": "rent"})
+    code, result = run_json(
+        capsys, "enqueue", "--instruction-id", unique("cli"), "--idempotency-key",
+        unique("key"), "--participant", "participant-cli", "--rail", "FPS", "--payload", payload,
+    )
+    assert code == 0 and result["created"] is True
+
+
+def test_reused_key_with_another_request_is_refused(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    instruction, key = unique("cli"), unique("key")
+    assert run_json(capsys, *enqueue_args(instruction, key))[0] == 0
+    code, body = run_json(capsys, *enqueue_args(instruction, key, amount="11.00"))
+    assert code == 1
+    assert body["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert body["error"]["incident_id"]
+
+
+def test_invalid_amount_is_a_usage_error_with_its_code(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(enqueue_args(unique("cli"), unique("key"), amount="-1"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error [INVALID_AMOUNT]:" in err and "(incident " in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--payload", "{not json"], "INVALID_PAYLOAD_JSON"),
+        (["--payload", "[1, 2]"], "INVALID_PAYLOAD_JSON"),
+        (["--amount", "1", "--payload", "{}"], "CONFLICTING_ARGUMENTS"),
+        (["--amount", "1"], "MISSING_ARGUMENT"),
+    ],
+)
+def test_bad_enqueue_arguments(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str], extra: list[str],
+    expected: str,
+) -> None:
+    base = ["enqueue", "--instruction-id", unique("cli"), "--idempotency-key", unique("key"),
+            "--participant", "participant-cli", "--rail", "RTP"]
+    code, body = run_json(capsys, *base, *extra)
+    assert code == 2
+    assert body["error"]["code"] == expected
+
+
+def test_unknown_command_and_missing_options_exit_2(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["no-such-command"]) == 2
+    assert main(["enqueue", "--instruction-id", "x"]) == 2
+    assert main(["repair", "--limit", "0"]) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_status_reports_counts_and_zombies(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, status = run_json(capsys, "status")
+    assert code == 0
+    for key in ("due", "scheduled", "dispatching", "zombies", "pending_total",
+                "dispatched_total", "failed_total", "zombies_awaiting_repair"):
+        assert isinstance(status[key], int), key
+    assert status["zombie_threshold_seconds"] == 120
+
+
+# -- worker, repair, audit (own database) ----------------------------------------------------
+
+
+def test_worker_once_dispatches_and_the_audit_passes(
+    own_db: DatabaseSettings, rail_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_json(capsys, *enqueue_args(unique("ok"), unique("key")))[0] == 0
+    assert run_json(capsys, *enqueue_args(unique("ko"), unique("key"),
+                                          destination="FAIL:INSUFFICIENT_FUNDS"))[0] == 0
+
+    code, cycle = run_json(capsys, "worker", "--once", "--rail-url", rail_url)
+    assert code == 0
+    assert (cycle["claimed"], cycle["dispatched"], cycle["failed"]) == (2, 1, 1)
+    assert cycle["zombies_repaired"] == 0
+
+    code, audit = run_json(capsys, "audit", "verify")
+    assert code == 0
+    assert audit["ok"] is True
+    assert audit["illegal_transitions"] == [] and audit["pending_mismatch"] == []
+    assert audit["counts"] == {"items": 2, "ledger_rows": 4, "pending": 0}
+
+    assert main(["audit", "verify"]) == 0
+    assert "audit passed" in capsys.readouterr().out
+
+
+def test_repair_once_requeues_an_expired_lease(
+    own_db: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, enqueued = run_json(capsys, *enqueue_args(unique("z"), unique("key")))
+    assert code == 0
+    asyncio.run(_claim_and_expire(own_db))
+
+    code, report = run_json(capsys, "repair", "--once")
+    assert code == 0
+    assert report["repaired"] == 1
+    assert report["items"][0]["outbox_id"] == enqueued["outbox_id"]
+    assert report["items"][0]["claimed_by"] == "cli-test-dead-worker"
+
+    code, again = run_json(capsys, "repair", "--once")
+    assert (code, again["repaired"]) == (0, 0)
+
+
+async def _claim_and_expire(settings: DatabaseSettings) -> None:
+    async with await Database.open(settings) as db:
+        claimed = await OutboxStore(db).claim("cli-test-dead-worker", 10, 60)
+    assert len(claimed) == 1
+    assert settings.database_url is not None
+    await test_only.query_no_role(
+        settings.database_url.get_secret_value(),
+        "UPDATE symphony.payment_outbox_pending "
+        "SET lease_expires_at = now() - interval '1 second' WHERE lease_token IS NOT NULL",
+    )
+
+
+# -- configuration errors --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["worker", "--once"], ["status"], ["repair", "--once"]])
+def test_invalid_zombie_threshold_stops_the_command_at_start(
+    cli_env: DatabaseSettings, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], command: list[str],
+) -> None:
+    monkeypatch.setenv("ZOMBIE_THRESHOLD_SECONDS", "ten")
+    code = main(command)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error [INVALID_ZOMBIE_THRESHOLD]" in err and "ZOMBIE_THRESHOLD_SECONDS" in err
+
+
+def test_invalid_worker_option_is_a_configuration_error(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, body = run_json(capsys, "worker", "--once", "--rail-url", "ftp://rail")
+    assert code == 2
+    assert body["error"]["code"] == "INVALID_WORKER_CONFIG"
+
+
+def test_invalid_log_level_is_a_configuration_error(
+    cli_env: DatabaseSettings, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("SYMPHONY_LOG_LEVEL", "chatty")
+    assert main(["status"]) == 2
+    assert "error [INVALID_LOG_LEVEL]" in capsys.readouterr().err
+
+
+def test_db_stop_refuses_a_server_it_does_not_manage(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, body = run_json(capsys, "db", "stop")
+    assert code == 2
+    assert body["error"]["code"] == "NOT_EMBEDDED"
+
+
+def test_unreachable_database_is_an_operational_error(
+    cli_env: DatabaseSettings, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody:secret@127.0.0.1:1/none")
+    monkeypatch.setenv("SYMPHONY_DB_CONNECT_TIMEOUT_S", "1")
+    code, body = run_json(capsys, "status")
+    assert code == 1
+    assert body["error"]["code"] == "DATABASE_UNREACHABLE"
+    assert "secret" not in json.dumps(body)
+
+
+def test_python_dash_m_symphony_runs_the_cli(cli_env: DatabaseSettings) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "symphony", "status", "--json"],
+        capture_output=True, text=True, timeout=60, env={**os.environ},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pending_total" in json.loads(done.stdout)
