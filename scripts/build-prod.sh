@@ -6,6 +6,7 @@
 #   2. build_prod_check.py artefacts        no symphony/db/test_only.py or symphony/db/tests/
 #                                           in either artefact; the wheel ships all of src
 #   3. clean virtualenv + pip install       the wheel alone, runtime dependencies only
+#                                           (no pip, no dev extras, no system packages)
 #   4. build_prod_check.py scan-installed   AST scan of the installed modules for any
 #                                           import of the test-only modules
 #   5. build_prod_check.py import-all       SYMPHONY_ENV=production, python -I: import
@@ -62,13 +63,24 @@ step "inspect artefacts" "$python" scripts/build_prod_check.py artefacts "$dist"
 
 venv="$work/venv"
 wheels=("$dist"/*.whl)
-# Plain venv: no system site-packages and no dev extras, only what the wheel declares.
-# --no-compile: byte-compiling every dependency costs more time than the whole check;
-# the import step below compiles what it imports anyway.
-step "install the wheel into a clean virtualenv" \
-    bash -c '"$1" -m venv "$2" && "$2/bin/python" -m pip install --quiet --no-compile \
-        --disable-pip-version-check "$3"' \
-    _ "$python" "$venv" "${wheels[0]}" || finish
+# Plain venv: no system site-packages, no dev extras, not even pip: only the wheel and
+# the runtime dependencies it declares. The build environment's pip installs into it
+# (pip >= 22.3 has --python), which also spares seeding pip into every fresh venv;
+# an older pip falls back to the venv's own. --no-compile: byte-compiling every
+# dependency costs more than the whole check, and the import step compiles what it uses.
+install_wheel() {
+    local venv=$1 wheel=$2
+    local pip_args=(install --quiet --no-compile --disable-pip-version-check "$wheel")
+    "$python" -m venv --without-pip "$venv" || return
+    if "$python" -m pip --python "$venv/bin/python" --version >/dev/null 2>&1; then
+        "$python" -m pip --python "$venv/bin/python" "${pip_args[@]}"
+    else
+        "$venv/bin/python" -m ensurepip --default-pip >/dev/null && "$venv/bin/python" -m pip "${pip_args[@]}"
+    fi
+}
+venv="$work/venv"
+wheels=("$dist"/*.whl)
+step "install the wheel into a clean virtualenv" install_wheel "$venv" "${wheels[0]}" || finish
 
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 step "scan installed modules for test-only imports" \
