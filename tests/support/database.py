@@ -11,6 +11,7 @@ passwords): use the `symphony_home` fixture for anything that needs one.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -56,13 +57,18 @@ def make_database(
     """Create a fresh, migrated, provisioned database; returns settings that point at it."""
     created: list[str] = []
 
-    def factory() -> DatabaseSettings:
+    async def create() -> DatabaseSettings:
         name = f"symphony_test_{uuid.uuid4().hex[:12]}"
-        dsn = asyncio.run(test_only.create_database(server_admin_dsn, name))
+        dsn = await test_only.create_database(server_admin_dsn, name)
         created.append(name)
         settings = DatabaseSettings(DATABASE_URL=dsn, SYMPHONY_HOME=str(symphony_home))
-        asyncio.run(bootstrap(settings))
+        await bootstrap(settings)
         return settings
+
+    def factory() -> DatabaseSettings:
+        # Callable from sync fixtures and from inside a running test loop alike.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, create()).result()
 
     yield factory
     for name in created:
