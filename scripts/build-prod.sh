@@ -49,7 +49,9 @@ step() {
 
 finish() {
     if [[ $status -ne 0 ]]; then
-        printf '\nbuild-prod FAILED: %s\n' "$(IFS=';'; echo "${failed[*]}")"
+        local joined
+        joined=$(printf '%s; ' "${failed[@]}")
+        printf '\nbuild-prod FAILED: %s\n' "${joined%; }"
     else
         printf '\nbuild-prod: artefacts in %s; no test-only code shipped, all modules import\n' "$dist"
     fi

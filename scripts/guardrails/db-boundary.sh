@@ -56,7 +56,8 @@ step "import-linter contracts (.importlinter)" \
 step "ruff banned driver API (TID251)" "$ruff" check --no-cache --select TID251 src
 
 if [[ $status -ne 0 ]]; then
-    printf '\nguardrails FAILED: %s\n' "$(IFS=';'; echo "${failed[*]}")"
+    joined=$(printf '%s; ' "${failed[@]}")
+    printf '\nguardrails FAILED: %s\n' "${joined%; }"
     printf 'Run scripts/guardrails/db-boundary.sh to reproduce; each finding says what to use instead.\n'
 else
     printf '\nguardrails: all checks passed\n'
