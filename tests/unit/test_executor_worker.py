@@ -445,6 +445,52 @@ async def test_a_full_batch_is_followed_by_another_cycle_at_once(h: Harness) -> 
     assert sorted(rail.dispatched) == sorted(str(i) for i in ids)
 
 
+async def test_a_hanging_dispatch_does_not_hold_up_new_work(h: Harness) -> None:
+    stuck = await h.enqueue(destination="STUCK")
+    release = asyncio.Event()
+
+    async def hang_on_stuck(reference: str) -> DispatchResult | None:
+        if reference == str(stuck):
+            await release.wait()
+        return None
+
+    rail = FakeRail(on_dispatch=hang_on_stuck)
+    worker = ExecutorWorker(h.store, rail, h.config(poll_interval_seconds=60.0))
+    await worker.start()
+    try:
+        await eventually(lambda: _true(rail.in_flight == 1 and worker.listening))
+        later = await h.enqueue()
+        await eventually(lambda: _async_states_end(h, later, "DISPATCHED"), within=5.0)
+        assert await h.states(stuck) == ["DISPATCHING"]
+        release.set()
+        await eventually(lambda: _async_states_end(h, stuck, "DISPATCHED"), within=5.0)
+    finally:
+        await worker.stop()
+
+
+async def test_the_loop_leases_no_more_than_it_can_dispatch(h: Harness) -> None:
+    ids = [await h.enqueue() for _ in range(5)]
+    release = asyncio.Event()
+
+    async def hold(reference: str) -> DispatchResult | None:
+        await release.wait()
+        return None
+
+    rail = FakeRail(on_dispatch=hold)
+    worker = ExecutorWorker(h.store, rail, h.config(max_concurrency=2))
+    await worker.start()
+    try:
+        await eventually(lambda: _true(rail.in_flight == 2))
+        await asyncio.sleep(0.2)
+        leased = [i for i in ids if (row := await h.pending_row(i)) and row["lease_token"]]
+        assert len(leased) == 2, "items beyond the free capacity must stay claimable"
+        release.set()
+        await eventually(lambda: _true(len(rail.dispatched) == 5))
+    finally:
+        await worker.stop()
+    assert rail.max_in_flight == 2
+
+
 # -- configuration ---------------------------------------------------------------------------
 
 

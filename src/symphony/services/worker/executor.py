@@ -1,7 +1,9 @@
 """The executor worker: claims due items, sends them to the rail, records the outcomes.
 
 One cycle (`run_once`) is: claim one batch, dispatch its items with bounded concurrency, and
-record every outcome with ONE `complete_outbox_batch` call. The database does the rest: it
+record every outcome with ONE `complete_outbox_batch` call. The running loop (`start`) lets
+cycles overlap, each claiming no more than the free dispatch capacity, so one slow rail call
+delays only its own batch's completion, never the claiming of new work. The database does the rest: it
 fences stale leases (I9), turns a retry past the policy's limit into FAILED, and schedules the
 backoff.
 
@@ -128,6 +130,7 @@ class ExecutorWorker(LoopService[CycleResult]):
         self._stop_requested = asyncio.Event()
         self._grace_deadline: float | None = None
         self._listener_task: asyncio.Task[None] | None = None
+        self._items_in_flight = 0
         self.listening = False
 
     # -- the loop -----------------------------------------------------------------------------
@@ -172,29 +175,73 @@ class ExecutorWorker(LoopService[CycleResult]):
         return self._stop_requested.is_set()
 
     async def _run(self) -> None:
+        """Start a cycle whenever there is capacity and reason to look for work.
+
+        Cycles overlap: a slow rail call holds its own slot, not the whole worker. A new cycle
+        claims at most the free capacity (`max_concurrency` minus items in flight), so nothing
+        sits leased without a slot to dispatch it. The next cycle starts at once when the last
+        claim was full, else on a notification, when a cycle ends, or after the poll interval.
+        """
         self._listener_task = asyncio.create_task(self._listen(), name=f"{self.name}-listener")
+        cycles: set[asyncio.Task[CycleResult]] = set()
         try:
             while not self._stop_requested.is_set():
-                # Cleared before the cycle, so a notification that arrives during it is kept.
+                # Cleared before claiming, so a notification that arrives meanwhile is kept.
                 self._wake.clear()
-                try:
-                    result = await self.run_once()
-                    self.last_result = result
-                    self.cycles += 1
-                    if result.batch_full:
+                free = self.config.max_concurrency - self._items_in_flight
+                if free > 0:
+                    claimed: asyncio.Future[tuple[int, int]] = (
+                        asyncio.get_running_loop().create_future()
+                    )
+                    cycle = asyncio.create_task(
+                        self._cycle(min(self.config.batch_size, free), claimed),
+                        name=f"{self.name}-cycle",
+                    )
+                    cycles.add(cycle)
+                    cycle.add_done_callback(cycles.discard)
+                    try:
+                        count, limit = await claimed
+                    except Exception:
+                        count, limit = 0, 1  # the cycle logged it; back off to the poll
+                    if count >= limit and not self._stop_requested.is_set():
                         continue
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    self.failures += 1
-                    self.metrics.cycle_failures.inc()
-                    self.log.exception("worker cycle failed; retrying in %.1fs", self.interval)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.interval)
+            # Stopping: each cycle drains within the grace period on its own.
+            await asyncio.gather(*cycles, return_exceptions=True)
         finally:
+            for cycle in cycles:
+                cycle.cancel()
+            await asyncio.gather(*cycles, return_exceptions=True)
             listener, self._listener_task = self._listener_task, None
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+            if listener is not None:
+                listener.cancel()
+                await asyncio.gather(listener, return_exceptions=True)
+
+    async def _cycle(
+        self, limit: int, claimed: asyncio.Future[tuple[int, int]]
+    ) -> CycleResult:
+        try:
+            result = await self._claim_and_dispatch(limit, claimed)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not claimed.done():
+                claimed.set_exception(exc)
+            self.failures += 1
+            self.metrics.cycle_failures.inc()
+            self.log.exception("worker cycle failed; retrying in at most %.1fs", self.interval)
+            return CycleResult()
+        finally:
+            if not claimed.done():
+                # Never leave the loop waiting on a cycle that ended before it claimed.
+                claimed.set_result((0, limit))
+        self.last_result = result
+        self.cycles += 1
+        if result.claimed:
+            # Capacity came free: look for more work now rather than at the next poll.
+            self.wake()
+        return result
 
     async def _listen(self) -> None:
         """Wake the loop on every notification; reconnect with backoff when the connection
@@ -226,29 +273,42 @@ class ExecutorWorker(LoopService[CycleResult]):
 
     async def run_once(self) -> CycleResult:
         """Claim one batch, dispatch it, and record the outcomes in one statement."""
+        return await self._claim_and_dispatch(self.config.batch_size, None)
+
+    async def _claim_and_dispatch(
+        self, limit: int, claimed: asyncio.Future[tuple[int, int]] | None
+    ) -> CycleResult:
         if self._stop_requested.is_set():
+            if claimed is not None:
+                claimed.set_result((0, limit))
             return CycleResult()
-        items = await self.store.claim(
-            self.config.worker_id, self.config.batch_size, self.config.lease_seconds
-        )
+        items = await self.store.claim(self.config.worker_id, limit, self.config.lease_seconds)
+        if claimed is not None:
+            claimed.set_result((len(items), limit))
         if not items:
             return CycleResult()
         self.metrics.claimed.inc(len(items))
-        async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(self._decide(item), name=f"dispatch-{item.reference}")
-                for item in items
-            ]
-            await self._settle(tasks)
-        decisions = [t.result() for t in tasks if not t.cancelled()]
-        abandoned = len(items) - len(decisions)
-        if abandoned:
-            self.log.warning(
-                "%d item(s) still in flight after the shutdown grace period: left leased for "
-                "the zombie repair", abandoned,
-            )
-        results = await self.store.complete_batch([d.completion for d in decisions])
-        return self._tally(items, decisions, results, abandoned)
+        self._items_in_flight += len(items)
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._decide(item), name=f"dispatch-{item.reference}")
+                    for item in items
+                ]
+                await self._settle(tasks)
+            decisions = [t.result() for t in tasks if not t.cancelled()]
+            abandoned = len(items) - len(decisions)
+            if abandoned:
+                self.log.warning(
+                    "%d item(s) still in flight after the shutdown grace period: left leased "
+                    "for the zombie repair", abandoned,
+                )
+            results = await self.store.complete_batch([d.completion for d in decisions])
+        finally:
+            self._items_in_flight -= len(items)
+        result = self._tally(items, decisions, results, abandoned, limit)
+        self.log.debug("cycle: %s", result)
+        return result
 
     async def _settle(self, tasks: Sequence[asyncio.Task[_Decision]]) -> None:
         """Wait for every task, or, once a stop is requested, until the grace period ends;
@@ -279,6 +339,7 @@ class ExecutorWorker(LoopService[CycleResult]):
         decisions: Sequence[_Decision],
         results: Sequence[CompletionResult],
         abandoned: int,
+        limit: int,
     ) -> CycleResult:
         counts = {"DISPATCHED": 0, "RETRYABLE": 0, "FAILED": 0}
         fenced = 0
@@ -309,7 +370,7 @@ class ExecutorWorker(LoopService[CycleResult]):
             looked_up=looked_up,
             skipped_send=skipped,
             abandoned=abandoned,
-            batch_full=len(items) >= self.config.batch_size,
+            batch_full=len(items) >= limit,
         )
 
     # -- one item -----------------------------------------------------------------------------
