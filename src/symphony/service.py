@@ -45,7 +45,7 @@ class LoopService(ABC, Generic[ResultT]):
         self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name=self.name)
 
-    async def stop(self, timeout: float = 10.0) -> None:
+    async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - bounds the drain
         """Ask the loop to stop after its current cycle; cancels it after `timeout`."""
         task, self._task = self._task, None
         if task is None:

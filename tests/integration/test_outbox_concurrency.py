@@ -17,14 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.support.outbox import instruction, payload
 
-from symphony.db import Database, DatabaseSettings, Role
-from symphony.db import test_only
+from symphony.db import Database, DatabaseSettings, Role, test_only
 from symphony.outbox import OutboxStore
 from symphony.rails import HttpRailClient
 from symphony.services.rail_sim import RailSimBehaviour, RailSimConfig, RailSimServer
 from symphony.services.worker import ExecutorWorker, WorkerConfig
-from tests.support.outbox import instruction, payload
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +47,10 @@ async def test_concurrent_enqueue_of_one_key_makes_one_item(
             barrier = asyncio.Barrier(ENQUEUERS)
             backends: set[int] = set()
 
-            async def enqueue_once(same: Any = same, barrier: asyncio.Barrier = barrier) -> Any:
+            async def enqueue_once(
+                same: Any = same, barrier: asyncio.Barrier = barrier,
+                backends: set[int] = backends,
+            ) -> Any:
                 async with db.transaction(Role.INGEST) as tx:
                     # Every caller holds its own connection before any of them enqueues.
                     backends.add(id(tx.connection))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,15 +20,14 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.support.outbox import instruction
 
-from symphony.db import Database, DatabaseSettings
-from symphony.db import test_only
+from symphony.db import Database, DatabaseSettings, test_only
 from symphony.outbox import OutboxStore
 from symphony.rails import HttpRailClient
 from symphony.repair import ZombieRepairConfig, ZombieRepairWorker
 from symphony.services.rail_sim import RailSimBehaviour, RailSimConfig, RailSimServer
 from symphony.services.worker import ExecutorWorker, WorkerConfig
-from tests.support.outbox import instruction
 
 pytestmark = pytest.mark.integration
 
@@ -37,9 +35,9 @@ ITEMS = 12
 THRESHOLD = 60
 
 
-async def _wait_for(condition: Any, what: str, timeout: float = 60.0) -> None:
+async def _wait_for(condition: Any, what: str, limit: float = 60.0) -> None:
     """Poll a condition with a deadline (the subprocess runs on its own clock)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     while not await condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.1)
@@ -53,7 +51,7 @@ async def test_sigkill_mid_dispatch_is_repaired_without_double_execution(
     await sim.start()
     db = await Database.open(isolated_settings)
     store = OutboxStore(db)
-    process: subprocess.Popen[bytes] | None = None
+    process: asyncio.subprocess.Process | None = None
     try:
         ids = {str((await store.enqueue(instruction())).outbox_id) for _ in range(ITEMS)}
         env = {
@@ -64,22 +62,22 @@ async def test_sigkill_mid_dispatch_is_repaired_without_double_execution(
             "ZOMBIE_THRESHOLD_SECONDS": str(THRESHOLD),
             "SYMPHONY_LOG_LEVEL": "WARNING",
         }
-        process = subprocess.Popen(
-            [sys.executable, "-m", "symphony", "worker", "--rail-url", sim.url,
-             "--worker-id", "doomed-worker", "--batch-size", "50", "--concurrency", "50",
-             "--dispatch-timeout", "20"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "symphony", "worker", "--rail-url", sim.url,
+            "--worker-id", "doomed-worker", "--batch-size", "50", "--concurrency", "50",
+            "--dispatch-timeout", "20",
+            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )
         client = httpx.AsyncClient(base_url=sim.url)
 
         async def all_executed_and_hanging() -> bool:
-            assert process is not None and process.poll() is None, "worker exited early"
+            assert process is not None and process.returncode is None, "worker exited early"
             stats = (await client.get("/v1/stats")).json()
             return set(stats["executions"]) == ids and stats["in_flight"] == ITEMS
 
         await _wait_for(all_executed_and_hanging, "every item to be executed and in flight")
         process.send_signal(signal.SIGKILL)
-        assert process.wait(timeout=30) == -signal.SIGKILL
+        assert await asyncio.wait_for(process.wait(), 30) == -signal.SIGKILL
 
         leased = await test_only.query_no_role(
             isolated_admin_dsn,
@@ -129,8 +127,8 @@ async def test_sigkill_mid_dispatch_is_repaired_without_double_execution(
             isolated_admin_dsn, "SELECT count(*) AS n FROM symphony.payment_outbox_pending"
         ) == [{"n": 0}]
     finally:
-        if process is not None and process.poll() is None:
+        if process is not None and process.returncode is None:
             process.kill()
-            process.wait(timeout=30)
+            await asyncio.wait_for(process.wait(), 30)
         await db.close()
         await sim.stop()

@@ -22,8 +22,7 @@ os.environ["SYMPHONY_ENV"] = "test"
 import pytest
 from psycopg import conninfo as pg_conninfo
 
-from symphony.db import Database, DatabaseSettings, EmbeddedServer, bootstrap
-from symphony.db import test_only
+from symphony.db import Database, DatabaseSettings, EmbeddedServer, bootstrap, test_only
 
 
 @pytest.fixture(scope="session")

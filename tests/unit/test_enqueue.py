@@ -6,16 +6,16 @@ import json
 from typing import Any
 
 import pytest
+from tests.support.outbox import instruction, payload
 
 from symphony.db import (
     Database,
     IdempotencyConflictError,
     InvalidRequestError,
     Role,
+    test_only,
 )
-from symphony.db import test_only
-from symphony.outbox import Completion, Outcome, OutboxStore
-from tests.support.outbox import instruction, payload
+from symphony.outbox import Completion, OutboxStore, Outcome
 
 LONG = "x" * 300
 

@@ -10,11 +10,17 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-
-from symphony.db import Database, InvariantViolationError, LeaseFencedError, Role, SymphonyError
-from symphony.db import test_only
-from symphony.outbox import ClaimedItem, Completion, Outcome, OutboxStore
 from tests.support.outbox import instruction
+
+from symphony.db import (
+    Database,
+    InvariantViolationError,
+    LeaseFencedError,
+    Role,
+    SymphonyError,
+    test_only,
+)
+from symphony.outbox import ClaimedItem, Completion, OutboxStore, Outcome
 
 
 async def _claimed(store: OutboxStore) -> ClaimedItem:

@@ -10,6 +10,7 @@ import json
 
 import psycopg
 import pytest
+from tests.support.outbox import instruction
 
 from symphony.db import (
     Database,
@@ -18,10 +19,9 @@ from symphony.db import (
     Principal,
     Role,
     SymphonyError,
+    test_only,
 )
-from symphony.db import test_only
 from symphony.outbox import OutboxStore
-from tests.support.outbox import instruction
 
 RUNTIME_ROLES = list(Role)
 OUTBOX_TABLES = [

@@ -11,12 +11,11 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-
-from symphony.db import ConfigurationError, Database
-from symphony.db import test_only
-from symphony.outbox import Completion, Outcome, OutboxStore
-from symphony.repair import ZombieRepairConfig, ZombieRepairWorker, zombie_threshold_from_env
 from tests.support.outbox import instruction
+
+from symphony.db import ConfigurationError, Database, test_only
+from symphony.outbox import Completion, OutboxStore, Outcome
+from symphony.repair import ZombieRepairConfig, ZombieRepairWorker, zombie_threshold_from_env
 
 THRESHOLD = 90
 REPETITIONS = 50

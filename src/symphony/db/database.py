@@ -156,7 +156,7 @@ class Listener:
         self._conn = conn
         self.channel = channel
 
-    async def wait(self, timeout: float) -> bool:
+    async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109 - handed to the driver
         """Wait up to `timeout` seconds for a notification; True if one (or more) came."""
         try:
             got = False

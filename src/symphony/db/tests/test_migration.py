@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from symphony.db import MigrationError, migrate, pending_migrations
+from symphony.db import MigrationError, SymphonyError, migrate, pending_migrations, test_only
 from symphony.db import migration as migration_module
-from symphony.db import test_only
 from symphony.db.migration import Migration, load_migrations
 
 
@@ -79,8 +78,9 @@ async def test_failing_migration_is_not_half_applied(
         "CREATE TABLE symphony_meta.half_applied (id int);\nSELECT 1/0;\n", "f" * 64,
     )
     monkeypatch.setattr(migration_module, "load_migrations", lambda: [*real, broken])
-    with pytest.raises(Exception):
+    with pytest.raises(SymphonyError) as info:
         await migrate(empty_database)
+    assert info.value.sqlstate == "22012"  # division_by_zero, from the broken migration
     rows = await test_only.query_no_role(
         empty_database,
         "SELECT to_regclass('symphony_meta.half_applied') AS t, "

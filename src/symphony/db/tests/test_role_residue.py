@@ -6,8 +6,15 @@ import json
 
 import pytest
 
-from symphony.db import Database, DatabaseSettings, Principal, Role, RoleError, SymphonyError
-from symphony.db import test_only
+from symphony.db import (
+    Database,
+    DatabaseSettings,
+    Principal,
+    Role,
+    RoleError,
+    SymphonyError,
+    test_only,
+)
 
 
 @pytest.fixture

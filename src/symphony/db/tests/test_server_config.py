@@ -12,8 +12,8 @@ from symphony.db import (
     DatabaseSettings,
     DatabaseUnavailableError,
     MigrationError,
+    test_only,
 )
-from symphony.db import test_only
 from symphony.db.server import parse_database_url
 
 
