@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or http://127.0.0.1:8765)")
     worker.add_argument("--dispatch-timeout", type=float, metavar="SECONDS",
                         help="bound of one dispatch call (default 10)")
+    worker.add_argument("--lookup-timeout", type=float, metavar="SECONDS",
+                        help="bound of one rail lookup (default 5)")
     worker.add_argument("--worker-id", help="lease holder name (default hostname-pid)")
     worker.add_argument("--metrics-port", type=int, metavar="PORT",
                         help="serve Prometheus metrics on 127.0.0.1:PORT")
@@ -297,6 +299,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         max_concurrency=args.concurrency,
         rail_url=args.rail_url,
         dispatch_timeout_seconds=args.dispatch_timeout,
+        lookup_timeout_seconds=args.lookup_timeout,
         worker_id=args.worker_id,
         metrics_port=args.metrics_port,
     )

@@ -514,6 +514,14 @@ def test_calls_longer_than_the_lease_are_refused(monkeypatch: pytest.MonkeyPatch
     assert "lease" in info.value.message
 
 
+def test_default_timeouts_shrink_to_fit_a_short_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZOMBIE_THRESHOLD_SECONDS", "3")
+    config = WorkerConfig.load()
+    assert (config.lease_seconds, config.dispatch_timeout_seconds,
+            config.lookup_timeout_seconds) == (3, 1.2, 0.6)
+    assert WorkerConfig.load(dispatch_timeout_seconds=1.5).lookup_timeout_seconds == 0.6
+
+
 def test_bad_environment_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SYMPHONY_BATCH_SIZE", "0")
     with pytest.raises(ConfigurationError) as info:

@@ -20,6 +20,9 @@ from symphony.repair import zombie_threshold_from_env
 
 DEFAULT_RAIL_URL: Final = "http://127.0.0.1:8765"
 MAX_WORKER_ID_LENGTH: Final = 128
+# Shares of a short lease the default timeouts shrink to, leaving 40% of it to spare.
+_DEFAULT_DISPATCH_SHARE: Final = 0.4
+_DEFAULT_LOOKUP_SHARE: Final = 0.2
 
 
 def default_worker_id() -> str:
@@ -35,6 +38,8 @@ class WorkerConfig(BaseSettings):
     max_concurrency: most rail calls in flight at once (default 32).
     dispatch_timeout_seconds: bound of one dispatch call (default 10).
     lookup_timeout_seconds: bound of one "did you execute it?" call (default 5).
+        Together they must be shorter than the lease. When neither is set and the defaults do
+        not fit a short lease, they become 40% and 20% of the lease.
     poll_interval_seconds: longest sleep between cycles when no notification arrives
         (default 1.0); notifications wake the worker sooner.
     lease_seconds: how long a claimed item stays leased. It is the zombie threshold
@@ -88,13 +93,25 @@ class WorkerConfig(BaseSettings):
     def _calls_fit_in_the_lease(self) -> WorkerConfig:
         # A lookup followed by a dispatch must end well inside the lease; otherwise the repair
         # would hand the item to another worker while this one is still talking to the rail.
-        if self.dispatch_timeout_seconds + self.lookup_timeout_seconds >= self.lease_seconds:
-            raise ValueError(
-                f"dispatch timeout ({self.dispatch_timeout_seconds:g}s) plus lookup timeout "
-                f"({self.lookup_timeout_seconds:g}s) must be shorter than the lease "
-                f"(ZOMBIE_THRESHOLD_SECONDS = {self.lease_seconds}s)"
-            )
-        return self
+        if self.dispatch_timeout_seconds + self.lookup_timeout_seconds < self.lease_seconds:
+            return self
+        # Default timeouts under a short lease (tests, demos) shrink to fit rather than refuse
+        # a value nobody wrote; explicit ones are the operator's and are never changed.
+        dispatch, lookup = self.dispatch_timeout_seconds, self.lookup_timeout_seconds
+        if "dispatch_timeout_seconds" not in self.model_fields_set:
+            dispatch = min(dispatch, round(self.lease_seconds * _DEFAULT_DISPATCH_SHARE, 3))
+        if "lookup_timeout_seconds" not in self.model_fields_set:
+            lookup = min(lookup, round(self.lease_seconds * _DEFAULT_LOOKUP_SHARE, 3))
+        if dispatch + lookup < self.lease_seconds:
+            # A frozen model: its own validator is the one place that may still settle a field.
+            object.__setattr__(self, "dispatch_timeout_seconds", dispatch)
+            object.__setattr__(self, "lookup_timeout_seconds", lookup)
+            return self
+        raise ValueError(
+            f"dispatch timeout ({dispatch:g}s) plus lookup timeout ({lookup:g}s) must be "
+            f"shorter than the lease "
+            f"(ZOMBIE_THRESHOLD_SECONDS = {self.lease_seconds}s)"
+        )
 
     @classmethod
     def load(cls, **overrides: Any) -> WorkerConfig:
@@ -112,6 +129,7 @@ class WorkerConfig(BaseSettings):
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(part) for part in error["loc"]) or "config"
-        problems.append(f"{where}: {error['msg']}")
+        message = error["msg"].removeprefix("Value error, ")
+        where = ".".join(str(part) for part in error["loc"])
+        problems.append(f"{where}: {message}" if where else message)
     return "; ".join(problems)
