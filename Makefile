@@ -24,8 +24,8 @@ run: $(STAMP)
 	$(BIN)/symphony run
 
 # The README's test command: every CI job, each a visible step with its own exit status.
-# `make -k test` (what .ci/run calls) runs all three even when one fails.
-test: guardrails build-prod pytest
+# `make -k test` (what .ci/run calls) runs every job even when one fails.
+test: guardrails build-prod lint pytest
 
 pytest: $(STAMP)
 	@scripts/ci-step pytest $(BIN)/python -m pytest
@@ -37,8 +37,7 @@ build-prod: $(STAMP)
 	@scripts/ci-step build-prod scripts/build-prod.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/mypy
+	@scripts/ci-step lint sh -c '$(BIN)/ruff check src tests scripts conftest.py && $(BIN)/mypy'
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache
