@@ -276,3 +276,18 @@ async def test_principals_authenticate_with_scram_passwords(db: Database) -> Non
         ([p.value for p in Principal],),
     )
     assert {r["scheme"] for r in rows} == {"SCRAM-SHA-256$"}
+
+
+async def test_principal_with_a_wrong_password_is_refused(db: Database) -> None:
+    # The admin keeps local trust; a principal must present its password, also on the
+    # embedded server.
+    conninfo = db.endpoint.dsn_for(Principal.EXECUTOR.value, "not-the-password")
+    with pytest.raises(psycopg.OperationalError) as info:
+        await psycopg.AsyncConnection.connect(conninfo)
+    # libpq reports start-up failures without a SQLSTATE; the server's text is the evidence.
+    assert "password authentication failed" in str(info.value)
+
+
+async def test_principal_with_its_password_connects(db: Database) -> None:
+    rows = await test_only.execute_as_role(db, Role.EXECUTOR, "SELECT session_user AS s")
+    assert rows == [{"s": Principal.EXECUTOR.value}]
