@@ -69,6 +69,9 @@ class LoopService(ABC, Generic[ResultT]):
 
     async def _loop(self) -> None:
         while not self._stopping.is_set():
+            # Cleared before the cycle, so a wake() during the cycle (a full batch asking for
+            # another) is kept for the wait below instead of being lost.
+            self._wake.clear()
             try:
                 self.last_result = await self.run_once()
                 self.cycles += 1
@@ -77,6 +80,5 @@ class LoopService(ABC, Generic[ResultT]):
             except Exception:
                 self.failures += 1
                 self.log.exception("%s cycle failed; retrying in %.1fs", self.name, self.interval)
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
