@@ -1,13 +1,15 @@
 """The database API every other package uses: queries and transactions as a role, LISTEN.
 
-How a transaction runs (one round trip before the first result, pipelined):
+How a transaction runs, in three round trips for a one-statement transaction:
 
-    BEGIN; SET LOCAL ROLE <role>; SELECT current_user; <the caller's statements>; COMMIT
+    BEGIN; SET LOCAL ROLE <role>; SELECT current_user     -- one simple-protocol message
+    <the caller's statements>                               -- one round trip each
+    COMMIT
 
 The role lives only as long as the transaction (`SET LOCAL`), `current_user` is checked before
-any result reaches the caller or the transaction commits, and transactions do not nest. When a
-connection goes back to its pool a reset callback runs `RESET ROLE` and checks that the
-connection is roleless again; a connection that fails that check is discarded, never reused.
+the caller's first statement runs, and transactions do not nest. When a connection goes back
+to its pool a reset callback runs `RESET ROLE` and checks that the connection is roleless
+again (one more message); a connection that fails that check is discarded, never reused.
 
 Each runtime role is reached through its own login principal's pool, so a service never holds
 a connection that could become another service's role.
@@ -27,6 +29,7 @@ from typing import Any, LiteralString
 import psycopg
 import psycopg_pool
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 
 from symphony.db.config import DatabaseSettings
@@ -50,8 +53,10 @@ Params = Mapping[str, Any] | Sequence[Any] | None
 
 _CHANNEL = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _CURRENT_USER: LiteralString = "SELECT current_user AS role"
-_RESET: LiteralString = "RESET ROLE"
-_IS_ROLELESS: LiteralString = "SELECT current_user = session_user AS roleless"
+# One simple-protocol message (no parameters): two results, the second one read.
+_RESET_AND_CHECK: LiteralString = "RESET ROLE; SELECT current_user = session_user AS roleless"
+_COMMIT: LiteralString = "COMMIT"
+_ROLLBACK: LiteralString = "ROLLBACK"
 
 # The role of the transaction open in this task, if any: transactions do not nest.
 _ACTIVE_ROLE: contextvars.ContextVar[Role | None] = contextvars.ContextVar(
@@ -71,77 +76,50 @@ def check_role(role: object) -> Role:
     )
 
 
-def _set_local_role(role: Role) -> sql.Composed:
-    return sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role.value))
+def _begin_as(role: Role) -> sql.Composed:
+    """BEGIN, switch to `role` for this transaction only, and report current_user — sent as
+    one message, so the role switch costs no round trip of its own."""
+    return sql.SQL("BEGIN; SET LOCAL ROLE {}; SELECT current_user AS role").format(
+        sql.Identifier(role.value)
+    )
 
 
 class Transaction:
     """Statements inside one transaction as one role. Obtained from `Database.transaction`."""
 
     def __init__(
-        self,
-        conn: psycopg.AsyncConnection[DictRow],
-        role: Role,
-        role_check: psycopg.AsyncCursor[DictRow],
-        pipeline: psycopg.AsyncPipeline,
-        context: str,
+        self, conn: psycopg.AsyncConnection[DictRow], role: Role, context: str
     ) -> None:
         self._conn = conn
         self.role = role
-        self._role_check: psycopg.AsyncCursor[DictRow] | None = role_check
-        self._pipeline = pipeline
         self.context = context
 
     async def fetch_all(self, query: str, params: Params = None) -> list[Row]:
         """Run the named query; all rows as dicts."""
-        cur = await self._run(query, params)
+        statement = get_query(query)
         try:
-            await self.verify_role()
+            cur = await self._conn.execute(statement.sql, params)
             return list(await cur.fetchall())
         except psycopg.Error as exc:
             raise translate(exc, f"{self.context}:{query}") from exc
 
     async def fetch_one(self, query: str, params: Params = None) -> Row | None:
         """Run the named query; the first row, or None."""
-        cur = await self._run(query, params)
+        statement = get_query(query)
         try:
-            await self.verify_role()
+            cur = await self._conn.execute(statement.sql, params)
             return await cur.fetchone()
         except psycopg.Error as exc:
             raise translate(exc, f"{self.context}:{query}") from exc
 
     async def execute(self, query: str, params: Params = None) -> int:
         """Run the named query for its effect; the number of rows it touched."""
-        cur = await self._run(query, params)
+        statement = get_query(query)
         try:
-            await self._pipeline.sync()
-            await self.verify_role()
+            cur = await self._conn.execute(statement.sql, params)
             return cur.rowcount
         except psycopg.Error as exc:
             raise translate(exc, f"{self.context}:{query}") from exc
-
-    async def verify_role(self) -> None:
-        """Check, once, that the transaction really runs as its role."""
-        if self._role_check is None:
-            return
-        row = await self._role_check.fetchone()
-        self._role_check = None
-        actual = None if row is None else row["role"]
-        if actual != self.role.value:
-            raise RoleError(
-                "the transaction is not running as the role it asked for",
-                code="ROLE_MISMATCH",
-                context=self.context,
-            )
-
-    async def _run(self, query: str, params: Params) -> psycopg.AsyncCursor[DictRow]:
-        statement = get_query(query)
-        cur = self._conn.cursor()
-        try:
-            await cur.execute(statement.sql, params)
-        except psycopg.Error as exc:
-            raise translate(exc, f"{self.context}:{query}") from exc
-        return cur
 
     @property
     def connection(self) -> psycopg.AsyncConnection[DictRow]:
@@ -259,17 +237,14 @@ class Database:
         token = _ACTIVE_ROLE.set(role)
         try:
             pool = await self._pool(PRINCIPAL_FOR_ROLE[role])
-            async with (
-                pool.connection() as conn,
-                conn.pipeline() as pipeline,
-                conn.transaction(),
-            ):
-                await conn.execute(_set_local_role(role))
-                role_check = conn.cursor()
-                await role_check.execute(_CURRENT_USER)
-                tx = Transaction(conn, role, role_check, pipeline, context)
-                yield tx
-                await tx.verify_role()
+            async with pool.connection() as conn:
+                await _begin(conn, role, context)
+                try:
+                    yield Transaction(conn, role, context)
+                except BaseException:
+                    await _rollback(conn)
+                    raise
+                await conn.execute(_COMMIT)
         except SymphonyError:
             raise
         except (psycopg.Error, psycopg_pool.PoolTimeout, OSError) as exc:
@@ -383,15 +358,44 @@ class Database:
         return {p.value: pool.get_stats() for p, pool in self._pools.items()}
 
 
+async def _begin(conn: psycopg.AsyncConnection[Any], role: Role, context: str) -> None:
+    """Open the transaction as `role` and verify it, before any caller statement runs."""
+    try:
+        cur = await conn.execute(_begin_as(role))
+        cur.nextset()  # SET LOCAL ROLE
+        cur.nextset()  # SELECT current_user
+        row = await cur.fetchone()
+    except psycopg.Error:
+        await _rollback(conn)
+        raise
+    actual = None if row is None else (row["role"] if isinstance(row, dict) else row[0])
+    if actual != role.value:
+        await _rollback(conn)
+        raise RoleError(
+            "the transaction is not running as the role it asked for",
+            code="ROLE_MISMATCH",
+            context=context,
+        )
+
+
+async def _rollback(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Roll back if a transaction is open; a broken connection is left to the pool to drop."""
+    if conn.closed or conn.info.transaction_status == TransactionStatus.IDLE:
+        return
+    try:
+        await conn.execute(_ROLLBACK)
+    except psycopg.Error:
+        log.warning("rollback failed; the pool will discard the connection")
+
+
 async def _reset_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     """Second line of defence: the connection returns to the pool roleless, or not at all.
 
     Raising here makes the pool discard the connection.
     """
-    async with conn.pipeline():
-        await conn.execute(_RESET)
-        cur = await conn.execute(_IS_ROLELESS)
-        row = await cur.fetchone()
+    cur = await conn.execute(_RESET_AND_CHECK)
+    cur.nextset()
+    row = await cur.fetchone()
     roleless = row is not None and (row["roleless"] if isinstance(row, dict) else row[0])
     if not roleless:
         log.error("discarding a pooled connection that kept a role after RESET ROLE")

@@ -88,10 +88,8 @@ async def execute_as_role(
     Errors come back translated, exactly as from the production API.
     """
     async with db.transaction(role, label="test-only") as tx:
-        await tx.verify_role()
         try:
             cur = await tx.connection.execute(statement, params)
-            await tx._pipeline.sync()
             return list(await cur.fetchall()) if cur.description else []
         except psycopg.Error as exc:
             raise translate(exc, "test-only") from exc

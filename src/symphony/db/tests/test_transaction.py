@@ -1,0 +1,63 @@
+"""A transaction as a role commits together or not at all."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from symphony.db import Database, Role, SymphonyError
+from symphony.db import test_only
+
+
+def _params(instruction_id: str) -> dict[str, str]:
+    return {
+        "instruction_id": instruction_id, "idempotency_key": "k", "participant_id": "p-tx",
+        "rail_type": "ACH",
+        "payload": json.dumps({"amount": "1.00", "currency": "EUR", "destination": "d"}),
+    }
+
+
+async def _registered(admin_dsn: str, instruction_id: str) -> int:
+    rows = await test_only.query_no_role(
+        admin_dsn,
+        "SELECT count(*) AS n FROM symphony.payment_instruction_registry "
+        " WHERE instruction_id = %s", (instruction_id,))
+    return int(rows[0]["n"])
+
+
+async def test_exception_in_the_block_rolls_everything_back(db: Database, admin_dsn: str) -> None:
+    class Abort(Exception):
+        pass
+
+    with pytest.raises(Abort):
+        async with db.transaction(Role.INGEST) as tx:
+            await tx.fetch_one("enqueue_payment_outbox", _params("tx-rolled-back-1"))
+            await tx.fetch_one("enqueue_payment_outbox", _params("tx-rolled-back-2"))
+            raise Abort
+    assert await _registered(admin_dsn, "tx-rolled-back-1") == 0
+    assert await _registered(admin_dsn, "tx-rolled-back-2") == 0
+
+
+async def test_failed_statement_rolls_back_the_earlier_ones(db: Database, admin_dsn: str) -> None:
+    with pytest.raises(SymphonyError) as info:
+        async with db.transaction(Role.INGEST) as tx:
+            await tx.fetch_one("enqueue_payment_outbox", _params("tx-partial-1"))
+            await tx.fetch_one("enqueue_payment_outbox", {**_params("tx-partial-2"),
+                                                           "rail_type": "NOPE"})
+    assert info.value.sqlstate == "SY014"
+    assert await _registered(admin_dsn, "tx-partial-1") == 0
+
+
+async def test_statements_of_one_block_commit_together(db: Database, admin_dsn: str) -> None:
+    async with db.transaction(Role.INGEST) as tx:
+        await tx.fetch_one("enqueue_payment_outbox", _params("tx-committed-1"))
+        await tx.fetch_one("enqueue_payment_outbox", _params("tx-committed-2"))
+    assert await _registered(admin_dsn, "tx-committed-1") == 1
+    assert await _registered(admin_dsn, "tx-committed-2") == 1
+
+
+async def test_unknown_query_name_is_refused_before_sql(db: Database) -> None:
+    with pytest.raises(SymphonyError) as info:
+        await db.fetch_all(Role.READONLY, "drop_everything")
+    assert info.value.code == "UNKNOWN_QUERY"
