@@ -437,10 +437,14 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     limit = {"limit": args.limit}
 
     async def go() -> dict[str, Any]:
-        async with await Database.open(settings) as db:
-            illegal = await db.fetch_all(Role.AUDITOR, "audit_illegal_transitions", limit)
-            mismatch = await db.fetch_all(Role.AUDITOR, "audit_pending_mismatch", limit)
-            counts = await db.fetch_one(Role.AUDITOR, "audit_counts")
+        async with (
+            await Database.open(settings) as db,
+            # One snapshot: the three answers describe the same state of the ledger.
+            db.transaction(Role.AUDITOR, label="audit-verify", snapshot=True) as tx,
+        ):
+            illegal = await tx.fetch_all("audit_illegal_transitions", limit)
+            mismatch = await tx.fetch_all("audit_pending_mismatch", limit)
+            counts = await tx.fetch_one("audit_counts")
         return {
             "ok": not illegal and not mismatch,
             "illegal_transitions": illegal,

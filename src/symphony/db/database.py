@@ -76,11 +76,18 @@ def check_role(role: object) -> Role:
     )
 
 
-def _begin_as(role: Role) -> sql.Composed:
+_BEGIN: dict[bool, sql.SQL] = {
+    False: sql.SQL("BEGIN"),
+    # One snapshot for every statement, and no writes: what an auditor's report needs.
+    True: sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
+}
+
+
+def _begin_as(role: Role, *, snapshot: bool = False) -> sql.Composed:
     """BEGIN, switch to `role` for this transaction only, and report current_user — sent as
     one message, so the role switch costs no round trip of its own."""
-    return sql.SQL("BEGIN; SET LOCAL ROLE {}; SELECT current_user AS role").format(
-        sql.Identifier(role.value)
+    return sql.SQL("{}; SET LOCAL ROLE {}; SELECT current_user AS role").format(
+        _BEGIN[snapshot], sql.Identifier(role.value)
     )
 
 
@@ -222,10 +229,14 @@ class Database:
     # -- the API ------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def transaction(self, role: Role, *, label: str | None = None) -> AsyncIterator[
-        Transaction
-    ]:
-        """A transaction as `role`; commits when the block ends, rolls back on an exception."""
+    async def transaction(
+        self, role: Role, *, label: str | None = None, snapshot: bool = False
+    ) -> AsyncIterator[Transaction]:
+        """A transaction as `role`; commits when the block ends, rolls back on an exception.
+
+        `snapshot=True` makes it a read-only REPEATABLE READ transaction: every statement
+        sees the same state of the database (for reports that must add up).
+        """
         role = check_role(role)
         context = label or f"transaction:{role.name.lower()}"
         if _ACTIVE_ROLE.get() is not None:
@@ -238,7 +249,7 @@ class Database:
         try:
             pool = await self._pool(PRINCIPAL_FOR_ROLE[role])
             async with pool.connection() as conn:
-                await _begin(conn, role, context)
+                await _begin(conn, role, context, snapshot=snapshot)
                 try:
                     yield Transaction(conn, role, context)
                 except BaseException:
@@ -358,10 +369,12 @@ class Database:
         return {p.value: pool.get_stats() for p, pool in self._pools.items()}
 
 
-async def _begin(conn: psycopg.AsyncConnection[Any], role: Role, context: str) -> None:
+async def _begin(
+    conn: psycopg.AsyncConnection[Any], role: Role, context: str, *, snapshot: bool
+) -> None:
     """Open the transaction as `role` and verify it, before any caller statement runs."""
     try:
-        cur = await conn.execute(_begin_as(role))
+        cur = await conn.execute(_begin_as(role, snapshot=snapshot))
         cur.nextset()  # SET LOCAL ROLE
         cur.nextset()  # SELECT current_user
         row = await cur.fetchone()

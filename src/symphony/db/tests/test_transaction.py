@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from symphony.db import Database, Role, SymphonyError
-from symphony.db import test_only
+from symphony.db import Database, Role, SymphonyError, test_only
 
 
 def _params(instruction_id: str) -> dict[str, str]:
@@ -61,3 +60,22 @@ async def test_unknown_query_name_is_refused_before_sql(db: Database) -> None:
     with pytest.raises(SymphonyError) as info:
         await db.fetch_all(Role.READONLY, "drop_everything")
     assert info.value.code == "UNKNOWN_QUERY"
+
+
+async def test_snapshot_transaction_is_read_only_and_repeatable(
+    db: Database, admin_dsn: str
+) -> None:
+    async with db.transaction(Role.AUDITOR, snapshot=True) as tx:
+        before = await tx.fetch_one("audit_counts")
+        # A write committed by someone else meanwhile is not seen by this snapshot.
+        await test_only.query_no_role(
+            admin_dsn,
+            "SELECT * FROM symphony.enqueue_payment_outbox('tx-snapshot', 'k', 'p-tx', 'ACH', "
+            "'{\"amount\": \"1.00\", \"currency\": \"EUR\", \"destination\": \"d\"}'::jsonb)")
+        after = await tx.fetch_one("audit_counts")
+        assert before == after
+        level = await tx.connection.execute("SHOW transaction_isolation")
+        assert (await level.fetchone()) == {"transaction_isolation": "repeatable read"}
+        readonly = await tx.connection.execute("SHOW transaction_read_only")
+        assert (await readonly.fetchone()) == {"transaction_read_only": "on"}
+    assert await _registered(admin_dsn, "tx-snapshot") == 1
