@@ -10,7 +10,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test pytest guardrails build-prod lint typecheck install clean
+.PHONY: run test pytest guardrails build-prod lint bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ build-prod: $(STAMP)
 
 lint: $(STAMP)
 	@scripts/ci-step lint sh -c '$(BIN)/ruff check src tests scripts conftest.py && $(BIN)/mypy'
+
+# Throughput of enqueue and claim/complete on a throwaway embedded server (not part of CI).
+bench: $(STAMP)
+	$(BIN)/python scripts/bench/outbox_throughput.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from symphony.db import Database, DatabaseSettings, EmbeddedServer, Role, bootstrap
-from symphony.outbox import Completion, Outcome, OutboxStore, PaymentInstruction
+from symphony.outbox import Completion, OutboxStore, Outcome, PaymentInstruction
 
 
 async def _enqueue(store: OutboxStore, items: int, enqueuers: int) -> dict[str, float]:
