@@ -20,7 +20,6 @@ from pathlib import Path
 os.environ["SYMPHONY_ENV"] = "test"
 
 import pytest
-from psycopg import conninfo as pg_conninfo
 
 from symphony.db import Database, DatabaseSettings, EmbeddedServer, bootstrap, test_only
 
@@ -80,28 +79,29 @@ def db_settings(make_database: DatabaseFactory) -> DatabaseSettings:
     return make_database()
 
 
-@pytest.fixture
-def admin_dsn(db_settings: DatabaseSettings) -> str:
-    assert db_settings.database_url is not None
-    return db_settings.database_url.get_secret_value()
+def admin_dsn_of(settings: DatabaseSettings) -> str:
+    """The admin DSN a test database's settings point at."""
+    assert settings.database_url is not None
+    return settings.database_url.get_secret_value()
 
 
-@pytest.fixture
-async def db(db_settings: DatabaseSettings) -> AsyncIterator[Database]:
-    database = await Database.open(db_settings)
+async def _opened(settings: DatabaseSettings) -> AsyncIterator[Database]:
+    database = await Database.open(settings)
     try:
         yield database
     finally:
         await database.close()
 
 
-def unique(prefix: str) -> str:
-    """An id no other test uses (tests share the session database)."""
-    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+@pytest.fixture
+def admin_dsn(db_settings: DatabaseSettings) -> str:
+    return admin_dsn_of(db_settings)
 
 
-def dsn_database(dsn: str) -> str:
-    return str(pg_conninfo.conninfo_to_dict(dsn).get("dbname"))
+@pytest.fixture
+async def db(db_settings: DatabaseSettings) -> AsyncIterator[Database]:
+    async for database in _opened(db_settings):
+        yield database
 
 
 @pytest.fixture(scope="module")
@@ -112,14 +112,15 @@ def isolated_settings(make_database: DatabaseFactory) -> DatabaseSettings:
 
 @pytest.fixture
 def isolated_admin_dsn(isolated_settings: DatabaseSettings) -> str:
-    assert isolated_settings.database_url is not None
-    return isolated_settings.database_url.get_secret_value()
+    return admin_dsn_of(isolated_settings)
 
 
 @pytest.fixture
 async def isolated_db(isolated_settings: DatabaseSettings) -> AsyncIterator[Database]:
-    database = await Database.open(isolated_settings)
-    try:
+    async for database in _opened(isolated_settings):
         yield database
-    finally:
-        await database.close()
+
+
+def unique(prefix: str) -> str:
+    """An id no other test uses (tests share the session database)."""
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
