@@ -112,13 +112,18 @@ async def check_server(admin_dsn: str, *, connect_timeout: int = 10) -> int:
         ) from exc
     async with conn:
         version = conn.info.server_version
+    require_supported_version(version, where)
+    return version
+
+
+def require_supported_version(version: int, where: str) -> None:
+    """Refuse a server older than PostgreSQL 16 (`server_version_num` form, e.g. 150004)."""
     if version < MIN_SERVER_VERSION:
         raise UnsupportedServerError(
             f"PostgreSQL {version // 10000} at {where} is too old: Symphony needs 16 or newer "
             "(role grants WITH INHERIT FALSE, SET TRUE)",
             code="UNSUPPORTED_SERVER_VERSION",
         )
-    return version
 
 
 class EmbeddedServer:

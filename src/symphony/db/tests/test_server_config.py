@@ -12,9 +12,10 @@ from symphony.db import (
     DatabaseSettings,
     DatabaseUnavailableError,
     MigrationError,
+    UnsupportedServerError,
     test_only,
 )
-from symphony.db.server import parse_database_url
+from symphony.db.server import parse_database_url, require_supported_version
 
 
 @pytest.mark.parametrize(
@@ -77,3 +78,17 @@ async def test_unmigrated_database_is_a_clear_error(
 
 async def test_server_reports_supported_version(db: Database) -> None:
     assert db.endpoint.server_version >= 160000
+
+
+@pytest.mark.parametrize("version", [90624, 130012, 150004])
+def test_server_older_than_16_is_refused(version: int) -> None:
+    with pytest.raises(UnsupportedServerError) as info:
+        require_supported_version(version, "db.example:5432")
+    assert info.value.code == "UNSUPPORTED_SERVER_VERSION"
+    assert f"PostgreSQL {version // 10000} " in info.value.message
+    assert "16 or newer" in info.value.message
+
+
+@pytest.mark.parametrize("version", [160000, 170005, 180006])
+def test_server_16_or_newer_is_accepted(version: int) -> None:
+    require_supported_version(version, "db.example:5432")
