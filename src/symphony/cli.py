@@ -423,6 +423,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"dispatching      {s['dispatching']}",
         f"zombies          {s['zombies']} (lease expired; {s['zombies_awaiting_repair']} "
         f"await repair at threshold {threshold}s)",
+        f"awaiting lookup  {s['awaiting_lookup']} (may have executed: the rail is asked first)",
         f"pending total    {s['pending_total']}"
         + (f" (oldest since {s['oldest_pending_at']})" if s["oldest_pending_at"] else ""),
         f"dispatched       {s['dispatched_total']}",

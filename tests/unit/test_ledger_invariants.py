@@ -283,6 +283,34 @@ async def test_retry_past_the_ceiling_becomes_failed(isolated_db: Database) -> N
                    "backoff_base_ms = 1000, backoff_max_ms = 300000")
 
 
+async def test_ambiguous_retry_past_the_ceiling_is_never_failed(isolated_db: Database) -> None:
+    # A timeout may have moved the money: the ceiling must not declare it FAILED.
+    admin = isolated_db.endpoint.admin_dsn
+    store = OutboxStore(isolated_db)
+    await test_only.query_no_role(
+        admin, "UPDATE symphony.outbox_retry_policy SET max_attempts = 1, backoff_base_ms = 0, "
+               "backoff_max_ms = 0")
+    try:
+        item = await _claimed(store)
+        result = await store.complete(Completion(item.outbox_id, item.lease_token,
+                                                 Outcome.RETRYABLE, error_code="RAIL_TIMEOUT",
+                                                 ambiguous=True))
+        assert result.state == "RETRYABLE"
+        status = await store.status(Role.READONLY)
+        assert status.awaiting_lookup >= 1
+        again = [c for c in await store.claim("ceiling-test", 1000, 60)
+                 if c.outbox_id == item.outbox_id]
+        assert again and again[0].needs_lookup
+        # Once the rail says it never executed (a clean retryable answer), the ceiling applies.
+        final = await store.complete(Completion(item.outbox_id, again[0].lease_token,
+                                                Outcome.RETRYABLE, error_code="RAIL_UNAVAILABLE"))
+        assert final.state == "FAILED"
+    finally:
+        await test_only.query_no_role(
+            admin, "UPDATE symphony.outbox_retry_policy SET max_attempts = 8, "
+                   "backoff_base_ms = 1000, backoff_max_ms = 300000")
+
+
 async def test_retry_backoff_grows_and_is_bounded(isolated_db: Database) -> None:
     store = OutboxStore(isolated_db)
     item = await _claimed(store)

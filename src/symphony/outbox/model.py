@@ -96,6 +96,8 @@ class SupervisorStatus:
     scheduled: int
     dispatching: int
     zombies: int
+    # Items whose last attempt may have executed: the rail is asked before any re-send.
+    awaiting_lookup: int
     pending_total: int
     oldest_pending_at: datetime | None
     dispatched_total: int
@@ -109,6 +111,7 @@ class SupervisorStatus:
             "scheduled": self.scheduled,
             "dispatching": self.dispatching,
             "zombies": self.zombies,
+            "awaiting_lookup": self.awaiting_lookup,
             "pending_total": self.pending_total,
             "oldest_pending_at": (
                 self.oldest_pending_at.isoformat() if self.oldest_pending_at else None

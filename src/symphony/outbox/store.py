@@ -146,6 +146,7 @@ class OutboxStore:
             scheduled=int(row["scheduled"]),
             dispatching=int(row["dispatching"]),
             zombies=int(row["zombies"]),
+            awaiting_lookup=int(row["awaiting_lookup"]),
             pending_total=int(row["pending_total"]),
             oldest_pending_at=row["oldest_pending_at"],
             dispatched_total=int(row["dispatched_total"]),

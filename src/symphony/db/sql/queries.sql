@@ -44,7 +44,7 @@ SELECT count(*) AS zombies
         OR p.claimed_at <= now() - make_interval(secs => %(threshold_seconds)s));
 
 -- name: supervisor_status
-SELECT due, scheduled, dispatching, zombies, pending_total, oldest_pending_at,
+SELECT due, scheduled, dispatching, zombies, awaiting_lookup, pending_total, oldest_pending_at,
        dispatched_total, failed_total, observed_at
   FROM symphony.outbox_supervisor_status;
 

@@ -299,21 +299,28 @@ BEGIN
          WHERE p.outbox_id = ANY (p_outbox_ids)
            FOR UPDATE OF p
     ),
+    -- The retry ceiling turns a retry into FAILED only when the rail certainly did not
+    -- execute it. An ambiguous outcome (timeout, unanswered lookup) may have moved the money:
+    -- declaring it FAILED could make a participant pay twice, so it keeps being looked up
+    -- (with capped backoff) until the rail answers, and shows in the status view meanwhile.
     decided AS (
         SELECT h.outbox_id, h.claimed_by, h.lease_token, h.last_attempt_no + 1 AS attempt_no,
                i.ambiguous, i.rail_tx,
                CASE
-                   WHEN i.outcome = 'RETRYABLE' AND h.attempt_count >= pol.max_attempts
+                   WHEN i.outcome = 'RETRYABLE' AND NOT i.ambiguous
+                        AND h.attempt_count >= pol.max_attempts
                        THEN 'FAILED'
                    ELSE i.outcome
                END::attempt_state AS state,
                CASE
-                   WHEN i.outcome = 'RETRYABLE' AND h.attempt_count >= pol.max_attempts
+                   WHEN i.outcome = 'RETRYABLE' AND NOT i.ambiguous
+                        AND h.attempt_count >= pol.max_attempts
                        THEN 'RETRY_LIMIT_EXCEEDED'
                    ELSE left(i.error_code, 64)
                END AS error_code,
                CASE
-                   WHEN i.outcome = 'RETRYABLE' AND h.attempt_count >= pol.max_attempts
+                   WHEN i.outcome = 'RETRYABLE' AND NOT i.ambiguous
+                        AND h.attempt_count >= pol.max_attempts
                        THEN left(format('gave up after %s attempts; last error %s: %s',
                                         h.attempt_count, coalesce(i.error_code, '-'),
                                         coalesce(i.error_detail, '-')), 1000)

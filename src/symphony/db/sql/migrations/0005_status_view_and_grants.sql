@@ -20,6 +20,7 @@ SELECT
                                                                                   AS dispatching,
     count(*) FILTER (WHERE p.lease_token IS NOT NULL AND p.lease_expires_at <= now())
                                                                                   AS zombies,
+    count(*) FILTER (WHERE p.needs_lookup)                                        AS awaiting_lookup,
     count(*)                                                                      AS pending_total,
     min(p.created_at)                                                             AS oldest_pending_at,
     (SELECT count(*) FROM symphony.payment_outbox_attempts a WHERE a.state = 'DISPATCHED')
