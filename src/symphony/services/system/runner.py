@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 from uuid import UUID
 
@@ -130,7 +132,9 @@ class SystemRunner:
             self.say(f"  metrics    http://127.0.0.1:{config.metrics_port}/metrics")
         where = ("from this directory" if settings.database_url is None
                  else "with the same DATABASE_URL")
-        self.say(f"In another terminal, {where}: symphony status   (or: symphony audit verify)")
+        command = _symphony_command()
+        self.say(f"In another terminal, {where}: {command} status   "
+                 f"(or: {command} audit verify)")
         if self.options.demo:
             self._demo_task = asyncio.create_task(self._demo(), name="demo")
 
@@ -220,3 +224,17 @@ async def run_system(
 ) -> None:
     """Run the whole system until SIGINT or SIGTERM."""
     await SystemRunner(settings, options, out=out).run()
+
+
+def _symphony_command() -> str:
+    """How to call `symphony` from a shell: plain when it is on PATH, else by its path (as in
+    a fresh checkout, where it lives in the project's .venv)."""
+    if shutil.which("symphony"):
+        return "symphony"
+    beside = Path(sys.executable).parent / "symphony"
+    if beside.exists():
+        try:
+            return str(beside.relative_to(Path.cwd()))
+        except ValueError:
+            return str(beside)
+    return f"{Path(sys.executable).name} -m symphony"
