@@ -201,22 +201,57 @@ async def test_replayed_success_says_so_in_detail() -> None:
     assert result.detail == "replayed"
 
 
+# Bodies an intermediary (proxy, load balancer, gateway) may answer with: none
+# of them is the rail's ``{"code": "<CODE>", ...}`` shape.
+NOT_RAIL_SHAPED = [
+    b"",
+    b"<html><body><h1>503 Service Unavailable</h1></body></html>",
+    b"upstream connect error or disconnect/reset before headers",
+    b'{"message": "Too Many Requests"}',
+    b'{"code": 503, "message": "Service Unavailable"}',
+    b'{"code": ""}',
+    b'["RAIL_UNAVAILABLE"]',
+    json.dumps({"code": "RAIL_UNAVAILABLE", "padding": "x" * MAX_RESPONSE_BYTES}).encode(),
+]
+NOT_RAIL_SHAPED_IDS = [
+    "empty",
+    "html",
+    "text",
+    "json-no-code",
+    "json-int-code",
+    "json-empty-code",
+    "json-array",
+    "oversized",
+]
+
+
 @pytest.mark.parametrize(
-    ("status", "body", "code"),
+    ("status", "code"),
     [
-        (503, {"code": "RAIL_UNAVAILABLE", "message": "down"}, "RAIL_UNAVAILABLE"),
-        (503, None, "RAIL_UNAVAILABLE"),
-        (429, {"code": "RATE_LIMITED", "message": "slow down"}, "RATE_LIMITED"),
-        (429, None, "RAIL_UNAVAILABLE"),
-        (408, None, "RAIL_UNAVAILABLE"),
+        (503, "RAIL_UNAVAILABLE"),
+        (429, "RATE_LIMITED"),
+        (408, "REQUEST_TIMEOUT"),
     ],
 )
-async def test_429_503_and_408_are_retryable_with_rail_code_or_default(
-    status: int, body: Any, code: str
+async def test_429_503_and_408_with_rail_error_body_are_retryable_with_its_code(
+    status: int, code: str
 ) -> None:
-    result = await dispatch_with(answering(status, body))
+    result = await dispatch_with(answering(status, {"code": code, "message": "not now"}))
     assert result.outcome is DispatchOutcome.RETRYABLE
     assert result.code == code
+    assert result.detail == f"HTTP {status}: not now"
+
+
+@pytest.mark.parametrize("status", [503, 429, 408])
+@pytest.mark.parametrize("content", NOT_RAIL_SHAPED, ids=NOT_RAIL_SHAPED_IDS)
+async def test_bare_429_503_and_408_are_ambiguous_unconfirmed_not_retryable(
+    status: int, content: bytes
+) -> None:
+    # A proxy may answer these after it forwarded the request to the rail, so
+    # they do not prove the payment was not executed.
+    result = await dispatch_with(answering(status, content=content))
+    assert result.outcome is DispatchOutcome.AMBIGUOUS
+    assert result.code == f"RAIL_UNCONFIRMED_{status}"
 
 
 @pytest.mark.parametrize(
@@ -245,13 +280,39 @@ async def test_4xx_with_rail_error_body_is_terminal_with_its_code(status: int, c
     assert result.detail == f"HTTP {status}: declined"
 
 
-@pytest.mark.parametrize(
-    "body", [{"code": "REFERENCE_CONFLICT", "message": "reused"}, None], ids=["coded", "bare"]
-)
-async def test_409_is_terminal_reference_conflict(body: Any) -> None:
-    result = await dispatch_with(answering(409, body))
+async def test_409_with_rail_reference_conflict_is_terminal_reference_conflict() -> None:
+    result = await dispatch_with(
+        answering(409, {"code": "REFERENCE_CONFLICT", "message": "reused"})
+    )
     assert result.outcome is DispatchOutcome.TERMINAL
     assert result.code == "REFERENCE_CONFLICT"
+    assert result.detail == "HTTP 409: reused"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        *NOT_RAIL_SHAPED,
+        # Stripe-style "a request with this key is still being processed".
+        json.dumps(
+            {"error": {"type": "idempotency_error", "message": "request in progress"}}
+        ).encode(),
+    ],
+    ids=[*NOT_RAIL_SHAPED_IDS, "nested-error"],
+)
+async def test_bare_409_is_ambiguous_unconfirmed_not_terminal(content: bytes) -> None:
+    result = await dispatch_with(answering(409, content=content))
+    assert result.outcome is DispatchOutcome.AMBIGUOUS
+    assert result.code == "RAIL_UNCONFIRMED_409"
+
+
+@pytest.mark.parametrize("code", ["IDEMPOTENCY_KEY_IN_USE", "reference_conflict", "CONFLICT"])
+async def test_409_with_another_rail_code_is_ambiguous_with_that_code(code: str) -> None:
+    # The rail has seen the reference and may be executing it right now.
+    result = await dispatch_with(answering(409, {"code": code, "message": "in progress"}))
+    assert result.outcome is DispatchOutcome.AMBIGUOUS
+    assert result.code == code
+    assert result.detail == "HTTP 409: in progress"
 
 
 @pytest.mark.parametrize(
@@ -377,9 +438,25 @@ async def test_lookup_gets_reference_path_and_reports_executed() -> None:
     assert seen[0].url == f"http://rail.test/v1/payments/{REF}"
 
 
-async def test_lookup_404_is_not_found() -> None:
-    result = await lookup_with(answering(404, {"code": "NOT_FOUND"}))
+async def test_lookup_404_with_rail_not_found_is_not_found() -> None:
+    result = await lookup_with(answering(404, {"code": "NOT_FOUND", "message": "never executed"}))
     assert result.status is LookupStatus.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        *NOT_RAIL_SHAPED,
+        b'{"detail": "Not Found"}',
+        b'{"code": "ROUTE_NOT_FOUND"}',
+        b'{"code": "not_found"}',
+    ],
+    ids=[*NOT_RAIL_SHAPED_IDS, "framework-default", "other-code", "lowercase-code"],
+)
+async def test_lookup_bare_404_is_unknown_not_not_found(content: bytes) -> None:
+    # A wrong URL or a load balancer's default page says nothing about the payment.
+    result = await lookup_with(answering(404, content=content))
+    assert result.status is LookupStatus.UNKNOWN
 
 
 @pytest.mark.parametrize(
@@ -387,13 +464,23 @@ async def test_lookup_404_is_not_found() -> None:
     [
         answering(500),
         answering(503, {"code": "RAIL_UNAVAILABLE"}),
+        answering(409, {"code": "NOT_FOUND"}),
         answering(200, content=b"garbage"),
         answering(200, {"reference": REF, "status": "PENDING"}),
         answering(200, executed("another-reference")),
         raising(httpx.ConnectError),
         raising(httpx.ReadTimeout),
     ],
-    ids=["500", "503", "garbage", "pending", "other-ref", "connect-error", "read-timeout"],
+    ids=[
+        "500",
+        "503",
+        "409-not-found-code",
+        "garbage",
+        "pending",
+        "other-ref",
+        "connect-error",
+        "read-timeout",
+    ],
 )
 async def test_lookup_is_unknown_for_anything_but_a_clear_answer(handler: Handler) -> None:
     result = await lookup_with(handler)
@@ -605,6 +692,42 @@ async def test_simulator_rejects_bad_requests_with_coded_400(
 
     assert response.status_code == 400
     assert response.json()["code"] == code
+
+
+async def test_misrouted_base_url_is_ambiguous_for_dispatch_and_unknown_for_lookup(
+    rail: RailSimServer,
+) -> None:
+    # The simulator's framework answers unknown paths with a bare 404: neither
+    # "declined" nor "never executed".
+    async with HttpRailClient(f"{rail.url}/wrong-prefix/") as client:
+        result = await send(client, "DE-1")
+        lookup = await client.lookup(REF, timeout=2)
+
+    assert result.outcome is DispatchOutcome.AMBIGUOUS
+    assert result.code == "RAIL_MALFORMED_RESPONSE"
+    assert lookup.status is LookupStatus.UNKNOWN
+    assert rail.simulator.call_count(REF) == 0
+
+
+async def test_proxy_settings_in_the_environment_are_ignored(
+    rail: RailSimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = RailSimServer(RailSimConfig(port=0))
+    await dead.start()
+    dead_proxy = dead.url
+    await dead.stop()
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, dead_proxy)
+
+    async with HttpRailClient(rail.url) as client:
+        result = await send(client, "DE-1")
+        lookup = await client.lookup(REF, timeout=2)
+
+    assert result.outcome is DispatchOutcome.SUCCESS
+    assert lookup.status is LookupStatus.EXECUTED
+    assert rail.simulator.execution_count(REF) == 1
 
 
 async def test_unreachable_rail_is_retryable_for_dispatch_and_unknown_for_lookup() -> None:

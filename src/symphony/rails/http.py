@@ -4,6 +4,58 @@ The classification here is the safety boundary of the whole outbox: anything
 that might have reached the rail and been executed must come back AMBIGUOUS
 (so the worker looks it up before re-sending), and only answers that prove the
 rail did nothing may come back RETRYABLE.
+
+A status code alone proves nothing about the rail: a proxy, load balancer or
+gateway between us and the rail can answer 503, 429, 408, 409 or 404 after it
+has already forwarded the request. Only an answer carrying the rail's own error
+shape, a JSON object whose ``code`` is a non-empty token string (for example
+``{"code": "RAIL_UNAVAILABLE", "message": "..."}``), is trusted to say what the
+rail did. "Rail-shaped" below means exactly that; "bare" is anything else
+(empty, HTML, plain text, JSON without such a ``code``, or an oversized body).
+
+Dispatch (``POST /v1/payments``):
+
+=======================  ===========================  =========  ============================
+answer                   body                         outcome    code
+=======================  ===========================  =========  ============================
+200 / 201                the executed payment         SUCCESS    (none; transaction id set)
+200 / 201                anything else                AMBIGUOUS  RAIL_MALFORMED_RESPONSE
+503 / 429 / 408          rail-shaped                  RETRYABLE  the rail's code
+503 / 429 / 408          bare                         AMBIGUOUS  RAIL_UNCONFIRMED_<status>
+409                      code REFERENCE_CONFLICT      TERMINAL   REFERENCE_CONFLICT
+409                      any other rail code          AMBIGUOUS  the rail's code
+409                      bare                         AMBIGUOUS  RAIL_UNCONFIRMED_409
+other 4xx                rail-shaped                  TERMINAL   the rail's code
+other 4xx                bare                         AMBIGUOUS  RAIL_MALFORMED_RESPONSE
+other 5xx                rail-shaped                  AMBIGUOUS  the rail's code
+other 5xx                bare                         AMBIGUOUS  RAIL_SERVER_ERROR
+any other status         any                          AMBIGUOUS  RAIL_UNEXPECTED_STATUS
+connect error/timeout    (no answer)                  RETRYABLE  RAIL_UNREACHABLE
+timeout once connected   (no answer)                  AMBIGUOUS  RAIL_TIMEOUT
+other transport error    (no answer)                  AMBIGUOUS  RAIL_TRANSPORT_ERROR
+=======================  ===========================  =========  ============================
+
+``RAIL_UNCONFIRMED_<status>`` names a status that would have meant "not
+executed" (or "conflict") had the rail said it, but that nothing shows the
+rail said; the worker looks the reference up before sending it again. A 409
+with a rail code other than ``REFERENCE_CONFLICT`` (such as "a request with
+this idempotency key is in progress") says the rail has seen the reference, so
+it is AMBIGUOUS, never a final failure.
+
+Lookup (``GET /v1/payments/<reference>``):
+
+=======================  ===========================================  =========
+answer                   body                                         status
+=======================  ===========================================  =========
+200                      ``status`` EXECUTED for the same reference   EXECUTED
+404                      rail-shaped with code NOT_FOUND              NOT_FOUND
+404                      bare, or another code                        UNKNOWN
+anything else            any, or no answer at all                     UNKNOWN
+=======================  ===========================================  =========
+
+The shared ``httpx.AsyncClient`` ignores proxy and certificate settings from
+the environment (``trust_env=False``): which intermediaries sit in front of a
+payment rail is configuration, not something a stray ``HTTPS_PROXY`` decides.
 """
 
 from __future__ import annotations
@@ -37,7 +89,11 @@ MAX_RESPONSE_BYTES: Final = 64 * 1024
 _BACKSTOP_FACTOR: Final = 2.0
 
 _CODE_MAX_LENGTH: Final = 64
+# Statuses that mean "refused before doing any work", but only when the rail
+# itself says so (see the module docstring).
 _RETRYABLE_STATUSES: Final = frozenset({408, 429, 503})
+_REFERENCE_CONFLICT: Final = "REFERENCE_CONFLICT"
+_NOT_FOUND: Final = "NOT_FOUND"
 
 
 class HttpRailClient:
@@ -67,6 +123,9 @@ class HttpRailClient:
             ),
             headers={"Accept": "application/json", "User-Agent": "symphony-outbox"},
             follow_redirects=False,
+            # No proxy, netrc or CA settings picked up from the environment:
+            # an intermediary in front of a payment rail must be chosen, not inherited.
+            trust_env=False,
             # Real timeouts are set per call; this only applies if a call path forgets.
             timeout=httpx.Timeout(10.0),
         )
@@ -224,23 +283,32 @@ def _classify_dispatch(reference: str, status: int, body: bytes | None) -> Dispa
     document = _json_object(body)
     if status in (200, 201):
         return _classify_success(reference, status, body, document)
+    code = _rail_code(document)
     if status in _RETRYABLE_STATUSES:
-        # These statuses mean the rail refused before doing any work.
+        if code is None:
+            # A proxy or load balancer answers these too, possibly after it
+            # forwarded the request to the rail: nothing proves "not executed".
+            return _unconfirmed(status)
+        # The rail itself says it refused before doing any work.
         return DispatchResult(
-            DispatchOutcome.RETRYABLE,
-            code=_rail_code(document) or "RAIL_UNAVAILABLE",
-            detail=_rail_message(status, document),
+            DispatchOutcome.RETRYABLE, code=code, detail=_rail_message(status, document)
         )
     if 500 <= status <= 599:
         return DispatchResult(
             DispatchOutcome.AMBIGUOUS,
-            code=_rail_code(document) or "RAIL_SERVER_ERROR",
+            code=code or "RAIL_SERVER_ERROR",
             detail=_rail_message(status, document),
         )
+    if status == 409 and code != _REFERENCE_CONFLICT:
+        # Only the rail's "reference reused for a different payment" is final.
+        # Any other conflict (e.g. "a request with this key is in progress")
+        # means the rail has seen the reference and may be executing it.
+        if code is None:
+            return _unconfirmed(status)
+        return DispatchResult(
+            DispatchOutcome.AMBIGUOUS, code=code, detail=_rail_message(status, document)
+        )
     if 400 <= status <= 499:
-        code = _rail_code(document)
-        if code is None and status == 409:
-            code = "REFERENCE_CONFLICT"
         if code is None:
             # A 4xx without the rail's error shape is likely a proxy or a
             # misrouted URL, not the rail declining the payment; failing the
@@ -257,6 +325,14 @@ def _classify_dispatch(reference: str, status: int, body: bytes | None) -> Dispa
         DispatchOutcome.AMBIGUOUS,
         code="RAIL_UNEXPECTED_STATUS",
         detail=f"HTTP {status}",
+    )
+
+
+def _unconfirmed(status: int) -> DispatchResult:
+    return DispatchResult(
+        DispatchOutcome.AMBIGUOUS,
+        code=f"RAIL_UNCONFIRMED_{status}",
+        detail=f"HTTP {status} without a rail error body; the request may have reached the rail",
     )
 
 
@@ -288,11 +364,15 @@ def _classify_success(
 
 
 def _classify_lookup(reference: str, status: int, body: bytes | None) -> LookupResult:
+    document = _json_object(body)
     if status == 404:
-        return LookupResult(LookupStatus.NOT_FOUND)
+        # A bare 404 is a wrong URL or a load balancer's default page, not the
+        # rail saying it never executed the reference.
+        if _rail_code(document) == _NOT_FOUND:
+            return LookupResult(LookupStatus.NOT_FOUND)
+        return LookupResult(LookupStatus.UNKNOWN, detail="HTTP 404 without the rail's NOT_FOUND")
     if status != 200:
         return LookupResult(LookupStatus.UNKNOWN, detail=f"HTTP {status}")
-    document = _json_object(body)
     if document is None:
         return LookupResult(LookupStatus.UNKNOWN, detail="malformed lookup answer")
     if document.get("reference", reference) != reference:
