@@ -77,7 +77,7 @@ async def _round_trip(db: Database, count: int) -> dict[str, float]:
     latencies: list[float] = []
     for _ in range(count):
         started = time.perf_counter()
-        await db.fetch_one(Role.EXECUTOR, "count_zombies", {"threshold_seconds": None})
+        await db.fetch_one(Role.EXECUTOR, "count_zombies")
         latencies.append(time.perf_counter() - started)
     return {
         "calls": count,

@@ -178,7 +178,7 @@ def test_status_reports_counts_and_zombies(
     code, status = run_json(capsys, "status")
     assert code == 0
     for key in ("due", "scheduled", "dispatching", "zombies", "pending_total",
-                "dispatched_total", "failed_total", "zombies_awaiting_repair"):
+                "dispatched_total", "failed_total", "awaiting_lookup"):
         assert isinstance(status[key], int), key
     assert status["zombie_threshold_seconds"] == 120
 
@@ -233,7 +233,8 @@ async def _claim_and_expire(settings: DatabaseSettings) -> None:
     await test_only.query_no_role(
         settings.database_url.get_secret_value(),
         "UPDATE symphony.payment_outbox_pending "
-        "SET lease_expires_at = now() - interval '1 second' WHERE lease_token IS NOT NULL",
+        "SET lease_expires_at = now() - interval '1 second', "
+        "    claimed_at = now() - interval '1 day' WHERE lease_token IS NOT NULL",
     )
 
 

@@ -37,6 +37,9 @@ LONG = "x" * 300
         ({"payload": payload(amount="1e9")}, "SY016", "INVALID_AMOUNT"),
         ({"payload": payload(amount="1.123456789")}, "SY016", "INVALID_AMOUNT"),
         ({"payload": payload(amount=None)}, "SY016", "INVALID_AMOUNT"),
+        # JSON numbers are refused: a reader could round them before the rail sees them.
+        ({"payload": payload(amount=12)}, "SY016", "INVALID_AMOUNT"),
+        ({"payload": payload(amount=12345678901.12345678)}, "SY016", "INVALID_AMOUNT"),
         ({"payload": {"currency": "EUR", "destination": "d"}}, "SY016", "INVALID_AMOUNT"),
         ({"payload": payload(currency="eur")}, "SY017", "INVALID_CURRENCY"),
         ({"payload": payload(currency="EURO")}, "SY017", "INVALID_CURRENCY"),
@@ -65,7 +68,7 @@ async def test_invalid_input_is_refused_with_its_own_code(
     assert rows[0]["n"] == 0
 
 
-@pytest.mark.parametrize("amount", ["0.01", 12, 12.5, "999999999999999.99999999"])
+@pytest.mark.parametrize("amount", ["0.01", "12", "12.5", "999999999999999.99999999"])
 async def test_valid_amount_forms_are_accepted(db: Database, amount: Any) -> None:
     result = await OutboxStore(db).enqueue(instruction(payload=payload(amount=amount)))
     assert result.created

@@ -308,7 +308,8 @@ async def test_invalid_payload_fails_without_calling_the_rail(h: Harness) -> Non
     ("payload", "problem"),
     [
         ({"amount": "12.50", "currency": "EUR", "destination": "X"}, None),
-        ({"amount": 7, "currency": "USD", "destination": "X"}, None),
+        ({"amount": "7", "currency": "USD", "destination": "X"}, None),
+        ({"amount": 7, "currency": "USD", "destination": "X"}, "amount"),
         ({"currency": "EUR", "destination": "X"}, "amount"),
         ({"amount": True, "currency": "EUR", "destination": "X"}, "amount"),
         ({"amount": "0", "currency": "EUR", "destination": "X"}, "amount"),

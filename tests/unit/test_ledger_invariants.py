@@ -301,14 +301,32 @@ async def test_ambiguous_retry_past_the_ceiling_is_never_failed(isolated_db: Dat
         again = [c for c in await store.claim("ceiling-test", 1000, 60)
                  if c.outbox_id == item.outbox_id]
         assert again and again[0].needs_lookup
-        # Once the rail says it never executed (a clean retryable answer), the ceiling applies.
-        final = await store.complete(Completion(item.outbox_id, again[0].lease_token,
+        # A later clean refusal proves nothing about the earlier call, which may still land:
+        # the item stays a retry, flagged for lookups, past the ceiling too.
+        later = await store.complete(Completion(item.outbox_id, again[0].lease_token,
                                                 Outcome.RETRYABLE, error_code="RAIL_UNAVAILABLE"))
-        assert final.state == "FAILED"
+        assert later.state == "RETRYABLE"
+        third = [c for c in await store.claim("ceiling-test", 1000, 60)
+                 if c.outbox_id == item.outbox_id]
+        assert third and third[0].needs_lookup
+        # The rail's confirmation settles it.
+        done = await store.complete(Completion(item.outbox_id, third[0].lease_token,
+                                               Outcome.DISPATCHED, rail_transaction_id="rtx-1"))
+        assert done.state == "DISPATCHED"
     finally:
         await test_only.query_no_role(
             admin, "UPDATE symphony.outbox_retry_policy SET max_attempts = 8, "
                    "backoff_base_ms = 1000, backoff_max_ms = 300000")
+
+
+async def test_ambiguous_outcome_cannot_be_recorded_as_failed(isolated_db: Database) -> None:
+    store = OutboxStore(isolated_db)
+    item = await _claimed(store)
+    with pytest.raises(SymphonyError) as info:
+        await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.FAILED,
+                                        error_code="RAIL_TIMEOUT", ambiguous=True))
+    assert info.value.sqlstate == "SY024"
+    await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED))
 
 
 async def test_retry_backoff_grows_and_is_bounded(isolated_db: Database) -> None:

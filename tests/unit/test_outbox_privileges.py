@@ -145,12 +145,68 @@ async def test_executor_cannot_delete_attempts(isolated_db: Database, ledger_row
     assert_sqlstate(err, "42501")
 
 
-async def test_executor_can_read_the_queue(isolated_db: Database, ledger_row: str) -> None:
+async def test_executor_reads_queue_counts_through_the_status_view(
+    isolated_db: Database, ledger_row: str
+) -> None:
     rows = await test_only.execute_as_role(
+        isolated_db, Role.EXECUTOR,
+        "SELECT dispatching FROM symphony.outbox_supervisor_status",
+    )
+    assert rows[0]["dispatching"] >= 1
+
+
+async def test_executor_cannot_read_the_queue_directly(
+    isolated_db: Database, ledger_row: str
+) -> None:
+    err = await refused(
         isolated_db, Role.EXECUTOR,
         f"SELECT claimed_by FROM symphony.payment_outbox_pending WHERE outbox_id = '{ledger_row}'",
     )
-    assert rows == [{"claimed_by": "privilege-test"}]
+    assert_sqlstate(err, "42501")
+
+
+@pytest.mark.parametrize("role", [Role.EXECUTOR, Role.READONLY, Role.AUDITOR, Role.CONTROL])
+@pytest.mark.parametrize(
+    "table", ["symphony.payment_outbox_pending", "symphony.payment_outbox_attempts"]
+)
+async def test_no_role_reads_lease_tokens(
+    isolated_db: Database, ledger_row: str, role: Role, table: str
+) -> None:
+    # A lease token is the capability to complete an item: only its claimer gets it.
+    err = await refused(isolated_db, role, f"SELECT lease_token FROM {table}")
+    assert_sqlstate(err, "42501")
+
+
+@pytest.mark.parametrize("role", [Role.READONLY, Role.AUDITOR, Role.CONTROL])
+async def test_readers_read_every_other_queue_column(
+    isolated_db: Database, ledger_row: str, role: Role
+) -> None:
+    rows = await test_only.execute_as_role(
+        isolated_db, role,
+        "SELECT outbox_id, claimed_by, lease_expires_at, needs_lookup "
+        f"  FROM symphony.payment_outbox_pending WHERE outbox_id = '{ledger_row}'",
+    )
+    assert rows[0]["claimed_by"] == "privilege-test"
+
+
+async def test_ledger_rows_record_the_login_that_wrote_them(
+    isolated_db: Database, ledger_row: str
+) -> None:
+    rows = await test_only.execute_as_role(
+        isolated_db, Role.AUDITOR,
+        "SELECT recorded_by FROM symphony.payment_outbox_attempts "
+        f" WHERE outbox_id = '{ledger_row}'",
+    )
+    assert rows == [{"recorded_by": "symphony_executor_svc"}]
+
+
+async def test_rules_fire_even_in_replica_sessions(isolated_db: Database, ledger_row: str) -> None:
+    with pytest.raises(InvariantViolationError) as info:
+        await test_only.statements_no_role(isolated_db.endpoint.admin_dsn, [
+            ("SET LOCAL session_replication_role = replica", None),
+            ("DELETE FROM symphony.payment_outbox_attempts WHERE outbox_id = %s", (ledger_row,)),
+        ])
+    assert_sqlstate(info.value, "P0001")
 
 
 @pytest.mark.parametrize(

@@ -145,20 +145,55 @@ async def test_live_lease_is_not_repaired(
                                     Outcome.DISPATCHED))
 
 
-async def test_lease_older_than_threshold_is_repaired_even_if_granted_longer(
+async def test_live_lease_is_never_taken_whatever_the_threshold(
     isolated_db: Database, isolated_admin_dsn: str, repair_worker: ZombieRepairWorker
 ) -> None:
+    # A lease granted for longer than this repair's threshold is still its holder's until it
+    # expires: a repair process with a shorter threshold must not requeue a live dispatch.
     store = OutboxStore(isolated_db)
     enqueued = await store.enqueue(instruction())
-    await store.claim("long-lease-worker", 100, 86_400)
+    claimed = await store.claim("long-lease-worker", 100, 86_400)
     await test_only.query_no_role(
         isolated_admin_dsn,
         "UPDATE symphony.payment_outbox_pending "
         "   SET claimed_at = now() - make_interval(secs => %s) WHERE outbox_id = %s",
         (THRESHOLD + 1, enqueued.outbox_id),
     )
+    assert (await repair_worker.run_once()).count == 0
+    # Once the lease expires, the repair takes it.
+    await test_only.query_no_role(
+        isolated_admin_dsn,
+        "UPDATE symphony.payment_outbox_pending "
+        "   SET lease_expires_at = now() - interval '1 second' WHERE outbox_id = %s",
+        (enqueued.outbox_id,),
+    )
     result = await repair_worker.run_once()
     assert [r.outbox_id for r in result.repaired] == [enqueued.outbox_id]
+    assert claimed and claimed[0].outbox_id == enqueued.outbox_id
+    for item in await store.claim("cleanup", 100, THRESHOLD):
+        await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED))
+
+
+async def test_expired_lease_younger_than_the_threshold_waits(
+    isolated_db: Database, isolated_admin_dsn: str, repair_worker: ZombieRepairWorker
+) -> None:
+    # A repair started with a longer threshold than the workers' lease only waits longer.
+    store = OutboxStore(isolated_db)
+    enqueued = await store.enqueue(instruction())
+    await store.claim("short-lease-worker", 100, 5)
+    await test_only.query_no_role(
+        isolated_admin_dsn,
+        "UPDATE symphony.payment_outbox_pending "
+        "   SET lease_expires_at = now() - interval '1 second', "
+        "       claimed_at = now() - interval '6 seconds' WHERE outbox_id = %s",
+        (enqueued.outbox_id,),
+    )
+    assert (await repair_worker.run_once()).count == 0
+    await _make_stale(isolated_admin_dsn, enqueued.outbox_id, 1)
+    assert [r.outbox_id for r in (await repair_worker.run_once()).repaired] == [
+        enqueued.outbox_id]
+    for item in await store.claim("cleanup", 100, THRESHOLD):
+        await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED))
 
 
 async def test_repair_is_bounded_by_batch_size(

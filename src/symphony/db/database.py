@@ -100,30 +100,39 @@ class Transaction:
         self._conn = conn
         self.role = role
         self.context = context
+        self._closed = False
+
+    def _statement(self, query: str) -> LiteralString:
+        if self._closed:
+            raise SymphonyError(
+                "the transaction has ended; open a new one",
+                code="TRANSACTION_CLOSED", context=self.context,
+            )
+        return get_query(query).sql
 
     async def fetch_all(self, query: str, params: Params = None) -> list[Row]:
         """Run the named query; all rows as dicts."""
-        statement = get_query(query)
+        statement = self._statement(query)
         try:
-            cur = await self._conn.execute(statement.sql, params)
+            cur = await self._conn.execute(statement, params)
             return list(await cur.fetchall())
         except psycopg.Error as exc:
             raise translate(exc, f"{self.context}:{query}") from exc
 
     async def fetch_one(self, query: str, params: Params = None) -> Row | None:
         """Run the named query; the first row, or None."""
-        statement = get_query(query)
+        statement = self._statement(query)
         try:
-            cur = await self._conn.execute(statement.sql, params)
+            cur = await self._conn.execute(statement, params)
             return await cur.fetchone()
         except psycopg.Error as exc:
             raise translate(exc, f"{self.context}:{query}") from exc
 
     async def execute(self, query: str, params: Params = None) -> int:
         """Run the named query for its effect; the number of rows it touched."""
-        statement = get_query(query)
+        statement = self._statement(query)
         try:
-            cur = await self._conn.execute(statement.sql, params)
+            cur = await self._conn.execute(statement, params)
             return cur.rowcount
         except psycopg.Error as exc:
             raise translate(exc, f"{self.context}:{query}") from exc
@@ -250,11 +259,25 @@ class Database:
             pool = await self._pool(PRINCIPAL_FOR_ROLE[role])
             async with pool.connection() as conn:
                 await _begin(conn, role, context, snapshot=snapshot)
+                tx = Transaction(conn, role, context)
                 try:
-                    yield Transaction(conn, role, context)
+                    yield tx
                 except BaseException:
                     await _rollback(conn)
                     raise
+                finally:
+                    tx._closed = True
+                if conn.info.transaction_status == TransactionStatus.INERROR:
+                    # A statement failed and the caller went on: PostgreSQL would answer the
+                    # COMMIT with a silent rollback, and results already handed out (an
+                    # outbox_id, "created") would describe rows that do not exist.
+                    await _rollback(conn)
+                    raise SymphonyError(
+                        "the transaction was aborted by an earlier error and was rolled back; "
+                        "nothing in it was saved",
+                        code="TRANSACTION_ABORTED",
+                        context=context,
+                    )
                 await conn.execute(_COMMIT)
         except SymphonyError:
             raise

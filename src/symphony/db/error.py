@@ -146,7 +146,8 @@ _BY_SQLSTATE: dict[str, _Mapping] = {
                       "rail_type is not a known, enabled payment rail"),
     "SY015": _Mapping(InvalidRequestError, "INVALID_PAYLOAD", "payload must be a JSON object"),
     "SY016": _Mapping(InvalidRequestError, "INVALID_AMOUNT",
-                      "payload.amount must be a positive decimal with at most 8 decimals"),
+                      "payload.amount must be a decimal string (e.g. \"12.50\"), positive, "
+                      "with at most 8 decimals"),
     "SY017": _Mapping(InvalidRequestError, "INVALID_CURRENCY",
                       "payload.currency must be a 3-letter ISO 4217 code"),
     "SY018": _Mapping(InvalidRequestError, "INVALID_DESTINATION",

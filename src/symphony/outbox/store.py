@@ -132,10 +132,9 @@ class OutboxStore:
             for r in rows
         ]
 
-    async def count_zombies(self, threshold_seconds: int | None = None) -> int:
-        row = await self.db.fetch_one(
-            Role.EXECUTOR, "count_zombies", {"threshold_seconds": threshold_seconds}
-        )
+    async def count_zombies(self) -> int:
+        """Items whose lease expired and that await the zombie repair."""
+        row = await self.db.fetch_one(Role.EXECUTOR, "count_zombies")
         return int(row["zombies"]) if row else 0
 
     async def status(self, role: Role = Role.READONLY) -> SupervisorStatus:

@@ -1,10 +1,12 @@
 """The zombie repair worker: returns items whose lease expired to PENDING.
 
 A worker that dies mid-dispatch leaves its items DISPATCHING with a lease nobody will
-complete. Once the lease expired, or was taken more than `ZOMBIE_THRESHOLD_SECONDS` ago (the
-executor leases items for exactly that long), `repair_expired_leases` appends a `ZOMBIE_REQUEUE` row for each and makes
-it due again under the same `outbox_id`, flagged so that the next dispatcher asks the rail
-whether the dead worker's call went through (I10). A second cycle finds nothing to do.
+complete. The executor leases items for `ZOMBIE_THRESHOLD_SECONDS`; once such a lease has
+expired (and, for this worker, was taken at least its own threshold ago, so a repair process
+started with a longer threshold only waits longer and one with a shorter threshold never takes
+a live lease), `repair_expired_leases` appends a `ZOMBIE_REQUEUE` row for each and makes it due
+again under the same `outbox_id`, flagged so that the next dispatcher asks the rail whether
+the dead worker's call went through (I10). A second cycle finds nothing to do.
 """
 
 from __future__ import annotations
@@ -119,4 +121,4 @@ class ZombieRepairWorker(LoopService[RepairResult]):
 
     async def zombie_count(self) -> int:
         """Items whose lease expired and that await repair (for monitoring)."""
-        return await self.store.count_zombies(self.config.threshold_seconds)
+        return await self.store.count_zombies()

@@ -30,18 +30,15 @@ SELECT outbox_id, state, attempt_no, next_attempt_at
       %(ambiguous)s, %(rail_transaction_id)s);
 
 -- name: repair_expired_leases
--- Return up to `limit` items whose lease expired, or is older than `threshold_seconds`,
--- to PENDING, appending ZOMBIE_REQUEUE.
+-- Return up to `limit` items whose lease expired (and was taken at least `threshold_seconds`
+-- ago, when given) to PENDING, appending ZOMBIE_REQUEUE.
 SELECT outbox_id, attempt_no, attempt_count, claimed_by, lease_expires_at
   FROM symphony.repair_expired_leases(%(limit)s, %(threshold_seconds)s);
 
 -- name: count_zombies
--- Leases that expired, or are older than `threshold_seconds`, and await repair.
-SELECT count(*) AS zombies
-  FROM symphony.payment_outbox_pending p
- WHERE p.lease_token IS NOT NULL
-   AND (p.lease_expires_at <= now()
-        OR p.claimed_at <= now() - make_interval(secs => %(threshold_seconds)s));
+-- Expired leases that await repair (read through the status view: the executor has no
+-- privilege on the queue's lease columns).
+SELECT zombies FROM symphony.outbox_supervisor_status;
 
 -- name: supervisor_status
 SELECT due, scheduled, dispatching, zombies, awaiting_lookup, pending_total, oldest_pending_at,

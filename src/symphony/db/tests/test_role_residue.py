@@ -58,7 +58,7 @@ async def test_role_is_gone_after_failed_transaction(one_conn_db: Database) -> N
 
     with pytest.raises(Boom):
         async with one_conn_db.transaction(Role.EXECUTOR) as tx:
-            await tx.fetch_one("count_zombies", {"threshold_seconds": None})
+            await tx.fetch_one("count_zombies")
             raise Boom
     await _assert_roleless(one_conn_db, Principal.EXECUTOR, before.backend_pid)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -79,3 +80,24 @@ async def test_snapshot_transaction_is_read_only_and_repeatable(
         readonly = await tx.connection.execute("SHOW transaction_read_only")
         assert (await readonly.fetchone()) == {"transaction_read_only": "on"}
     assert await _registered(admin_dsn, "tx-snapshot") == 1
+
+
+async def test_commit_after_a_swallowed_error_is_refused(db: Database, admin_dsn: str) -> None:
+    with pytest.raises(SymphonyError) as info:
+        async with db.transaction(Role.INGEST) as tx:
+            created = await tx.fetch_one("enqueue_payment_outbox", _params("tx-swallowed-1"))
+            assert created is not None and created["created"]
+            with contextlib.suppress(SymphonyError):  # a careless caller carries on
+                await tx.fetch_one("enqueue_payment_outbox", {**_params("tx-swallowed-2"),
+                                                               "rail_type": "NOPE"})
+    assert info.value.code == "TRANSACTION_ABORTED"
+    # The first enqueue's outbox_id was handed out, and the error says it was not saved.
+    assert await _registered(admin_dsn, "tx-swallowed-1") == 0
+
+
+async def test_transaction_cannot_be_used_after_its_block(db: Database) -> None:
+    async with db.transaction(Role.READONLY) as tx:
+        await tx.fetch_one("supervisor_status")
+    with pytest.raises(SymphonyError) as info:
+        await tx.fetch_one("supervisor_status")
+    assert info.value.code == "TRANSACTION_CLOSED"

@@ -32,6 +32,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 from typing import Any, Final
 
 from symphony.db import PENDING_CHANNEL, Role
@@ -62,10 +63,10 @@ _COMPLETION_SLACK_SECONDS: Final = 15.0
 def payload_problem(payload: Mapping[str, Any]) -> str | None:
     """Why `payload` must not be sent, or None when it looks like a payment."""
     amount = payload.get("amount")
-    if isinstance(amount, bool) or not isinstance(amount, str | int | float):
-        return "payload.amount is missing or not a decimal"
-    text = amount if isinstance(amount, str) else str(amount)
-    if _AMOUNT.fullmatch(text) is None or float(text) <= 0:
+    if not isinstance(amount, str):
+        return "payload.amount is missing or not a decimal string"
+    text = amount
+    if _AMOUNT.fullmatch(text) is None or Decimal(text) <= 0:
         return "payload.amount must be a positive decimal with at most 8 decimals"
     currency = payload.get("currency")
     if not isinstance(currency, str) or _CURRENCY.fullmatch(currency) is None:

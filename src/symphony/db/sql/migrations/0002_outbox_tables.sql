@@ -101,8 +101,9 @@ CREATE TABLE symphony.payment_outbox_pending (
     lease_token      uuid,
     lease_expires_at timestamptz,
     claimed_at       timestamptz,
-    -- The last attempt ended without knowing whether the rail executed it (timeout, zombie):
-    -- the next dispatcher asks the rail first (I10).
+    -- Some attempt ended without knowing whether the rail executed it (timeout, zombie).
+    -- Sticky: from then on every dispatcher asks the rail first (I10), and the retry ceiling
+    -- may no longer declare the item FAILED (the money may have moved).
     needs_lookup     boolean                 NOT NULL DEFAULT false,
     last_error_code  text,
     created_at       timestamptz             NOT NULL DEFAULT now(),
@@ -131,11 +132,6 @@ CREATE INDEX payment_outbox_pending_lease_expiry_idx
     ON symphony.payment_outbox_pending (lease_expires_at)
     WHERE lease_token IS NOT NULL;
 
--- Leases older than the repair worker's threshold, whatever length they were granted.
-CREATE INDEX payment_outbox_pending_claimed_at_idx
-    ON symphony.payment_outbox_pending (claimed_at)
-    WHERE lease_token IS NOT NULL;
-
 CREATE TABLE symphony.payment_outbox_attempts (
     attempt_id          bigint GENERATED ALWAYS AS IDENTITY,
     outbox_id           uuid                   NOT NULL,
@@ -147,6 +143,8 @@ CREATE TABLE symphony.payment_outbox_attempts (
     error_detail        text,
     rail_transaction_id text,
     recorded_at         timestamptz            NOT NULL DEFAULT clock_timestamp(),
+    -- The login that caused the row (the service principal, through the functions).
+    recorded_by         text                   NOT NULL DEFAULT session_user,
     CONSTRAINT payment_outbox_attempts_pkey PRIMARY KEY (attempt_id),
     CONSTRAINT payment_outbox_attempts_outbox_id_fkey
         FOREIGN KEY (outbox_id) REFERENCES symphony.payment_instruction_registry (outbox_id),

@@ -224,3 +224,22 @@ CREATE TRIGGER payment_outbox_pending_notify
     AFTER INSERT ON symphony.payment_outbox_pending
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION symphony.notify_pending_work();
+
+-- The rules hold in every session: ENABLE ALWAYS keeps them firing even where
+-- session_replication_role = replica would skip ordinary triggers.
+ALTER TABLE symphony.payment_outbox_attempts
+    ENABLE ALWAYS TRIGGER payment_outbox_attempts_append_only,
+    ENABLE ALWAYS TRIGGER payment_outbox_attempts_no_truncate,
+    ENABLE ALWAYS TRIGGER payment_outbox_attempts_legal_transition,
+    ENABLE ALWAYS TRIGGER payment_outbox_attempts_terminal_leaves_pending;
+ALTER TABLE symphony.payment_instruction_registry
+    ENABLE ALWAYS TRIGGER payment_instruction_registry_append_only,
+    ENABLE ALWAYS TRIGGER payment_instruction_registry_no_truncate;
+ALTER TABLE symphony.payment_outbox_pending
+    ENABLE ALWAYS TRIGGER payment_outbox_pending_monotonic,
+    ENABLE ALWAYS TRIGGER payment_outbox_pending_insert_matches_ledger,
+    ENABLE ALWAYS TRIGGER payment_outbox_pending_delete_matches_ledger,
+    ENABLE ALWAYS TRIGGER payment_outbox_pending_no_truncate;
+ALTER TABLE symphony.participant_outbox_sequences
+    ENABLE ALWAYS TRIGGER participant_outbox_sequences_forward_only,
+    ENABLE ALWAYS TRIGGER participant_outbox_sequences_no_truncate;

@@ -64,13 +64,15 @@ BEGIN
         RAISE EXCEPTION 'payload must be at most 16384 bytes'
             USING ERRCODE = 'SY019', CONSTRAINT = 'enqueue_payload_size';
     END IF;
-    -- Amounts are decimal strings or JSON numbers; either way positive, at most 2^53 minor
-    -- units in size and 8 decimals, so no rail sees a rounded amount.
+    -- Amounts are decimal strings: positive, at most 15 integer digits and 8 decimals. A JSON
+    -- number is refused because JSON readers (Python's among them) turn it into a binary
+    -- float, and no rail may see a rounded amount.
     v_amount := p_payload -> 'amount';
     IF v_amount IS NULL
-       OR jsonb_typeof(v_amount) NOT IN ('string', 'number')
+       OR jsonb_typeof(v_amount) <> 'string'
        OR (v_amount #>> '{}') !~ '^[0-9]{1,15}(\.[0-9]{1,8})?$' THEN
-        RAISE EXCEPTION 'payload.amount must be a positive decimal with at most 8 decimals'
+        RAISE EXCEPTION 'payload.amount must be a decimal string, positive, with at most 8 '
+                        'decimals'
             USING ERRCODE = 'SY016', CONSTRAINT = 'enqueue_payload_amount';
     END IF;
     v_amount_num := (v_amount #>> '{}')::numeric;
@@ -270,9 +272,11 @@ BEGIN
                      AS i(outbox_id, lease_token, outcome, ambiguous)
          WHERE i.outbox_id IS NULL OR i.lease_token IS NULL OR i.ambiguous IS NULL
             OR i.outcome IS NULL OR i.outcome NOT IN ('DISPATCHED', 'RETRYABLE', 'FAILED')
+            -- An outcome that may have executed is a retry (with a lookup), never a failure.
+            OR (i.outcome = 'FAILED' AND i.ambiguous)
     ) THEN
         RAISE EXCEPTION 'each completion needs an outbox_id, a lease token and an outcome of '
-                        'DISPATCHED, RETRYABLE or FAILED'
+                        'DISPATCHED, RETRYABLE or FAILED (an ambiguous outcome is RETRYABLE)'
             USING ERRCODE = 'SY024', CONSTRAINT = 'complete_outcome';
     END IF;
     IF (SELECT count(DISTINCT x) FROM unnest(p_outbox_ids) AS x) <> v_n THEN
@@ -293,33 +297,35 @@ BEGIN
     -- I9: only the holder of the current lease may complete. A row whose token changed since
     -- (repaired, reclaimed) is not matched here and is answered FENCED below.
     held AS (
-        SELECT p.outbox_id, p.attempt_count, p.last_attempt_no, p.claimed_by, p.lease_token
+        SELECT p.outbox_id, p.attempt_count, p.last_attempt_no, p.claimed_by, p.lease_token,
+               p.needs_lookup
           FROM payment_outbox_pending p
           JOIN input i ON i.outbox_id = p.outbox_id AND i.lease_token = p.lease_token
          WHERE p.outbox_id = ANY (p_outbox_ids)
            FOR UPDATE OF p
     ),
-    -- The retry ceiling turns a retry into FAILED only when the rail certainly did not
-    -- execute it. An ambiguous outcome (timeout, unanswered lookup) may have moved the money:
-    -- declaring it FAILED could make a participant pay twice, so it keeps being looked up
-    -- (with capped backoff) until the rail answers, and shows in the status view meanwhile.
+    -- The retry ceiling turns a retry into FAILED only when the rail certainly never executed
+    -- the item: no attempt of it ever ended ambiguously. After a timeout or a zombie, a later
+    -- clean refusal proves nothing about the earlier call, which may still land; declaring the
+    -- item FAILED could make a participant pay twice. Such an item keeps being looked up with
+    -- capped backoff until the rail answers, and shows in the status view meanwhile.
     decided AS (
         SELECT h.outbox_id, h.claimed_by, h.lease_token, h.last_attempt_no + 1 AS attempt_no,
                i.ambiguous, i.rail_tx,
                CASE
-                   WHEN i.outcome = 'RETRYABLE' AND NOT i.ambiguous
+                   WHEN i.outcome = 'RETRYABLE' AND NOT i.ambiguous AND NOT h.needs_lookup
                         AND h.attempt_count >= pol.max_attempts
                        THEN 'FAILED'
                    ELSE i.outcome
                END::attempt_state AS state,
                CASE
-                   WHEN i.outcome = 'RETRYABLE' AND NOT i.ambiguous
+                   WHEN i.outcome = 'RETRYABLE' AND NOT i.ambiguous AND NOT h.needs_lookup
                         AND h.attempt_count >= pol.max_attempts
                        THEN 'RETRY_LIMIT_EXCEEDED'
                    ELSE left(i.error_code, 64)
                END AS error_code,
                CASE
-                   WHEN i.outcome = 'RETRYABLE' AND NOT i.ambiguous
+                   WHEN i.outcome = 'RETRYABLE' AND NOT i.ambiguous AND NOT h.needs_lookup
                         AND h.attempt_count >= pol.max_attempts
                        THEN left(format('gave up after %s attempts; last error %s: %s',
                                         h.attempt_count, coalesce(i.error_code, '-'),
@@ -356,7 +362,7 @@ BEGIN
            SET claimed_by = NULL, lease_token = NULL, lease_expires_at = NULL, claimed_at = NULL,
                last_attempt_no = d.attempt_no,
                next_attempt_at = d.retry_at,
-               needs_lookup    = d.ambiguous,
+               needs_lookup    = p.needs_lookup OR d.ambiguous,
                last_error_code = d.error_code
           FROM decided d
          WHERE p.outbox_id = d.outbox_id AND d.state = 'RETRYABLE'
@@ -444,9 +450,11 @@ BEGIN
         SELECT p.outbox_id, p.claimed_by, p.lease_token, p.lease_expires_at
           FROM payment_outbox_pending p
          WHERE p.lease_token IS NOT NULL
-           -- A lease is stale when it expired, or when it is older than the repair
-           -- threshold (a lease granted longer than the threshold allows is not trusted).
-           AND (p.lease_expires_at <= now()
+           -- Only an expired lease is stale: a live lease is never taken from its holder,
+           -- whatever threshold a repair process was started with. The threshold can only
+           -- make the repair wait longer (a lease is also at least that old).
+           AND p.lease_expires_at <= now()
+           AND (p_threshold_seconds IS NULL
                 OR p.claimed_at <= now() - make_interval(secs => p_threshold_seconds))
          ORDER BY p.lease_expires_at
          LIMIT p_limit

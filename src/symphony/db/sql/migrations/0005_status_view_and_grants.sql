@@ -2,10 +2,13 @@
 --
 -- Why: PUBLIC gets nothing; each runtime role gets exactly what its service does.
 -- * ingest:   execute enqueue_payment_outbox. Nothing else, not even a read.
--- * executor: execute claim / complete / repair; read the pending queue and the status view
---             (to count zombies). No table writes: every write goes through the functions.
+-- * executor: execute claim / complete / repair; read the rails and the status view (to count
+--             zombies). No table reads or writes: every write goes through the functions.
 -- * readonly, auditor: read the outbox, never participant_outbox_sequences (a participant's
 --             volume is commercial information) and never any sequence object.
+-- * Nobody reads lease tokens but the functions: a token is the capability to complete an
+--   item, so it is handed only to the worker that claimed the item (I9 fences a compromised
+--   role too, not only a confused one).
 -- * control:  the operator: read everything, run a repair by hand, tune the retry policy.
 -- No runtime role may TRUNCATE, UPDATE or DELETE the ledger or write the pending table.
 
@@ -53,13 +56,20 @@ GRANT EXECUTE ON FUNCTION symphony.complete_outbox_attempt(
     uuid, uuid, text, text, text, boolean, text) TO symphony_executor;
 GRANT EXECUTE ON FUNCTION symphony.repair_expired_leases(integer, integer)
     TO symphony_executor, symphony_control;
-GRANT SELECT ON symphony.payment_outbox_pending, symphony.payment_rails,
-                symphony.outbox_supervisor_status
+GRANT SELECT ON symphony.payment_rails, symphony.outbox_supervisor_status
     TO symphony_executor;
 
--- readers
-GRANT SELECT ON symphony.payment_outbox_pending, symphony.payment_outbox_attempts,
-                symphony.payment_instruction_registry, symphony.payment_rails,
+-- readers: every column but the lease tokens
+GRANT SELECT (outbox_id, participant_id, sequence_id, attempt_count, last_attempt_no,
+              next_attempt_at, claimed_by, lease_expires_at, claimed_at, needs_lookup,
+              last_error_code, created_at, updated_at)
+    ON symphony.payment_outbox_pending
+    TO symphony_readonly, symphony_auditor, symphony_control;
+GRANT SELECT (attempt_id, outbox_id, attempt_no, state, worker_id, error_code, error_detail,
+              rail_transaction_id, recorded_at, recorded_by)
+    ON symphony.payment_outbox_attempts
+    TO symphony_readonly, symphony_auditor, symphony_control;
+GRANT SELECT ON symphony.payment_instruction_registry, symphony.payment_rails,
                 symphony.outbox_retry_policy, symphony.outbox_supervisor_status
     TO symphony_readonly, symphony_auditor, symphony_control;
 
