@@ -21,6 +21,7 @@ from symphony.db import ConfigurationError, Database, DatabaseSettings, test_onl
 from symphony.outbox import ClaimedItem, OutboxStore, PaymentInstruction
 from symphony.rails import DispatchOutcome, DispatchResult, LookupResult, LookupStatus
 from symphony.services.worker import ExecutorWorker, WorkerConfig, payload_problem
+from symphony.services.worker.config import worst_case_call_seconds
 
 SUCCESS = DispatchResult(DispatchOutcome.SUCCESS, rail_transaction_id="rail-tx-1")
 
@@ -358,9 +359,11 @@ async def test_completion_after_the_lease_was_repaired_is_reported_fenced(h: Har
 async def test_concurrency_is_bounded(h: Harness) -> None:
     ids = [await h.enqueue() for _ in range(12)]
     rail = FakeRail(delay=0.05)
-    result = await ExecutorWorker(h.store, rail, h.config(max_concurrency=3)).run_once()
+    worker = ExecutorWorker(h.store, rail, h.config(max_concurrency=3))
+    # A cycle leases no more than it can dispatch at once, so no lease waits for a slot.
+    results = [await worker.run_once() for _ in range(4)]
 
-    assert (result.claimed, result.dispatched) == (12, 12)
+    assert [(r.claimed, r.dispatched) for r in results] == [(3, 3)] * 4
     assert rail.max_in_flight == 3
     assert sorted(rail.dispatched) == sorted(str(i) for i in ids)
 
@@ -510,7 +513,8 @@ def test_invalid_zombie_threshold_is_a_startup_error(monkeypatch: pytest.MonkeyP
 def test_calls_longer_than_the_lease_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZOMBIE_THRESHOLD_SECONDS", "10")
     with pytest.raises(ConfigurationError) as info:
-        WorkerConfig.load(dispatch_timeout_seconds=8, lookup_timeout_seconds=5)
+        # 4 + 1 fits in 10 s on paper, but each call may take twice its timeout: 11 s.
+        WorkerConfig.load(dispatch_timeout_seconds=4, lookup_timeout_seconds=1)
     assert info.value.code == "INVALID_WORKER_CONFIG"
     assert "lease" in info.value.message
 
@@ -519,8 +523,10 @@ def test_default_timeouts_shrink_to_fit_a_short_lease(monkeypatch: pytest.Monkey
     monkeypatch.setenv("ZOMBIE_THRESHOLD_SECONDS", "3")
     config = WorkerConfig.load()
     assert (config.lease_seconds, config.dispatch_timeout_seconds,
-            config.lookup_timeout_seconds) == (3, 1.2, 0.6)
-    assert WorkerConfig.load(dispatch_timeout_seconds=1.5).lookup_timeout_seconds == 0.6
+            config.lookup_timeout_seconds) == (3, 0.6, 0.3)
+    # Worst case 2 * (0.6 + 0.3) + 1 = 2.8 s, inside the 3 s lease.
+    assert worst_case_call_seconds(0.6, 0.3) < 3
+    assert WorkerConfig.load(dispatch_timeout_seconds=0.5).lookup_timeout_seconds == 0.3
 
 
 def test_bad_environment_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,8 +21,18 @@ from symphony.repair import zombie_threshold_from_env
 DEFAULT_RAIL_URL: Final = "http://127.0.0.1:8765"
 MAX_WORKER_ID_LENGTH: Final = 128
 # Shares of a short lease the default timeouts shrink to, leaving 40% of it to spare.
-_DEFAULT_DISPATCH_SHARE: Final = 0.4
-_DEFAULT_LOOKUP_SHARE: Final = 0.2
+_DEFAULT_DISPATCH_SHARE: Final = 0.2
+_DEFAULT_LOOKUP_SHARE: Final = 0.1
+# A rail call may run past its own timeout: the HTTP client gives up on a slow answer only at
+# twice the timeout, and the worker's outer bound adds a little slack on top (executor.py).
+CALL_BOUND_FACTOR: Final = 2.0
+CALL_BOUND_SLACK_SECONDS: Final = 0.5
+
+
+def worst_case_call_seconds(dispatch_timeout: float, lookup_timeout: float) -> float:
+    """The longest a lookup followed by a dispatch can keep an item in flight."""
+    return (CALL_BOUND_FACTOR * (dispatch_timeout + lookup_timeout)
+            + 2 * CALL_BOUND_SLACK_SECONDS)
 
 
 def default_worker_id() -> str:
@@ -91,9 +101,12 @@ class WorkerConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _calls_fit_in_the_lease(self) -> WorkerConfig:
-        # A lookup followed by a dispatch must end well inside the lease; otherwise the repair
-        # would hand the item to another worker while this one is still talking to the rail.
-        if self.dispatch_timeout_seconds + self.lookup_timeout_seconds < self.lease_seconds:
+        # A lookup followed by a dispatch, at their worst (see worst_case_call_seconds), must end
+        # inside the lease; otherwise the repair could hand the item to another worker while
+        # this one is still talking to the rail, and that worker's lookup would race the call.
+        worst = worst_case_call_seconds(self.dispatch_timeout_seconds,
+                                        self.lookup_timeout_seconds)
+        if worst < self.lease_seconds:
             return self
         # Default timeouts under a short lease (tests, demos) shrink to fit rather than refuse
         # a value nobody wrote; explicit ones are the operator's and are never changed.
@@ -102,14 +115,15 @@ class WorkerConfig(BaseSettings):
             dispatch = min(dispatch, round(self.lease_seconds * _DEFAULT_DISPATCH_SHARE, 3))
         if "lookup_timeout_seconds" not in self.model_fields_set:
             lookup = min(lookup, round(self.lease_seconds * _DEFAULT_LOOKUP_SHARE, 3))
-        if dispatch + lookup < self.lease_seconds:
+        if worst_case_call_seconds(dispatch, lookup) < self.lease_seconds:
             # A frozen model: its own validator is the one place that may still settle a field.
             object.__setattr__(self, "dispatch_timeout_seconds", dispatch)
             object.__setattr__(self, "lookup_timeout_seconds", lookup)
             return self
         raise ValueError(
-            f"dispatch timeout ({dispatch:g}s) plus lookup timeout ({lookup:g}s) must be "
-            f"shorter than the lease "
+            f"dispatch timeout ({dispatch:g}s) and lookup timeout ({lookup:g}s) can keep an "
+            f"item in flight for up to {worst_case_call_seconds(dispatch, lookup):g}s "
+            f"(each call may take twice its timeout), which must be shorter than the lease "
             f"(ZOMBIE_THRESHOLD_SECONDS = {self.lease_seconds}s)"
         )
 

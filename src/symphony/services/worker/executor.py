@@ -39,7 +39,11 @@ from symphony.db import PENDING_CHANNEL, Role
 from symphony.outbox import ClaimedItem, Completion, CompletionResult, OutboxStore, Outcome
 from symphony.rails import DispatchOutcome, DispatchResult, LookupStatus, RailClient
 from symphony.service import LoopService
-from symphony.services.worker.config import WorkerConfig
+from symphony.services.worker.config import (
+    CALL_BOUND_FACTOR,
+    CALL_BOUND_SLACK_SECONDS,
+    WorkerConfig,
+)
 from symphony.services.worker.metric import WorkerMetrics
 
 # The same rules `enqueue_payment_outbox` enforces; checked again so that whatever reached the
@@ -50,8 +54,8 @@ _MAX_DESTINATION: Final = 256
 
 # Slack on top of the client's own timeout handling (it may take up to twice `timeout` to give
 # up); our bound only catches a client that never returns.
-_OUTER_TIMEOUT_FACTOR: Final = 2.0
-_OUTER_TIMEOUT_SLACK: Final = 0.5
+_OUTER_TIMEOUT_FACTOR: Final = CALL_BOUND_FACTOR
+_OUTER_TIMEOUT_SLACK: Final = CALL_BOUND_SLACK_SECONDS
 
 _LISTEN_WAIT_SECONDS: Final = 30.0
 _LISTEN_BACKOFF_FIRST: Final = 0.5
@@ -273,8 +277,13 @@ class ExecutorWorker(LoopService[CycleResult]):
     # -- one cycle ----------------------------------------------------------------------------
 
     async def run_once(self) -> CycleResult:
-        """Claim one batch, dispatch it, and record the outcomes in one statement."""
-        return await self._claim_and_dispatch(self.config.batch_size, None)
+        """Claim one batch, dispatch it, and record the outcomes in one statement.
+
+        The batch is no larger than the concurrency: a leased item never waits for a free
+        slot, so its lease covers only its own calls.
+        """
+        limit = min(self.config.batch_size, self.config.max_concurrency)
+        return await self._claim_and_dispatch(limit, None)
 
     async def _claim_and_dispatch(
         self, limit: int, claimed: asyncio.Future[tuple[int, int]] | None
