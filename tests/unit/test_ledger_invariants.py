@@ -6,6 +6,8 @@ tables: what is refused is refused by the rules in the schema, not by missing gr
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID
 
@@ -255,13 +257,24 @@ async def test_batch_completion_fences_only_the_stale_item(isolated_db: Database
 # -- retries ---------------------------------------------------------------------------------------
 
 
+@asynccontextmanager
+async def _retry_ceiling(admin_dsn: str, max_attempts: int) -> AsyncIterator[None]:
+    """A retry policy with `max_attempts` and no backoff, restored to the defaults after."""
+    await test_only.query_no_role(
+        admin_dsn, "UPDATE symphony.outbox_retry_policy SET max_attempts = %s, "
+                   "backoff_base_ms = 0, backoff_max_ms = 0", (max_attempts,))
+    try:
+        yield
+    finally:
+        await test_only.query_no_role(
+            admin_dsn, "UPDATE symphony.outbox_retry_policy SET max_attempts = 8, "
+                       "backoff_base_ms = 1000, backoff_max_ms = 300000")
+
+
 async def test_retry_past_the_ceiling_becomes_failed(isolated_db: Database) -> None:
     admin = isolated_db.endpoint.admin_dsn
     store = OutboxStore(isolated_db)
-    await test_only.query_no_role(
-        admin, "UPDATE symphony.outbox_retry_policy SET max_attempts = 2, backoff_base_ms = 0, "
-               "backoff_max_ms = 0")
-    try:
+    async with _retry_ceiling(admin, 2):
         item = await _claimed(store)
         first = await store.complete(Completion(item.outbox_id, item.lease_token,
                                                 Outcome.RETRYABLE, error_code="RAIL_UNAVAILABLE"))
@@ -277,20 +290,13 @@ async def test_retry_past_the_ceiling_becomes_failed(isolated_db: Database) -> N
                    " WHERE outbox_id = %s ORDER BY attempt_no", (item.outbox_id,))
         assert [r["s"] for r in rows] == ["DISPATCHING", "RETRYABLE", "DISPATCHING", "FAILED"]
         assert rows[-1]["error_code"] == "RETRY_LIMIT_EXCEEDED"
-    finally:
-        await test_only.query_no_role(
-            admin, "UPDATE symphony.outbox_retry_policy SET max_attempts = 8, "
-                   "backoff_base_ms = 1000, backoff_max_ms = 300000")
 
 
 async def test_ambiguous_retry_past_the_ceiling_is_never_failed(isolated_db: Database) -> None:
     # A timeout may have moved the money: the ceiling must not declare it FAILED.
     admin = isolated_db.endpoint.admin_dsn
     store = OutboxStore(isolated_db)
-    await test_only.query_no_role(
-        admin, "UPDATE symphony.outbox_retry_policy SET max_attempts = 1, backoff_base_ms = 0, "
-               "backoff_max_ms = 0")
-    try:
+    async with _retry_ceiling(admin, 1):
         item = await _claimed(store)
         result = await store.complete(Completion(item.outbox_id, item.lease_token,
                                                  Outcome.RETRYABLE, error_code="RAIL_TIMEOUT",
@@ -313,10 +319,6 @@ async def test_ambiguous_retry_past_the_ceiling_is_never_failed(isolated_db: Dat
         done = await store.complete(Completion(item.outbox_id, third[0].lease_token,
                                                Outcome.DISPATCHED, rail_transaction_id="rtx-1"))
         assert done.state == "DISPATCHED"
-    finally:
-        await test_only.query_no_role(
-            admin, "UPDATE symphony.outbox_retry_policy SET max_attempts = 8, "
-                   "backoff_base_ms = 1000, backoff_max_ms = 300000")
 
 
 async def test_ambiguous_outcome_cannot_be_recorded_as_failed(isolated_db: Database) -> None:
