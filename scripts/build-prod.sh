@@ -28,24 +28,8 @@ dist="$root/dist"
 work=$(mktemp -d "${TMPDIR:-/tmp}/symphony-build-prod.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-status=0
-failed=()
-
-# step TITLE COMMAND...: runs one stage with a header and its duration; records failure.
-step() {
-    local title=$1; shift
-    printf '\n--- %s ---\n' "$title"
-    local start=$SECONDS
-    "$@"
-    local rc=$?
-    printf -- '--- %s: %s (%ss) ---\n' "$title" "$([[ $rc -eq 0 ]] && echo ok || echo "FAILED, exit $rc")" \
-        "$((SECONDS - start))"
-    if [[ $rc -ne 0 ]]; then
-        status=1
-        failed+=("$title")
-    fi
-    return "$rc"
-}
+# shellcheck source=step.sh
+source "$root/scripts/step.sh"
 
 finish() {
     if [[ $status -ne 0 ]]; then
@@ -63,8 +47,6 @@ step "build wheel and sdist" "$python" -m build --outdir "$dist" "$root" || fini
 
 step "inspect artefacts" "$python" scripts/build_prod_check.py artefacts "$dist" --src src/symphony
 
-venv="$work/venv"
-wheels=("$dist"/*.whl)
 # Plain venv: no system site-packages, no dev extras, not even pip: only the wheel and
 # the runtime dependencies it declares. The build environment's pip installs into it
 # (pip >= 22.3 has --python), which also spares seeding pip into every fresh venv;

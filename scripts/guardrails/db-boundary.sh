@@ -26,28 +26,8 @@ python=$(tool python3)
 lint_imports=$(tool lint-imports)
 ruff=$(tool ruff)
 
-status=0
-failed=()
-
-step() {
-    local title=$1; shift
-    printf '\n--- %s ---\n' "$title"
-    if [[ -z "$1" ]]; then
-        printf '%s: tool not found; run `make install` (or activate the project venv)\n' "$title"
-        status=1
-        failed+=("$title")
-        return
-    fi
-    local start=$SECONDS
-    "$@"
-    local rc=$?
-    printf -- '--- %s: %s (%ss) ---\n' "$title" "$([[ $rc -eq 0 ]] && echo ok || echo "FAILED, exit $rc")" \
-        "$((SECONDS - start))"
-    if [[ $rc -ne 0 ]]; then
-        status=1
-        failed+=("$title")
-    fi
-}
+# shellcheck source=../step.sh
+source "$root/scripts/step.sh"
 
 step "db-boundary checker (DB001-DB007)" "$python" scripts/guardrails/db_boundary.py --root "$root"
 # PYTHONPATH=src: import-linter must analyse this tree's package, installed or not.
