@@ -49,7 +49,7 @@ from symphony.db import (
     bootstrap,
     resolve_endpoint,
 )
-from symphony.outbox import OutboxStore, PaymentInstruction
+from symphony.outbox import OutboxStore, PaymentInstruction, ReviewDecision
 from symphony.repair import ZombieRepairConfig, ZombieRepairWorker, zombie_threshold_from_env
 from symphony.services.rail_sim import add_arguments as add_rail_sim_arguments
 from symphony.services.rail_sim import config_from_args as rail_sim_config_from_args
@@ -223,6 +223,30 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(status)
     status.set_defaults(handler=cmd_status)
 
+    review = commands.add_parser(
+        "review", help="items that may have executed and that the rail did not settle")
+    review_commands = review.add_subparsers(dest="review_command", required=True,
+                                            metavar="ACTION")
+    review_list = review_commands.add_parser("list", help="items under review, oldest first")
+    review_list.add_argument("--limit", type=_positive_int, default=100,
+                             help="most items listed (default 100)")
+    _json_flag(review_list)
+    review_list.set_defaults(handler=cmd_review_list)
+    resolve = review_commands.add_parser(
+        "resolve", help="record the rail's confirmed outcome of an item under review")
+    resolve.add_argument("outbox_id", type=_outbox_id, help="the item's outbox_id")
+    resolve.add_argument("--outcome", required=True,
+                         choices=[d.value.lower() for d in ReviewDecision],
+                         help="dispatched or failed as the rail confirms, or retry")
+    resolve.add_argument("--by", required=True, metavar="OPERATOR",
+                         help="who decided (recorded in the ledger)")
+    resolve.add_argument("--reason", required=True,
+                         help="the evidence, e.g. the rail's statement reference")
+    resolve.add_argument("--rail-transaction-id", metavar="ID",
+                         help="the rail's transaction id (required for dispatched)")
+    _json_flag(resolve)
+    resolve.set_defaults(handler=cmd_review_resolve)
+
     audit = commands.add_parser("audit", help="auditor checks")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     verify = audit_commands.add_parser("verify", help="check the ledger's invariants")
@@ -249,6 +273,13 @@ def _json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _outbox_id(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an outbox_id (a UUID)") from None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -272,7 +303,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = database_settings()
 
     async def go() -> dict[str, Any]:
-        boot = await bootstrap(settings)
+        boot = await bootstrap(
+            settings, zombie_threshold_seconds=zombie_threshold_from_env())
         if boot.embedded is not None:
             boot.embedded.stop()
         return {
@@ -421,12 +453,52 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"zombies          {s['zombies']} (lease expired, awaiting repair; leases last "
         f"{threshold}s)",
         f"awaiting lookup  {s['awaiting_lookup']} (may have executed: the rail is asked first)",
+        f"under review     {s['under_review']} (may have executed, rail unsettled: "
+        "symphony review list)",
         f"pending total    {s['pending_total']}"
         + (f" (oldest since {s['oldest_pending_at']})" if s["oldest_pending_at"] else ""),
         f"dispatched       {s['dispatched_total']}",
         f"failed           {s['failed_total']}",
     ])
     emit(args, s, text)
+    return EXIT_OK
+
+
+def cmd_review_list(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> list[dict[str, Any]]:
+        async with await Database.open(settings) as db:
+            items = await OutboxStore(db).review_queue(args.limit)
+        return [item.as_dict() for item in items]
+
+    items = _run(go())
+    lines = [f"{len(items)} item(s) under review"]
+    for item in items:
+        lines.append(f"  {item['outbox_id']}  {item['participant_id']}  {item['rail_type']}  "
+                     f"{item['review_reason']} since {item['review_since']}, "
+                     f"{item['attempt_count']} attempt(s), last {item['last_error_code']}")
+    if items:
+        lines.append("Ask the rail what happened to each, then: symphony review resolve "
+                     "OUTBOX_ID --outcome dispatched|failed|retry --by NAME --reason ...")
+    emit(args, items, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_review_resolve(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> dict[str, Any]:
+        async with await Database.open(settings) as db:
+            outcome = await OutboxStore(db).resolve_review(
+                args.outbox_id, ReviewDecision(args.outcome.upper()), decided_by=args.by,
+                reason=args.reason, rail_transaction_id=args.rail_transaction_id)
+        return {"outbox_id": str(outcome.outbox_id), "decision": outcome.decision.value,
+                "state": outcome.state, "attempt_no": outcome.attempt_no}
+
+    result = _run(go())
+    emit(args, result, f"{result['outbox_id']}: {result['decision']} recorded, "
+                       f"item now {result['state']}")
     return EXIT_OK
 
 

@@ -124,3 +124,13 @@ async def isolated_db(isolated_settings: DatabaseSettings) -> AsyncIterator[Data
 def unique(prefix: str) -> str:
     """An id no other test uses (tests share the session database)."""
     return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+async def make_due(admin_dsn: str, *outbox_ids: object) -> None:
+    """Let the given items' backoff or settle time pass — in the database, not in a sleep."""
+    await test_only.query_no_role(
+        admin_dsn,
+        "UPDATE symphony.payment_outbox_pending SET next_attempt_at = now() "
+        " WHERE outbox_id = ANY(%s::uuid[]) AND review_reason IS NULL",
+        ([str(i) for i in outbox_ids],),
+    )

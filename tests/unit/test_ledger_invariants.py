@@ -22,7 +22,7 @@ from symphony.db import (
     SymphonyError,
     test_only,
 )
-from symphony.outbox import ClaimedItem, Completion, OutboxStore, Outcome
+from symphony.outbox import ClaimedItem, Completion, OutboxStore, Outcome, ReviewDecision
 
 
 async def _claimed(store: OutboxStore) -> ClaimedItem:
@@ -259,16 +259,19 @@ async def test_batch_completion_fences_only_the_stale_item(isolated_db: Database
 
 @asynccontextmanager
 async def _retry_ceiling(admin_dsn: str, max_attempts: int) -> AsyncIterator[None]:
-    """A retry policy with `max_attempts` and no backoff, restored to the defaults after."""
+    """A retry policy with `max_attempts`, no backoff and no settle time, restored to the
+    defaults after."""
     await test_only.query_no_role(
         admin_dsn, "UPDATE symphony.outbox_retry_policy SET max_attempts = %s, "
-                   "backoff_base_ms = 0, backoff_max_ms = 0", (max_attempts,))
+                   "backoff_base_ms = 0, backoff_max_ms = 0, ambiguous_settle_ms = 0",
+        (max_attempts,))
     try:
         yield
     finally:
         await test_only.query_no_role(
             admin_dsn, "UPDATE symphony.outbox_retry_policy SET max_attempts = 8, "
-                       "backoff_base_ms = 1000, backoff_max_ms = 300000")
+                       "backoff_base_ms = 1000, backoff_max_ms = 300000, "
+                       "ambiguous_settle_ms = 30000")
 
 
 async def test_retry_past_the_ceiling_becomes_failed(isolated_db: Database) -> None:
@@ -293,10 +296,11 @@ async def test_retry_past_the_ceiling_becomes_failed(isolated_db: Database) -> N
 
 
 async def test_ambiguous_retry_past_the_ceiling_is_never_failed(isolated_db: Database) -> None:
-    # A timeout may have moved the money: the ceiling must not declare it FAILED.
+    # A timeout may have moved the money: the ceiling must not declare it FAILED. It goes to
+    # review instead, visible and no longer claimed, until the rail's outcome is recorded.
     admin = isolated_db.endpoint.admin_dsn
     store = OutboxStore(isolated_db)
-    async with _retry_ceiling(admin, 1):
+    async with _retry_ceiling(admin, 2):
         item = await _claimed(store)
         result = await store.complete(Completion(item.outbox_id, item.lease_token,
                                                  Outcome.RETRYABLE, error_code="RAIL_TIMEOUT",
@@ -308,17 +312,25 @@ async def test_ambiguous_retry_past_the_ceiling_is_never_failed(isolated_db: Dat
                  if c.outbox_id == item.outbox_id]
         assert again and again[0].needs_lookup
         # A later clean refusal proves nothing about the earlier call, which may still land:
-        # the item stays a retry, flagged for lookups, past the ceiling too.
+        # at the ceiling the item is neither failed nor retried, but held for review.
         later = await store.complete(Completion(item.outbox_id, again[0].lease_token,
                                                 Outcome.RETRYABLE, error_code="RAIL_UNAVAILABLE"))
-        assert later.state == "RETRYABLE"
-        third = [c for c in await store.claim("ceiling-test", 1000, 60)
-                 if c.outbox_id == item.outbox_id]
-        assert third and third[0].needs_lookup
-        # The rail's confirmation settles it.
-        done = await store.complete(Completion(item.outbox_id, third[0].lease_token,
-                                               Outcome.DISPATCHED, rail_transaction_id="rtx-1"))
+        assert later.state == "RETRYABLE" and later.next_attempt_at is None
+        assert not [c for c in await store.claim("ceiling-test", 1000, 60)
+                    if c.outbox_id == item.outbox_id]
+        queue = await store.review_queue()
+        assert [r.review_reason for r in queue if r.outbox_id == item.outbox_id] == [
+            "UNSETTLED_AT_RETRY_LIMIT"]
+        assert (await store.status(Role.READONLY)).under_review >= 1
+        # The rail's confirmation, recorded by an operator, settles it.
+        done = await store.resolve_review(item.outbox_id, ReviewDecision.DISPATCHED,
+                                          decided_by="oncall", reason="rail statement line 7",
+                                          rail_transaction_id="rtx-1")
         assert done.state == "DISPATCHED"
+        assert [r["s"] for r in await test_only.query_no_role(
+            admin, "SELECT state::text AS s FROM symphony.payment_outbox_attempts "
+                   " WHERE outbox_id = %s ORDER BY attempt_no", (item.outbox_id,))] == [
+            "DISPATCHING", "RETRYABLE", "DISPATCHING", "RETRYABLE", "DISPATCHING", "DISPATCHED"]
 
 
 async def test_ambiguous_outcome_cannot_be_recorded_as_failed(isolated_db: Database) -> None:
@@ -335,15 +347,32 @@ async def test_retry_backoff_grows_and_is_bounded(isolated_db: Database) -> None
     store = OutboxStore(isolated_db)
     item = await _claimed(store)
     result = await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.RETRYABLE,
-                                             ambiguous=True))
+                                             error_code="RAIL_UNAVAILABLE"))
     rows = await test_only.query_no_role(
         isolated_db.endpoint.admin_dsn,
-        "SELECT extract(epoch FROM next_attempt_at - now()) AS wait, needs_lookup "
+        "SELECT extract(epoch FROM next_attempt_at - clock_timestamp()) AS wait, needs_lookup "
         "  FROM symphony.payment_outbox_pending WHERE outbox_id = %s", (item.outbox_id,))
     # attempt 1: base 1 s with up to 20 % jitter below it.
-    assert 0.7 <= float(rows[0]["wait"]) <= 1.0
-    assert rows[0]["needs_lookup"] is True
+    assert 0.6 <= float(rows[0]["wait"]) <= 1.0
+    assert rows[0]["needs_lookup"] is False
     assert result.next_attempt_at is not None
+
+
+async def test_ambiguous_outcome_waits_the_settle_time_before_its_lookup(
+    isolated_db: Database,
+) -> None:
+    # A lookup a second after a timeout proves little: the call may still be queued at the
+    # rail. The next attempt waits the policy's settle time (30 s), not the 1 s backoff.
+    store = OutboxStore(isolated_db)
+    item = await _claimed(store)
+    await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.RETRYABLE,
+                                    error_code="RAIL_TIMEOUT", ambiguous=True))
+    rows = await test_only.query_no_role(
+        isolated_db.endpoint.admin_dsn,
+        "SELECT extract(epoch FROM next_attempt_at - clock_timestamp()) AS wait, needs_lookup "
+        "  FROM symphony.payment_outbox_pending WHERE outbox_id = %s", (item.outbox_id,))
+    assert 29.0 <= float(rows[0]["wait"]) <= 30.0
+    assert rows[0]["needs_lookup"] is True
 
 
 @pytest.mark.parametrize(

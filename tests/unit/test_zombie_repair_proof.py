@@ -11,6 +11,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from tests.support.database import make_due
 from tests.support.outbox import instruction
 
 from symphony.db import ConfigurationError, Database, test_only
@@ -25,7 +26,8 @@ async def _pending_rows(admin_dsn: str, outbox_id: UUID) -> list[dict[str, Any]]
     return await test_only.query_no_role(
         admin_dsn,
         "SELECT outbox_id, attempt_count, last_attempt_no, lease_token, claimed_by, "
-        "       lease_expires_at, claimed_at, needs_lookup, next_attempt_at <= now() AS due "
+        "       lease_expires_at, claimed_at, needs_lookup, next_attempt_at <= now() AS due, "
+        "       extract(epoch FROM next_attempt_at - updated_at)::float AS settles_in "
         "  FROM symphony.payment_outbox_pending WHERE outbox_id = %s",
         (outbox_id,),
     )
@@ -96,15 +98,17 @@ async def _prove_once(
     assert ledger[-1]["worker_id"] == f"worker-that-dies-{repetition}"
     # attempt_no is monotonic: 1, 2, ... without gaps.
     assert [r["attempt_no"] for r in ledger] == list(range(1, len(ledger) + 1))
-    # The pending row is requeued under the same outbox_id: one row, lease cleared, due now,
-    # flagged for a rail lookup before any re-send.
+    # The pending row is requeued under the same outbox_id: one row, lease cleared, flagged
+    # for a rail lookup before any re-send, which waits the settle time (the dead worker's
+    # call may still be on its way to the rail).
     pending = await _pending_rows(admin_dsn, outbox_id)
     assert len(pending) == 1, "no duplicate pending rows"
     row = pending[0]
     assert row["outbox_id"] == outbox_id
     assert row["lease_token"] is None and row["claimed_by"] is None
     assert row["lease_expires_at"] is None and row["claimed_at"] is None
-    assert row["due"] and row["needs_lookup"]
+    assert not row["due"] and row["needs_lookup"]
+    assert 29 <= row["settles_in"] <= 31
     # attempt_count never decreases; last_attempt_no follows the ledger.
     assert row["attempt_count"] >= before_pending[0]["attempt_count"]
     assert row["last_attempt_no"] == ledger[-1]["attempt_no"]
@@ -116,7 +120,9 @@ async def _prove_once(
     assert await _ledger(admin_dsn, outbox_id) == ledger
     assert await _pending_rows(admin_dsn, outbox_id) == pending
 
-    # The item lives on: the next claim continues the same history, and finishes it.
+    # The item lives on: once the settle time has passed (moved in the database), the next
+    # claim continues the same history, and finishes it.
+    await make_due(admin_dsn, outbox_id)
     reclaimed = await store.claim("healthy-worker", 100, THRESHOLD)
     assert [c.outbox_id for c in reclaimed] == [outbox_id]
     assert reclaimed[0].needs_lookup and reclaimed[0].attempt_no == 3
@@ -152,7 +158,8 @@ async def test_live_lease_is_never_taken_whatever_the_threshold(
     # expires: a repair process with a shorter threshold must not requeue a live dispatch.
     store = OutboxStore(isolated_db)
     enqueued = await store.enqueue(instruction())
-    claimed = await store.claim("long-lease-worker", 100, 86_400)
+    # The longest lease the database grants: its zombie threshold (120 s by default).
+    claimed = await store.claim("long-lease-worker", 100, 120)
     await test_only.query_no_role(
         isolated_admin_dsn,
         "UPDATE symphony.payment_outbox_pending "
@@ -170,6 +177,7 @@ async def test_live_lease_is_never_taken_whatever_the_threshold(
     result = await repair_worker.run_once()
     assert [r.outbox_id for r in result.repaired] == [enqueued.outbox_id]
     assert claimed and claimed[0].outbox_id == enqueued.outbox_id
+    await make_due(isolated_admin_dsn, enqueued.outbox_id)
     for item in await store.claim("cleanup", 100, THRESHOLD):
         await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED))
 
@@ -192,6 +200,7 @@ async def test_expired_lease_younger_than_the_threshold_waits(
     await _make_stale(isolated_admin_dsn, enqueued.outbox_id, 1)
     assert [r.outbox_id for r in (await repair_worker.run_once()).repaired] == [
         enqueued.outbox_id]
+    await make_due(isolated_admin_dsn, enqueued.outbox_id)
     for item in await store.claim("cleanup", 100, THRESHOLD):
         await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED))
 
@@ -215,6 +224,7 @@ async def test_repair_is_bounded_by_batch_size(
     repaired = {r.outbox_id for r in first.repaired + second.repaired + third.repaired}
     assert repaired == set(ids)
     # Leave the module's queue empty for the tests after this one.
+    await make_due(isolated_admin_dsn, *ids)
     for item in await store.claim("cleanup", 100, THRESHOLD):
         await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED))
 

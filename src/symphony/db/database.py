@@ -58,6 +58,11 @@ _RESET_AND_CHECK: LiteralString = "RESET ROLE; SELECT current_user = session_use
 _COMMIT: LiteralString = "COMMIT"
 _ROLLBACK: LiteralString = "ROLLBACK"
 
+# What running a statement can raise besides SymphonyError: the driver's errors, and a
+# parameter the driver cannot encode (a lone surrogate in a str is no UTF-8), which psycopg
+# raises as a bare UnicodeEncodeError before anything reaches the server.
+_DRIVER_ERRORS: tuple[type[Exception], ...] = (psycopg.Error, UnicodeError)
+
 # The role of the transaction open in this task, if any: transactions do not nest.
 _ACTIVE_ROLE: contextvars.ContextVar[Role | None] = contextvars.ContextVar(
     "symphony_active_role", default=None
@@ -116,7 +121,7 @@ class Transaction:
         try:
             cur = await self._conn.execute(statement, params)
             return list(await cur.fetchall())
-        except psycopg.Error as exc:
+        except _DRIVER_ERRORS as exc:
             raise translate(exc, f"{self.context}:{query}") from exc
 
     async def fetch_one(self, query: str, params: Params = None) -> Row | None:
@@ -125,7 +130,7 @@ class Transaction:
         try:
             cur = await self._conn.execute(statement, params)
             return await cur.fetchone()
-        except psycopg.Error as exc:
+        except _DRIVER_ERRORS as exc:
             raise translate(exc, f"{self.context}:{query}") from exc
 
     async def execute(self, query: str, params: Params = None) -> int:
@@ -134,7 +139,7 @@ class Transaction:
         try:
             cur = await self._conn.execute(statement, params)
             return cur.rowcount
-        except psycopg.Error as exc:
+        except _DRIVER_ERRORS as exc:
             raise translate(exc, f"{self.context}:{query}") from exc
 
     @property
@@ -281,7 +286,7 @@ class Database:
                 await conn.execute(_COMMIT)
         except SymphonyError:
             raise
-        except (psycopg.Error, psycopg_pool.PoolTimeout, OSError) as exc:
+        except (psycopg.Error, UnicodeError, psycopg_pool.PoolTimeout, OSError) as exc:
             raise translate(exc, context) from exc
         finally:
             _ACTIVE_ROLE.reset(token)

@@ -74,7 +74,7 @@ class DatabaseUnavailableError(SymphonyError):
 
 
 class UnsupportedServerError(SymphonyError):
-    """The server is older than PostgreSQL 16."""
+    """The server is older than PostgreSQL 18 (the oldest the tests run on)."""
 
     default_code = "UNSUPPORTED_SERVER"
 
@@ -159,7 +159,8 @@ _BY_SQLSTATE: dict[str, _Mapping] = {
     "SY021": _Mapping(InvalidRequestError, "INVALID_BATCH_SIZE",
                       "batch size or limit is out of range"),
     "SY022": _Mapping(InvalidRequestError, "INVALID_LEASE",
-                      "lease must be between 1 and 86400 seconds"),
+                      "a lease must be between 1 second and the database's zombie threshold "
+                      "(a repair threshold between 1 and 86400 seconds)"),
     "SY023": _Mapping(InvalidRequestError, "INVALID_COMPLETION_BATCH",
                       "every completion argument must have one element per item"),
     "SY024": _Mapping(InvalidRequestError, "INVALID_OUTCOME",
@@ -167,6 +168,11 @@ _BY_SQLSTATE: dict[str, _Mapping] = {
                       "DISPATCHED, RETRYABLE or FAILED"),
     "SY025": _Mapping(InvalidRequestError, "DUPLICATE_COMPLETION",
                       "an item may be completed once per batch"),
+    "SY040": _Mapping(InvalidRequestError, "NOT_UNDER_REVIEW",
+                      "the outbox item is not under review"),
+    "SY041": _Mapping(InvalidRequestError, "INVALID_REVIEW_DECISION",
+                      "a review decision needs DISPATCHED (with the rail's transaction id), "
+                      "FAILED or RETRY, the operator's name and a reason"),
     "SY100": _Mapping(IdempotencyConflictError, "IDEMPOTENCY_KEY_REUSED",
                       "the idempotency key was already used with a different request"),
     "SY200": _Mapping(LeaseFencedError, "LEASE_NOT_HELD",
@@ -272,6 +278,9 @@ def _fallback(exc: BaseException, sqlstate: str | None) -> _Mapping:
     if isinstance(exc, pg_errors.IntegrityError):
         return _Mapping(InvariantViolationError, "INTEGRITY_VIOLATION",
                         "the database refused a write that breaks an integrity rule")
+    if isinstance(exc, UnicodeError):
+        return _Mapping(InvalidRequestError, "INVALID_TEXT_ENCODING",
+                        "a text value cannot be encoded for the database")
     if isinstance(exc, pg_errors.DataError):
         return _Mapping(InvalidRequestError, "INVALID_DATA",
                         "the database refused a value of the wrong type or range")

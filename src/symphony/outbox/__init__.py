@@ -11,6 +11,9 @@ from symphony.outbox.model import (
     Outcome,
     PaymentInstruction,
     RepairedItem,
+    ReviewDecision,
+    ReviewItem,
+    ReviewOutcome,
     SupervisorStatus,
 )
 from symphony.outbox.store import OutboxStore
@@ -24,5 +27,8 @@ __all__ = [
     "Outcome",
     "PaymentInstruction",
     "RepairedItem",
+    "ReviewDecision",
+    "ReviewItem",
+    "ReviewOutcome",
     "SupervisorStatus",
 ]

@@ -98,6 +98,9 @@ class SupervisorStatus:
     zombies: int
     # Items whose last attempt may have executed: the rail is asked before any re-send.
     awaiting_lookup: int
+    # Items that may have been executed and that the rail did not settle within the retry
+    # ceiling: no worker touches them until an operator records the rail's outcome.
+    under_review: int
     pending_total: int
     oldest_pending_at: datetime | None
     dispatched_total: int
@@ -112,6 +115,7 @@ class SupervisorStatus:
             "dispatching": self.dispatching,
             "zombies": self.zombies,
             "awaiting_lookup": self.awaiting_lookup,
+            "under_review": self.under_review,
             "pending_total": self.pending_total,
             "oldest_pending_at": (
                 self.oldest_pending_at.isoformat() if self.oldest_pending_at else None
@@ -120,3 +124,45 @@ class SupervisorStatus:
             "failed_total": self.failed_total,
             "observed_at": self.observed_at.isoformat(),
         }
+
+
+class ReviewDecision(StrEnum):
+    """What an operator records for an item under review, from the rail's own records."""
+
+    DISPATCHED = "DISPATCHED"
+    FAILED = "FAILED"
+    RETRY = "RETRY"
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewItem:
+    """An item under review: it may have been executed, and the rail has not said."""
+
+    outbox_id: UUID
+    participant_id: str
+    instruction_id: str
+    rail_type: str
+    review_reason: str
+    review_since: datetime
+    attempt_count: int
+    last_error_code: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "outbox_id": str(self.outbox_id),
+            "participant_id": self.participant_id,
+            "instruction_id": self.instruction_id,
+            "rail_type": self.rail_type,
+            "review_reason": self.review_reason,
+            "review_since": self.review_since.isoformat(),
+            "attempt_count": self.attempt_count,
+            "last_error_code": self.last_error_code,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewOutcome:
+    outbox_id: UUID
+    decision: ReviewDecision
+    state: str
+    attempt_no: int

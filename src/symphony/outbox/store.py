@@ -19,6 +19,9 @@ from symphony.outbox.model import (
     EnqueueResult,
     PaymentInstruction,
     RepairedItem,
+    ReviewDecision,
+    ReviewItem,
+    ReviewOutcome,
     SupervisorStatus,
 )
 
@@ -146,12 +149,65 @@ class OutboxStore:
             dispatching=int(row["dispatching"]),
             zombies=int(row["zombies"]),
             awaiting_lookup=int(row["awaiting_lookup"]),
+            under_review=int(row["under_review"]),
             pending_total=int(row["pending_total"]),
             oldest_pending_at=row["oldest_pending_at"],
             dispatched_total=int(row["dispatched_total"]),
             failed_total=int(row["failed_total"]),
             observed_at=row["observed_at"],
         )
+
+    async def review_queue(self, limit: int = 100, role: Role = Role.CONTROL) -> list[ReviewItem]:
+        """Items under review, oldest first."""
+        rows = await self.db.fetch_all(role, "review_queue", {"limit": limit})
+        return [
+            ReviewItem(
+                outbox_id=r["outbox_id"],
+                participant_id=str(r["participant_id"]),
+                instruction_id=str(r["instruction_id"]),
+                rail_type=str(r["rail_type"]),
+                review_reason=str(r["review_reason"]),
+                review_since=r["review_since"],
+                attempt_count=int(r["attempt_count"]),
+                last_error_code=r["last_error_code"],
+            )
+            for r in rows
+        ]
+
+    async def resolve_review(
+        self,
+        outbox_id: UUID,
+        decision: ReviewDecision,
+        *,
+        decided_by: str,
+        reason: str,
+        rail_transaction_id: str | None = None,
+    ) -> ReviewOutcome:
+        """Record the rail's confirmed outcome of an item under review (role: control)."""
+        row = await self.db.fetch_one(
+            Role.CONTROL,
+            "resolve_outbox_review",
+            {
+                "outbox_id": outbox_id,
+                "decision": decision.value,
+                "decided_by": decided_by,
+                "reason": reason,
+                "rail_transaction_id": rail_transaction_id,
+            },
+        )
+        assert row is not None  # the function returns one row or raises
+        return ReviewOutcome(
+            outbox_id=row["outbox_id"],
+            decision=ReviewDecision(row["decision"]),
+            state=str(row["state"]),
+            attempt_no=int(row["attempt_no"]),
+        )
+
+    async def zombie_threshold_seconds(self) -> int:
+        """The zombie threshold the database bounds every lease by (role: executor)."""
+        row = await self.db.fetch_one(Role.EXECUTOR, "lease_policy")
+        assert row is not None  # the policy table holds exactly one row
+        return int(row["zombie_threshold_seconds"])
 
     async def ledger(self, outbox_id: UUID, role: Role = Role.AUDITOR) -> list[dict[str, Any]]:
         return await self.db.fetch_all(role, "item_ledger", {"outbox_id": outbox_id})

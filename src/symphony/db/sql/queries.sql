@@ -41,8 +41,8 @@ SELECT outbox_id, attempt_no, attempt_count, claimed_by, lease_expires_at
 SELECT zombies FROM symphony.outbox_supervisor_status;
 
 -- name: supervisor_status
-SELECT due, scheduled, dispatching, zombies, awaiting_lookup, pending_total, oldest_pending_at,
-       dispatched_total, failed_total, observed_at
+SELECT due, scheduled, dispatching, zombies, awaiting_lookup, under_review, pending_total,
+       oldest_pending_at, dispatched_total, failed_total, observed_at
   FROM symphony.outbox_supervisor_status;
 
 -- name: item_ledger
@@ -107,7 +107,8 @@ SELECT (SELECT count(*) FROM symphony.payment_instruction_registry) AS items,
 
 -- name: retry_policy
 -- The retry policy complete_outbox_batch applies (roles: control, readonly, auditor).
-SELECT max_attempts, backoff_base_ms, backoff_max_ms, jitter_ratio, updated_at
+SELECT max_attempts, backoff_base_ms, backoff_max_ms, jitter_ratio, ambiguous_settle_ms,
+       zombie_threshold_seconds, updated_at
   FROM symphony.outbox_retry_policy
  WHERE singleton;
 
@@ -115,12 +116,46 @@ SELECT max_attempts, backoff_base_ms, backoff_max_ms, jitter_ratio, updated_at
 -- Tune the retry policy (role: control; the table's CHECKs bound every value).
 UPDATE symphony.outbox_retry_policy
    SET max_attempts = %(max_attempts)s, backoff_base_ms = %(backoff_base_ms)s,
-       backoff_max_ms = %(backoff_max_ms)s, jitter_ratio = %(jitter_ratio)s, updated_at = now()
+       backoff_max_ms = %(backoff_max_ms)s, jitter_ratio = %(jitter_ratio)s,
+       ambiguous_settle_ms = %(ambiguous_settle_ms)s, updated_at = now()
  WHERE singleton
-RETURNING max_attempts, backoff_base_ms, backoff_max_ms, jitter_ratio, updated_at;
+RETURNING max_attempts, backoff_base_ms, backoff_max_ms, jitter_ratio, ambiguous_settle_ms,
+          zombie_threshold_seconds, updated_at;
+
+-- name: set_zombie_threshold
+-- The zombie threshold leases are bound to (role: control; `symphony migrate` sets it from
+-- ZOMBIE_THRESHOLD_SECONDS).
+UPDATE symphony.outbox_retry_policy
+   SET zombie_threshold_seconds = %(zombie_threshold_seconds)s, updated_at = now()
+ WHERE singleton
+RETURNING zombie_threshold_seconds;
+
+-- name: lease_policy
+-- What a worker checks at start: its lease must fit the database's zombie threshold
+-- (role: executor).
+SELECT zombie_threshold_seconds, ambiguous_settle_ms
+  FROM symphony.outbox_retry_policy
+ WHERE singleton;
 
 -- name: count_still_pending
 -- How many of the given items are not terminal yet (roles: readonly, auditor, control).
 SELECT count(*) AS pending
   FROM symphony.payment_outbox_pending p
  WHERE p.outbox_id = ANY(%(outbox_ids)s::uuid[]);
+
+-- name: review_queue
+-- Items under review, oldest first: may have been executed, and the rail has not settled
+-- them (roles: control, readonly, auditor).
+SELECT p.outbox_id, p.participant_id, p.review_reason, p.review_since, p.attempt_count,
+       p.last_error_code, r.instruction_id, r.rail_type, r.payload
+  FROM symphony.payment_outbox_pending p
+  JOIN symphony.payment_instruction_registry r ON r.outbox_id = p.outbox_id
+ WHERE p.review_reason IS NOT NULL
+ ORDER BY p.review_since, p.outbox_id
+ LIMIT %(limit)s;
+
+-- name: resolve_outbox_review
+-- An operator records the rail's confirmed outcome of an item under review (role: control).
+SELECT outbox_id, decision, state, attempt_no
+  FROM symphony.resolve_outbox_review(
+      %(outbox_id)s, %(decision)s, %(decided_by)s, %(reason)s, %(rail_transaction_id)s);

@@ -77,18 +77,18 @@ async def test_unmigrated_database_is_a_clear_error(
 
 
 async def test_server_reports_supported_version(db: Database) -> None:
-    assert db.endpoint.server_version >= 160000
+    assert db.endpoint.server_version >= 180000
 
 
-@pytest.mark.parametrize("version", [90624, 130012, 150004])
-def test_server_older_than_16_is_refused(version: int) -> None:
+@pytest.mark.parametrize("version", [90624, 150004, 160009, 170005])
+def test_server_older_than_18_is_refused(version: int) -> None:
     with pytest.raises(UnsupportedServerError) as info:
         require_supported_version(version, "db.example:5432")
     assert info.value.code == "UNSUPPORTED_SERVER_VERSION"
     assert f"PostgreSQL {version // 10000} " in info.value.message
-    assert "16 or newer" in info.value.message
+    assert "18 or newer" in info.value.message
 
 
-@pytest.mark.parametrize("version", [160000, 170005, 180006])
-def test_server_16_or_newer_is_accepted(version: int) -> None:
+@pytest.mark.parametrize("version", [180000, 180006, 190001])
+def test_server_18_or_newer_is_accepted(version: int) -> None:
     require_supported_version(version, "db.example:5432")

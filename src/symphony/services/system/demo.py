@@ -19,12 +19,14 @@ from uuid import UUID
 from symphony.db import Database, Role
 from symphony.outbox import OutboxStore, PaymentInstruction
 
-# Fast retries so that every demo payment settles within a minute: 200 ms doubling to 2 s.
+# Fast retries so that every demo payment settles within a minute: 200 ms doubling to 2 s,
+# and a hung payment is looked up 2 s after its timeout (30 s outside the demo).
 DEMO_RETRY_POLICY: Final[dict[str, Any]] = {
     "max_attempts": 8,
     "backoff_base_ms": 200,
     "backoff_max_ms": 2_000,
     "jitter_ratio": 0.2,
+    "ambiguous_settle_ms": 2_000,
 }
 DEMO_DISPATCH_TIMEOUT_SECONDS: Final = 2.0
 DEMO_LOOKUP_TIMEOUT_SECONDS: Final = 1.0
