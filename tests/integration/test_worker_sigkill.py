@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.support.database import make_due
 from tests.support.outbox import instruction
 
 from symphony.db import Database, DatabaseSettings, test_only
@@ -96,6 +97,8 @@ async def test_sigkill_mid_dispatch_is_repaired_without_double_execution(
         repair = ZombieRepairWorker(store, ZombieRepairConfig(threshold_seconds=THRESHOLD))
         repaired = await repair.run_once()
         assert {str(r.outbox_id) for r in repaired.repaired} == ids
+        # Their lookups wait the settle time after the repair: let it pass in the database.
+        await make_due(isolated_admin_dsn, *ids)
 
         # The rail stops hanging; a healthy worker finishes the items.
         await client.put("/v1/behaviour", json={})

@@ -9,19 +9,27 @@ from its own fresh database, because the session database holds other tests' ite
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID
 
+import httpx
 import pytest
 from tests.support.database import DatabaseFactory, unique
 
 from symphony.db import ConfigurationError, Database, DatabaseSettings, test_only
-from symphony.outbox import ClaimedItem, OutboxStore, PaymentInstruction
-from symphony.rails import DispatchOutcome, DispatchResult, LookupResult, LookupStatus
+from symphony.outbox import ClaimedItem, Completion, OutboxStore, Outcome, PaymentInstruction
+from symphony.rails import (
+    DispatchOutcome,
+    DispatchResult,
+    HttpRailClient,
+    LookupResult,
+    LookupStatus,
+)
 from symphony.services.worker import ExecutorWorker, WorkerConfig, payload_problem
-from symphony.services.worker.config import worst_case_call_seconds
+from symphony.services.worker.config import lease_margin_seconds, worst_case_call_seconds
 
 SUCCESS = DispatchResult(DispatchOutcome.SUCCESS, rail_transaction_id="rail-tx-1")
 
@@ -273,6 +281,7 @@ async def test_zombie_requeued_item_is_looked_up_before_it_is_sent(h: Harness) -
     await h.store.claim(unique("dead-worker"), 10, 60)
     await h.expire_lease(outbox_id)
     assert [r.outbox_id for r in await h.store.repair_expired_leases(10)] == [outbox_id]
+    await h.make_due(outbox_id)  # the settle time passes (in the database)
 
     rail = FakeRail(lookup_answer=LookupResult(LookupStatus.EXECUTED, "rail-tx-dead"))
     result = await ExecutorWorker(h.store, rail, h.config()).run_once()
@@ -520,13 +529,26 @@ def test_calls_longer_than_the_lease_are_refused(monkeypatch: pytest.MonkeyPatch
 
 
 def test_default_timeouts_shrink_to_fit_a_short_lease(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ZOMBIE_THRESHOLD_SECONDS", "3")
+    monkeypatch.setenv("ZOMBIE_THRESHOLD_SECONDS", "10")
     config = WorkerConfig.load()
     assert (config.lease_seconds, config.dispatch_timeout_seconds,
-            config.lookup_timeout_seconds) == (3, 0.6, 0.3)
-    # Worst case 2 * (0.6 + 0.3) + 1 = 2.8 s, inside the 3 s lease.
-    assert worst_case_call_seconds(0.6, 0.3) < 3
-    assert WorkerConfig.load(dispatch_timeout_seconds=0.5).lookup_timeout_seconds == 0.3
+            config.lookup_timeout_seconds) == (10, 2.0, 1.0)
+    # Worst case 2 * (2 + 1) + 1 = 7 s, ending before the 10 s lease minus its 1 s margin.
+    assert worst_case_call_seconds(2.0, 1.0) + lease_margin_seconds(10) <= 10
+    assert WorkerConfig.load(dispatch_timeout_seconds=1.5).lookup_timeout_seconds == 1.0
+
+
+def test_calls_must_end_a_margin_before_the_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worst case fits inside the lease (4.5 s < 5 s) but not inside lease minus margin:
+    # the completion would race the repair. Failed on main, which only required worst < lease.
+    with pytest.raises(ConfigurationError) as info:
+        WorkerConfig.load(lease_seconds=5, dispatch_timeout_seconds=1.0,
+                          lookup_timeout_seconds=0.75)
+    assert "1s before the lease" in info.value.message
+    # A lease too short for any call with a margin is refused, not silently shrunk to nothing.
+    monkeypatch.setenv("ZOMBIE_THRESHOLD_SECONDS", "3")
+    with pytest.raises(ConfigurationError):
+        WorkerConfig.load()
 
 
 def test_bad_environment_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -543,3 +565,106 @@ async def _true(value: bool) -> bool:
 async def _async_states_end(h: Harness, outbox_id: UUID, state: str) -> bool:
     states = await h.states(outbox_id)
     return bool(states) and states[-1] == state
+
+
+# -- money safety: no FAILED once an attempt may have executed; every rail answer recorded -----
+
+
+async def test_decline_after_an_ambiguous_attempt_is_never_failed(h: Harness) -> None:
+    # Attempt 1 times out; attempt 2's lookup says NOT_FOUND (attempt 1 may still be queued at
+    # the rail) and the re-send is declined. Failing the item would let the participant pay
+    # again when attempt 1 lands: it must stay open. Failed on main (terminal FAILED).
+    outbox_id = await h.enqueue()
+    rail = FakeRail(answer=DispatchResult(DispatchOutcome.AMBIGUOUS, "RAIL_TIMEOUT"))
+    await ExecutorWorker(h.store, rail, h.config()).run_once()
+    await h.make_due(outbox_id)
+
+    rail = FakeRail(answer=DispatchResult(DispatchOutcome.TERMINAL, "INSUFFICIENT_FUNDS"))
+    result = await ExecutorWorker(h.store, rail, h.config()).run_once()
+
+    assert rail.looked_up == [str(outbox_id)] and rail.dispatched == [str(outbox_id)]
+    assert (result.failed, result.retried) == (0, 1)
+    assert await h.states(outbox_id) == [
+        "DISPATCHING", "RETRYABLE", "DISPATCHING", "RETRYABLE"]
+    pending = await h.pending_row(outbox_id)
+    assert pending is not None and pending["needs_lookup"] is True
+    assert pending["last_error_code"] == "INSUFFICIENT_FUNDS"
+    ledger = await h.store.ledger(outbox_id)
+    assert ledger[-1]["error_detail"].startswith("held open, not failed")
+
+
+async def test_invalid_payload_after_an_ambiguous_attempt_is_looked_up_first(h: Harness) -> None:
+    # Main recorded INVALID_PAYLOAD as FAILED before any lookup, even for an item whose earlier
+    # attempt may have executed. The lookup now comes first, and its EXECUTED settles it.
+    outbox_id = await h.enqueue()
+    rail = FakeRail(answer=DispatchResult(DispatchOutcome.AMBIGUOUS, "RAIL_TIMEOUT"))
+    await ExecutorWorker(h.store, rail, h.config()).run_once()
+    await h.make_due(outbox_id)
+
+    rail = FakeRail(lookup_answer=LookupResult(LookupStatus.EXECUTED, "rail-tx-late"))
+    result = await ExecutorWorker(CorruptingStore(h.db), rail, h.config()).run_once()
+    assert (result.dispatched, result.failed, result.skipped_send) == (1, 0, 1)
+    assert rail.dispatched == []
+    assert (await h.states(outbox_id))[-1] == "DISPATCHED"
+
+    # And when the lookup cannot confirm it, the item is held open, never FAILED.
+    other = await h.enqueue()
+    rail = FakeRail(answer=DispatchResult(DispatchOutcome.AMBIGUOUS, "RAIL_TIMEOUT"))
+    await ExecutorWorker(h.store, rail, h.config()).run_once()
+    await h.make_due(other)
+    rail = FakeRail()  # lookup: NOT_FOUND
+    result = await ExecutorWorker(CorruptingStore(h.db), rail, h.config()).run_once()
+    assert (result.failed, result.retried) == (0, 1)
+    assert rail.dispatched == []
+    assert await h.pending_row(other) is not None
+
+
+async def test_rail_text_with_nul_and_lone_surrogate_is_recorded(h: Harness) -> None:
+    # A NUL or a lone surrogate in what the rail sends back made the driver refuse the whole
+    # completion statement on main: the rail had executed every item of the batch and none
+    # reached DISPATCHED. The answer is cleaned where it is parsed; all three are recorded.
+    ids = [await h.enqueue() for _ in range(3)]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        reference = request.url.path.rsplit("/", 1)[-1]
+        if request.method == "POST":
+            reference = json.loads(request.content)["reference"]
+        # JSON escapes: the parser turns them into a real NUL and lone surrogates.
+        body = json.dumps({"reference": reference, "status": "EXECUTED",
+                           "rail_transaction_id": "tx-\x00-\ud800-1",
+                           "message": "ok\x00\udfff"})
+        return httpx.Response(201, content=body.encode(),
+                              headers={"Content-Type": "application/json"})
+
+    rail = HttpRailClient("http://rail.test", transport=httpx.MockTransport(answer))
+    result = await ExecutorWorker(h.store, rail, h.config()).run_once()
+    await rail.aclose()
+
+    assert (result.claimed, result.dispatched, result.unrecorded) == (3, 3, 0)
+    for outbox_id in ids:
+        ledger = await h.store.ledger(outbox_id)
+        assert ledger[-1]["state"] == "DISPATCHED"
+        assert ledger[-1]["rail_transaction_id"] == "tx--\ufffd-1"
+
+
+async def test_one_unstorable_outcome_does_not_hold_back_its_batch(h: Harness) -> None:
+    # Whatever slips past the rail client's cleaning: the batch statement is refused, the
+    # outcomes are recorded one by one, and the bad one once more with its texts escaped.
+    ids = [await h.enqueue() for _ in range(3)]
+    worker = ExecutorWorker(h.store, FakeRail(), h.config())
+    claimed = await h.store.claim("unstorable-test", 10, 60)
+    assert {c.outbox_id for c in claimed} == set(ids)
+    completions = [
+        Completion(c.outbox_id, c.lease_token, Outcome.DISPATCHED,
+                   error_detail="bad\x00detail" if i == 1 else None,
+                   rail_transaction_id=f"tx-{i}\udcff" if i == 1 else f"tx-{i}")
+        for i, c in enumerate(claimed)
+    ]
+    results = await worker._record(completions)
+
+    assert [r.state for r in results] == ["DISPATCHED"] * 3
+    recorded = {c.outbox_id: (await h.store.ledger(c.outbox_id))[-1] for c in claimed}
+    assert recorded[claimed[0].outbox_id]["rail_transaction_id"] == "tx-0"
+    assert recorded[claimed[1].outbox_id]["rail_transaction_id"] == "tx-1\\udcff"
+    assert recorded[claimed[1].outbox_id]["error_detail"] == "baddetail"
+    assert recorded[claimed[2].outbox_id]["rail_transaction_id"] == "tx-2"

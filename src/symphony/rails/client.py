@@ -18,6 +18,16 @@ from typing import Any, Protocol, TypeGuard
 
 MAX_REFERENCE_LENGTH = 200
 MAX_DETAIL_LENGTH = 500
+MAX_CODE_LENGTH = 64
+MAX_TRANSACTION_ID_LENGTH = 200
+
+# What a rail sends back is stored in the ledger. PostgreSQL text cannot hold NUL, and
+# UTF-8 cannot encode a lone surrogate (which a JSON "\ud800" escape decodes to): either one
+# would make the completion statement fail for the whole batch, so the payment the rail
+# executed would never be recorded. Control characters go too (they garble logs and
+# terminals); tab, newline and carriage return become spaces.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 # RFC 3986 "unreserved" characters: they never need escaping in a path
 # segment, so a reference travels byte-for-byte in headers, bodies and URLs.
@@ -33,11 +43,23 @@ class DispatchOutcome(StrEnum):
     AMBIGUOUS = "AMBIGUOUS"
 
 
+def storable_text(value: object, limit: int) -> str | None:
+    """`value` as text the ledger can always store: None stays None, anything else becomes a
+    string without control characters or unencodable code points, at most `limit` long."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    # Lone surrogates (and anything else UTF-8 cannot carry) become U+FFFD.
+    text = _SURROGATE.sub("\ufffd", text)
+    text = _CONTROL.sub(lambda m: " " if m.group() in "\t\n\r" else "", text)
+    if len(text) <= limit:
+        return text
+    return text[: max(limit - 3, 0)] + "..."
+
+
 def bound_detail(detail: str | None) -> str | None:
     """Clip a human-readable detail so results stay small enough to log and store."""
-    if detail is None or len(detail) <= MAX_DETAIL_LENGTH:
-        return detail
-    return detail[: MAX_DETAIL_LENGTH - 3] + "..."
+    return storable_text(detail, MAX_DETAIL_LENGTH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +72,13 @@ class DispatchResult:
     rail_transaction_id: str | None = None
 
     def __post_init__(self) -> None:
-        # Enforced here rather than at every call site so no producer of a
-        # result can leak an unbounded rail response body into storage.
+        # Enforced here rather than at every call site so no producer of a result can leak
+        # an unbounded or unstorable rail answer into storage.
+        object.__setattr__(self, "code", storable_text(self.code, MAX_CODE_LENGTH))
         object.__setattr__(self, "detail", bound_detail(self.detail))
+        object.__setattr__(
+            self, "rail_transaction_id",
+            storable_text(self.rail_transaction_id, MAX_TRANSACTION_ID_LENGTH))
 
 
 class LookupStatus(StrEnum):
@@ -73,6 +99,9 @@ class LookupResult:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detail", bound_detail(self.detail))
+        object.__setattr__(
+            self, "rail_transaction_id",
+            storable_text(self.rail_transaction_id, MAX_TRANSACTION_ID_LENGTH))
 
 
 class RailClient(Protocol):

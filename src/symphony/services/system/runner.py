@@ -101,7 +101,7 @@ class SystemRunner:
         if settings.database_url is None:
             self.say(f"  database   starting the embedded PostgreSQL, data in "
                      f"{settings.embedded_data_dir.resolve()}")
-        boot = await bootstrap(settings)
+        boot = await bootstrap(settings, zombie_threshold_seconds=config.lease_seconds)
         self.embedded = boot.embedded
         if boot.embedded is not None:
             state = "started" if boot.embedded.started_here else "already running, reused"

@@ -29,6 +29,19 @@ CALL_BOUND_FACTOR: Final = 2.0
 CALL_BOUND_SLACK_SECONDS: Final = 0.5
 
 
+# What the lease must hold beyond the calls' worst case: the completion statement, the
+# scheduler's and the clocks' slack. Without it a worker finishing its calls on the last
+# second of its lease could lose the item to the repair while its completion is on the wire,
+# and a second worker would send it again (after a lookup that may race the first call).
+LEASE_MARGIN_SHARE: Final = 0.1
+LEASE_MARGIN_MIN_SECONDS: Final = 1.0
+
+
+def lease_margin_seconds(lease_seconds: float) -> float:
+    """The part of a lease no rail call may use."""
+    return max(LEASE_MARGIN_MIN_SECONDS, LEASE_MARGIN_SHARE * lease_seconds)
+
+
 def worst_case_call_seconds(dispatch_timeout: float, lookup_timeout: float) -> float:
     """The longest a lookup followed by a dispatch can keep an item in flight."""
     return (CALL_BOUND_FACTOR * (dispatch_timeout + lookup_timeout)
@@ -48,8 +61,9 @@ class WorkerConfig(BaseSettings):
     max_concurrency: most rail calls in flight at once (default 32).
     dispatch_timeout_seconds: bound of one dispatch call (default 10).
     lookup_timeout_seconds: bound of one "did you execute it?" call (default 5).
-        Together they must be shorter than the lease. When neither is set and the defaults do
-        not fit a short lease, they become 40% and 20% of the lease.
+        At their worst (each may take twice its timeout) they must end a margin before the
+        lease does (10% of it, at least 1 s). When neither is set and the defaults do not fit
+        a short lease, they become 20% and 10% of the lease.
     poll_interval_seconds: longest sleep between cycles when no notification arrives
         (default 1.0); notifications wake the worker sooner.
     lease_seconds: how long a claimed item stays leased. It is the zombie threshold
@@ -104,9 +118,10 @@ class WorkerConfig(BaseSettings):
         # A lookup followed by a dispatch, at their worst (see worst_case_call_seconds), must end
         # inside the lease; otherwise the repair could hand the item to another worker while
         # this one is still talking to the rail, and that worker's lookup would race the call.
+        budget = self.lease_seconds - lease_margin_seconds(self.lease_seconds)
         worst = worst_case_call_seconds(self.dispatch_timeout_seconds,
                                         self.lookup_timeout_seconds)
-        if worst < self.lease_seconds:
+        if worst <= budget:
             return self
         # Default timeouts under a short lease (tests, demos) shrink to fit rather than refuse
         # a value nobody wrote; explicit ones are the operator's and are never changed.
@@ -115,7 +130,7 @@ class WorkerConfig(BaseSettings):
             dispatch = min(dispatch, round(self.lease_seconds * _DEFAULT_DISPATCH_SHARE, 3))
         if "lookup_timeout_seconds" not in self.model_fields_set:
             lookup = min(lookup, round(self.lease_seconds * _DEFAULT_LOOKUP_SHARE, 3))
-        if worst_case_call_seconds(dispatch, lookup) < self.lease_seconds:
+        if worst_case_call_seconds(dispatch, lookup) <= budget:
             # A frozen model: its own validator is the one place that may still settle a field.
             object.__setattr__(self, "dispatch_timeout_seconds", dispatch)
             object.__setattr__(self, "lookup_timeout_seconds", lookup)
@@ -123,7 +138,8 @@ class WorkerConfig(BaseSettings):
         raise ValueError(
             f"dispatch timeout ({dispatch:g}s) and lookup timeout ({lookup:g}s) can keep an "
             f"item in flight for up to {worst_case_call_seconds(dispatch, lookup):g}s "
-            f"(each call may take twice its timeout), which must be shorter than the lease "
+            f"(each call may take twice its timeout), which must end "
+            f"{lease_margin_seconds(self.lease_seconds):g}s before the lease does "
             f"(ZOMBIE_THRESHOLD_SECONDS = {self.lease_seconds}s)"
         )
 

@@ -1,7 +1,10 @@
 """The executor worker: claims due items, sends them to the rail, records the outcomes.
 
 One cycle (`run_once`) is: claim one batch, dispatch its items with bounded concurrency, and
-record every outcome with ONE `complete_outbox_batch` call. The running loop (`start`) lets
+record every outcome with ONE `complete_outbox_batch` call. Should that statement be refused
+(an answer the database cannot store, say), the outcomes are recorded one by one, and an
+outcome refused on its own is recorded once more with its texts escaped to plain ASCII, so one
+bad item never keeps its neighbours, which the rail executed, from being recorded. The running loop (`start`) lets
 cycles overlap, each claiming no more than the free dispatch capacity, so one slow rail call
 delays only its own batch's completion, never the claiming of new work. The database does the rest: it
 fences stale leases (I9), turns a retry past the policy's limit into FAILED, and schedules the
@@ -16,8 +19,10 @@ How a rail answer becomes an outcome:
     malformed payload          -> FAILED with INVALID_PAYLOAD, and the rail is never called
 
 An item whose previous attempt ended ambiguously (a timeout, or a zombie requeue after its
-worker died) is looked up before it is sent again (I10): EXECUTED records DISPATCHED without a
-second send, NOT_FOUND sends, UNKNOWN retries later rather than risk paying twice.
+worker died) is looked up before anything else (I10): EXECUTED records DISPATCHED without a
+second send, NOT_FOUND sends, UNKNOWN retries later rather than risk paying twice. For such an
+item the database turns any FAILED the worker reports into a retry that is looked up again
+(the earlier call may still land), and after the retry ceiling it goes to review.
 
 Stopping: no new claims; dispatches in flight get `shutdown_grace_seconds` to finish and are
 recorded; whatever still runs after that is cancelled and left leased, so the zombie repair
@@ -31,13 +36,19 @@ import contextlib
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from decimal import Decimal
 from typing import Any, Final
 
-from symphony.db import PENDING_CHANNEL, Role
+from symphony.db import PENDING_CHANNEL, DatabaseUnavailableError, Role, SymphonyError
 from symphony.outbox import ClaimedItem, Completion, CompletionResult, OutboxStore, Outcome
 from symphony.rails import DispatchOutcome, DispatchResult, LookupStatus, RailClient
+from symphony.rails.client import (
+    MAX_CODE_LENGTH,
+    MAX_DETAIL_LENGTH,
+    MAX_TRANSACTION_ID_LENGTH,
+    storable_text,
+)
 from symphony.service import LoopService
 from symphony.services.worker.config import (
     CALL_BOUND_FACTOR,
@@ -89,7 +100,8 @@ class CycleResult:
     database decided: a retry past the limit counts as failed). fenced: completions refused
     because the lease was lost meanwhile. looked_up: rail lookups made. skipped_send: items
     recorded DISPATCHED from a lookup, without a second send. abandoned: items still in flight
-    when the grace period ran out, left leased for the repair.
+    when the grace period ran out, left leased for the repair. unrecorded: outcomes the
+    database refused even escaped, left leased for the repair (and its lookup).
     """
 
     claimed: int = 0
@@ -100,6 +112,7 @@ class CycleResult:
     looked_up: int = 0
     skipped_send: int = 0
     abandoned: int = 0
+    unrecorded: int = 0
     batch_full: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -313,12 +326,50 @@ class ExecutorWorker(LoopService[CycleResult]):
                     "%d item(s) still in flight after the shutdown grace period: left leased "
                     "for the zombie repair", abandoned,
                 )
-            results = await self.store.complete_batch([d.completion for d in decisions])
+            results = await self._record([d.completion for d in decisions])
         finally:
             self._items_in_flight -= len(items)
         result = self._tally(items, decisions, results, abandoned, limit)
         self.log.debug("cycle: %s", result)
         return result
+
+    async def _record(self, completions: Sequence[Completion]) -> list[CompletionResult]:
+        """Record the outcomes in one statement; if it is refused, one by one (see the module
+        docstring). A stale lease never refuses the statement: it comes back fenced."""
+        if not completions:
+            return []
+        try:
+            return await self.store.complete_batch(completions)
+        except DatabaseUnavailableError:
+            raise  # nothing item by item would fare better; the repair covers the leases
+        except SymphonyError as exc:
+            self.log.warning(
+                "recording %d outcome(s) in one statement was refused [%s, incident %s]; "
+                "recording them one by one", len(completions), exc.code, exc.incident_id,
+            )
+        results: list[CompletionResult] = []
+        for completion in completions:
+            results.extend(await self._record_one(completion))
+        return results
+
+    async def _record_one(self, completion: Completion) -> list[CompletionResult]:
+        for attempt in (completion, _escaped(completion)):
+            try:
+                return await self.store.complete_batch([attempt])
+            except DatabaseUnavailableError:
+                raise
+            except SymphonyError as exc:
+                self.log.error(
+                    "recording the outcome of %s was refused [%s, incident %s]",
+                    completion.outbox_id, exc.code, exc.incident_id,
+                    extra={"outbox_id": str(completion.outbox_id)},
+                )
+        self.log.error(
+            "the outcome %s of %s could not be recorded: left leased for the zombie repair, "
+            "whose lookup will settle it", completion.outcome.value, completion.outbox_id,
+            extra={"outbox_id": str(completion.outbox_id)},
+        )
+        return []
 
     async def _settle(self, tasks: Sequence[asyncio.Task[_Decision]]) -> None:
         """Wait for every task, or, once a stop is requested, until the grace period ends;
@@ -353,6 +404,7 @@ class ExecutorWorker(LoopService[CycleResult]):
     ) -> CycleResult:
         counts = {"DISPATCHED": 0, "RETRYABLE": 0, "FAILED": 0}
         fenced = 0
+        unrecorded = len(decisions) - len(results)
         for result in results:
             if result.fenced:
                 fenced += 1
@@ -380,24 +432,29 @@ class ExecutorWorker(LoopService[CycleResult]):
             looked_up=looked_up,
             skipped_send=skipped,
             abandoned=abandoned,
+            unrecorded=unrecorded,
             batch_full=len(items) >= limit,
         )
 
     # -- one item -----------------------------------------------------------------------------
 
     async def _decide(self, item: ClaimedItem) -> _Decision:
-        problem = payload_problem(item.payload)
-        if problem is not None:
-            self.log.error("not sending %s: %s", item.reference, problem)
-            return _Decision(_complete(item, Outcome.FAILED, "INVALID_PAYLOAD", problem))
         async with self._slots:
             looked_up = False
+            # First the lookup: whatever this worker thinks of the item now, an earlier
+            # attempt may have been executed, and only the rail can say.
             if item.needs_lookup and self.rail.supports_lookup:
                 looked_up = True
                 found = await self._lookup(item)
                 if found is not None:
                     return _Decision(found, looked_up=True,
                                      skipped_send=found.outcome is Outcome.DISPATCHED)
+            problem = payload_problem(item.payload)
+            if problem is not None:
+                # Never sent. After an ambiguous attempt the database keeps it open instead.
+                self.log.error("not sending %s: %s", item.reference, problem)
+                return _Decision(_complete(item, Outcome.FAILED, "INVALID_PAYLOAD", problem),
+                                 looked_up=looked_up)
             result = await self._dispatch(item)
             return _Decision(_classify(item, result), looked_up=looked_up)
 
@@ -469,6 +526,23 @@ def _complete(
         error_detail=detail,
         ambiguous=ambiguous,
         rail_transaction_id=rail_transaction_id,
+    )
+
+
+def _escaped(completion: Completion) -> Completion:
+    """The same outcome with every text as plain printable ASCII (non-ASCII as escapes): the
+    last resort for an answer the database refused as it was."""
+
+    def plain(text: str | None, limit: int) -> str | None:
+        if text is None:
+            return None
+        return storable_text(text.encode("ascii", "backslashreplace").decode("ascii"), limit)
+
+    return replace(
+        completion,
+        error_code=plain(completion.error_code, MAX_CODE_LENGTH),
+        error_detail=plain(completion.error_detail, MAX_DETAIL_LENGTH),
+        rail_transaction_id=plain(completion.rail_transaction_id, MAX_TRANSACTION_ID_LENGTH),
     )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from symphony.db import Database
+from symphony.db import ConfigurationError, Database
 from symphony.outbox import OutboxStore
 from symphony.rails import HttpRailClient, RailClient
 from symphony.repair import RepairResult, ZombieRepairConfig, ZombieRepairWorker
@@ -68,6 +68,7 @@ class WorkerProcess:
         """Start both loops (and the metrics endpoint, if configured). Repeats do nothing."""
         if self._started:
             return
+        await self.check_lease()
         self._started = True
         if self.config.metrics_port is not None:
             self.metrics.serve(self.config.metrics_port)
@@ -98,9 +99,23 @@ class WorkerProcess:
 
     async def run_once(self) -> OnceResult:
         """One repair cycle, then one executor cycle; for `--once` and scripts."""
+        await self.check_lease()
         repaired = await self.repair.run_once()
         cycle = await self.executor.run_once()
         return OnceResult(cycle=cycle, repaired=repaired.count)
+
+    async def check_lease(self) -> None:
+        """Refuse to start with a lease longer than the database's zombie threshold: every
+        claim would be refused, and the repair would disagree with this worker about when
+        its items became zombies."""
+        threshold = await self.store.zombie_threshold_seconds()
+        if self.config.lease_seconds > threshold:
+            raise ConfigurationError(
+                f"the worker's lease ({self.config.lease_seconds}s, ZOMBIE_THRESHOLD_SECONDS) "
+                f"is longer than the database's zombie threshold ({threshold}s): run "
+                "`symphony migrate` with the same ZOMBIE_THRESHOLD_SECONDS",
+                code="LEASE_EXCEEDS_THRESHOLD",
+            )
 
     async def aclose(self) -> None:
         """Release what `run_once` used without `start` (the rail client)."""
