@@ -24,7 +24,11 @@ Rules (``DBnnn name``) and where they apply:
 * DB004 raw-sql           -- running SQL on a raw pool, connection or cursor. Heuristic,
   documented at ``RAW_HANDLE_METHODS`` below (``src/`` outside the db package).
 * DB005 role-sql          -- role-switching SQL in any string, in every Python file of the
-  repository (tests and scripts included) except ``src/symphony/db/``.
+  repository (tests and scripts included) except ``src/symphony/db/``; and anywhere in the
+  text of every other file there, whatever its language (SQL, shell, YAML, TOML, Makefiles,
+  notebooks' cells, ...). SQL files are read with their comments blanked, as PostgreSQL
+  reads them; documentation (``*.md``, ``*.rst``, ``*.txt``) describes the rule and runs
+  nothing, so it is skipped like a docstring; binary files are skipped.
 * DB006 test-only-import  -- importing ``symphony.db.test_only`` or ``symphony.db.tests``
   from anywhere but ``tests/`` and ``src/symphony/db/tests/`` (the rest of the db
   package included).
@@ -46,8 +50,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -1085,9 +1091,105 @@ def check_source(source: str, rel_path: str) -> list[Finding]:
     return sorted(set(checker.check(tree)))
 
 
-def iter_python_files(top: Path, root: Path) -> Iterator[Path]:
-    """Every ``*.py`` file under ``top``, skipping hidden directories (.git, .venv,
-    caches), virtualenvs and the root's build output, in a stable order."""
+# Text that runs nothing: documentation of the role switch is not a role switch.
+DOC_SUFFIXES = frozenset({".md", ".rst", ".txt", ".adoc"})
+SQL_SUFFIXES = frozenset({".sql", ".psql", ".pgsql"})
+
+
+def _blanked(match: re.Match[str]) -> str:
+    """A comment as whitespace of the same shape, so line numbers stay right."""
+    return re.sub(r"[^\n]", " ", match.group(0))
+
+
+def _notebook_cells(text: str) -> list[tuple[str, str]] | None:
+    """(cell type, source) of each cell of a Jupyter notebook, or None if it is not one."""
+    try:
+        cells = json.loads(text).get("cells")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(cells, list):
+        return None
+    found = []
+    for cell in cells:
+        if not isinstance(cell, dict):
+            continue
+        source = cell.get("source", "")
+        found.append((str(cell.get("cell_type", "")),
+                      "".join(source) if isinstance(source, list) else str(source)))
+    return found
+
+
+def _role_sql_findings(rel_path: str, text: str, where: str = "") -> list[Finding]:
+    findings = []
+    for match in ROLE_SQL_TEXT.finditer(text):
+        found = " ".join(match.group(0).split())
+        findings.append(Finding(rel_path, 1 + text.count("\n", 0, match.start()), ROLE_SQL.code,
+                                ROLE_SQL.name,
+                                f"text holds role-switching SQL ({found!r}){where}; "
+                                f"{ROLE_SQL.fix}"))
+    return findings
+
+
+def _check_notebook(cells: list[tuple[str, str]], rel_path: str) -> list[Finding]:
+    """Code cells are Python and are checked as Python (DB005 folds their strings); raw
+    cells as text; markdown cells are documentation. Findings name the cell, at line 1."""
+    findings = []
+    for number, (kind, source) in enumerate(cells, start=1):
+        if kind == "markdown":
+            continue
+        if kind == "code":
+            try:
+                ast.parse(source)
+            except SyntaxError:
+                pass  # a cell of another kernel's language, or IPython magic: read as text
+            else:
+                for f in check_source(source, rel_path + ".py"):
+                    findings.append(Finding(rel_path, 1, f.code, f.name,
+                                            f"cell {number}, line {f.line}: {f.message}"))
+                continue
+        findings.extend(replace(f, line=1) for f in
+                        _role_sql_findings(rel_path, source, f" in cell {number}"))
+    return findings
+
+
+def check_text(text: str, rel_path: str) -> list[Finding]:
+    """DB005 over a file that is not Python, as if it lived at ``rel_path``."""
+    path = PurePosixPath(rel_path)
+    policy = policy_for(path)
+    if policy is None or not policy.role_sql or path.suffix in DOC_SUFFIXES:
+        return []
+    if path.suffix == ".ipynb" and (cells := _notebook_cells(text)) is not None:
+        return sorted(set(_check_notebook(cells, rel_path)))
+    if path.suffix in SQL_SUFFIXES:
+        # Comments are whitespace to PostgreSQL: SET/**/ROLE is a role switch.
+        text = _SQL_LINE_COMMENT.sub(_blanked, _SQL_BLOCK_COMMENT.sub(_blanked, text))
+    return sorted(set(_role_sql_findings(rel_path, text)))
+
+
+def check_file(source: str, rel_path: str) -> list[Finding]:
+    """Check a file's text by its kind: Python by syntax tree, anything else as text."""
+    if rel_path.endswith(".py"):
+        return check_source(source, rel_path)
+    return check_text(source, rel_path)
+
+
+def read_text_file(file: Path) -> str | None:
+    """The file's text, or None for a binary file (not UTF-8, or holding NUL bytes)."""
+    try:
+        data = file.read_bytes()
+    except OSError:
+        return None
+    if b"\x00" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def iter_files(top: Path, root: Path, *, python_only: bool) -> Iterator[Path]:
+    """Every file (or every ``*.py`` file) under ``top``, skipping hidden directories (.git,
+    .venv, caches), virtualenvs and the root's build output, in a stable order."""
     for directory, subdirs, files in os.walk(top):
         at_root = Path(directory) == root
         subdirs[:] = sorted(
@@ -1100,8 +1202,39 @@ def iter_python_files(top: Path, root: Path) -> Iterator[Path]:
             and not (Path(directory, name) / "pyvenv.cfg").exists()
         )
         for name in sorted(files):
-            if name.endswith(".py"):
+            if name.endswith(".py") or not python_only:
                 yield Path(directory, name)
+
+
+def tracked_files(top: Path, root: Path) -> list[Path]:
+    """Files git tracks under ``top`` (hidden directories such as .ci/ included); empty
+    outside a git work tree or without git."""
+    if not (root / ".git").exists():
+        return []
+    try:
+        listed = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "-z", "--", str(top)],
+            capture_output=True, check=True, timeout=60,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [root / name for name in listed.decode("utf-8", "replace").split("\0") if name]
+
+
+def iter_checked_files(top: Path, root: Path) -> Iterator[Path]:
+    """What is checked under ``top``: every file the walk finds, plus every tracked file
+    the walk skips (a hidden directory such as .ci/)."""
+    walked = list(iter_files(top, root, python_only=False))
+    seen = {os.path.abspath(path) for path in walked}
+    yield from walked
+    for path in tracked_files(top, root):
+        if os.path.abspath(path) not in seen and path.is_file():
+            yield path
+
+
+def iter_python_files(top: Path, root: Path) -> Iterator[Path]:
+    """Every ``*.py`` file under ``top`` (see ``iter_files``)."""
+    return iter_files(top, root, python_only=True)
 
 
 def check_paths(root: Path, paths: Sequence[Path]) -> tuple[list[Finding], int]:
@@ -1109,11 +1242,17 @@ def check_paths(root: Path, paths: Sequence[Path]) -> tuple[list[Finding], int]:
     findings: list[Finding] = []
     checked = 0
     for target in paths:
-        files = iter_python_files(target, root) if target.is_dir() else iter([target])
+        files = iter_checked_files(target, root) if target.is_dir() else iter([target])
         for file in files:
             # Lexical, not resolved: a symlinked file is judged by where it sits.
             rel = Path(os.path.relpath(os.path.abspath(file), root)).as_posix()
             if rel.startswith("../") or policy_for(PurePosixPath(rel)) is None:
+                continue
+            if not rel.endswith(".py"):
+                text = read_text_file(file)
+                if text is not None:
+                    checked += 1
+                    findings.extend(check_text(text, rel))
                 continue
             checked += 1
             try:
@@ -1165,10 +1304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = len({finding.path for finding in findings})
         print(
             f"db-boundary: {len(findings)} finding(s) in {files} file(s) "
-            f"({checked} Python files checked)"
+            f"({checked} files checked)"
         )
         return 1
-    print(f"db-boundary: OK ({checked} Python files checked)")
+    print(f"db-boundary: OK ({checked} files checked)")
     return 0
 
 

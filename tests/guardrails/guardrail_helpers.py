@@ -26,7 +26,7 @@ CHECKER_PATH = REPO_ROOT / "scripts" / "guardrails" / "db_boundary.py"
 BUILD_CHECK_PATH = REPO_ROOT / "scripts" / "build_prod_check.py"
 
 _EXPECT = re.compile(r"#\s*expect(-below)?:\s*((?:DB\d{3}\s*)+)")
-_CHECKED_AS = re.compile(r"#\s*checked-as:\s*(\S+)")
+_CHECKED_AS = re.compile(r"#\s*checked-as:\s*([^\s\"\\]+)")
 
 # What a scratch copy of the repository needs to run the guardrails and the build.
 _TREE_ROOT_FILES = ("pyproject.toml", ".importlinter", "Makefile", "README.md", "LICENSE")
@@ -65,26 +65,36 @@ class Fixture:
 
 
 def load_fixture(path: Path) -> Fixture:
-    """Read the ``# checked-as:`` and ``# expect:`` comments of a fixture file."""
+    """Read the ``# checked-as:`` and ``# expect:`` comments of a fixture file.
+
+    Python fixtures are read with the tokenizer so that text inside strings never counts;
+    other languages line by line (the markers sit in their comments). A notebook's findings
+    are reported at line 1 with the cell named, so its markers expect line 1."""
     source = path.read_text(encoding="utf-8")
     checked_as = f"src/symphony/outbox/{path.name}"
     expected: Counter[tuple[int, str]] = Counter()
-    # Comments are read with the tokenizer so that text inside strings never counts.
-    for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type != tokenize.COMMENT:
-            continue
-        line = token.start[0]
-        if match := _CHECKED_AS.search(token.string):
+    if path.suffix == ".py":
+        comments = [
+            (token.start[0], token.string)
+            for token in tokenize.generate_tokens(io.StringIO(source).readline)
+            if token.type == tokenize.COMMENT
+        ]
+    else:
+        comments = list(enumerate(source.splitlines(), start=1))
+    for line, comment in comments:
+        if match := _CHECKED_AS.search(comment):
             checked_as = match.group(1)
-        for match in _EXPECT.finditer(token.string):
+        for match in _EXPECT.finditer(comment):
             target = line + 1 if match.group(1) else line
+            if path.suffix == ".ipynb":
+                target = 1
             for code in match.group(2).split():
                 expected[(target, code)] += 1
     return Fixture(path, checked_as, expected)
 
 
 def fixture_files(kind: str) -> list[Path]:
-    return sorted((FIXTURES / kind).glob("*.py"))
+    return sorted(path for path in (FIXTURES / kind).iterdir() if path.is_file())
 
 
 def tool_env() -> dict[str, str]:

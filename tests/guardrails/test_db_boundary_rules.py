@@ -18,14 +18,14 @@ CLEAN = fixture_files("clean")
 
 
 def _found(checker: ModuleType, source: str, checked_as: str) -> Counter[tuple[int, str]]:
-    return Counter((f.line, f.code) for f in checker.check_source(source, checked_as))
+    return Counter((f.line, f.code) for f in checker.check_file(source, checked_as))
 
 
 @pytest.mark.parametrize("path", VIOLATIONS, ids=lambda p: p.stem)
 def test_violation_fixture_reports_exactly_what_it_expects(checker: ModuleType, path: Path) -> None:
     fixture = load_fixture(path)
     assert fixture.expected, f"{path.name} marks no expected finding"
-    found = checker.check_source(fixture.source, fixture.checked_as)
+    found = checker.check_file(fixture.source, fixture.checked_as)
     rendered = "\n".join(f.format() for f in found)
     assert _found(checker, fixture.source, fixture.checked_as) == fixture.expected, rendered
 
@@ -34,7 +34,7 @@ def test_violation_fixture_reports_exactly_what_it_expects(checker: ModuleType, 
 def test_clean_fixture_passes(checker: ModuleType, path: Path) -> None:
     fixture = load_fixture(path)
     assert not fixture.expected
-    found = checker.check_source(fixture.source, fixture.checked_as)
+    found = checker.check_file(fixture.source, fixture.checked_as)
     assert found == [], "\n".join(f.format() for f in found)
 
 
