@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from tests.support.database import make_due
 from tests.support.outbox import instruction, payload, register_participant
 
 from symphony.db import (
@@ -131,6 +132,8 @@ async def test_a_payment_reads_in_its_logical_state(reads_db: Database, isolated
     assert (zombie.state, zombie.attempt_count, zombie.last_error_code) == (
         "PENDING", 2, "ZOMBIE_REQUEUE")
 
+    # Its lookup waits the settle time after the repair: let it pass in the database.
+    await make_due(isolated_admin_dsn, enq.outbox_id)
     lease = await _claim_only(store, enq.outbox_id)
     await store.complete(Completion(lease.outbox_id, lease.lease_token, Outcome.DISPATCHED,
                                     rail_transaction_id="rail-tx-1"))
