@@ -261,7 +261,7 @@ class Database:
         migrate") rather than a failure on the first query. `principals` limits the handle
         to those logins (default: every principal).
         """
-        settings = settings or DatabaseSettings()
+        settings = settings or DatabaseSettings.load()
         endpoint, server = await resolve_endpoint(settings, embedded=embedded)
         if require_migrated:
             missing = await pending_migrations(endpoint.admin_dsn)
@@ -337,6 +337,7 @@ class Database:
         log.info("%s connects as %s (%s) to %s", who, principal.value, variable,
                  dsn_location(dsn))
         return db
+
     async def close(self) -> None:
         """Close every pool. Safe to call more than once."""
         self._closed = True
