@@ -327,6 +327,13 @@ class Database:
                 "DATABASE_URL is set but not used: %s connects with %s only; keep the admin "
                 "DSN out of this service's environment", who, variable,
             )
+        others = sorted(DSN_VARIABLE[p] for p in Principal
+                        if p != principal and settings.dsn_of(p) is not None)
+        if others:
+            log.warning(
+                "%s set but not used: %s connects with %s only; give each service only its "
+                "own principal's DSN", ", ".join(others), who, variable,
+            )
         db = cls(settings, None, dsns={principal: dsn})
         try:
             await db._pool(principal)  # connects once and checks who it logged in as
