@@ -1,4 +1,10 @@
-"""Bring a server to a usable state: find or start it, migrate it, provision the principals."""
+"""Bring a server to a usable state: find or start it, migrate it, provision the principals.
+
+Provisioning (random passwords, kept in the credentials file) is for the embedded server and
+development. In production the operator sets each principal's password (see
+docs/deployment.md) and the migration job runs with `provision=False`: a job with an empty
+`SYMPHONY_HOME` would otherwise give every principal a new password and lock out the services.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ class BootstrapResult:
     endpoint: Endpoint
     migrations: MigrationReport
     embedded: EmbeddedServer | None
+    provisioned: bool = True
 
 
 _SET_THRESHOLD: LiteralString = (
@@ -31,9 +38,11 @@ async def bootstrap(
     settings: DatabaseSettings,
     *,
     embedded: EmbeddedServer | None = None,
+    provision: bool = True,
     zombie_threshold_seconds: int | None = None,
 ) -> BootstrapResult:
-    """Resolve the server, apply pending migrations and (re)provision principal passwords.
+    """Resolve the server, apply pending migrations and, with `provision`, (re)provision the
+    principals' passwords into the credentials file.
 
     `zombie_threshold_seconds` (ZOMBIE_THRESHOLD_SECONDS, where the caller has it) is written
     into the database, which bounds every lease by it.
@@ -42,10 +51,12 @@ async def bootstrap(
     report = await migrate(endpoint.admin_dsn)
     if zombie_threshold_seconds is not None:
         await _set_zombie_threshold(endpoint.admin_dsn, zombie_threshold_seconds)
-    await provision_principals(
-        endpoint.admin_dsn, CredentialStore(settings.credentials_file), endpoint.server_key
-    )
-    return BootstrapResult(endpoint=endpoint, migrations=report, embedded=server)
+    if provision:
+        await provision_principals(
+            endpoint.admin_dsn, CredentialStore(settings.credentials_file), endpoint.server_key
+        )
+    return BootstrapResult(endpoint=endpoint, migrations=report, embedded=server,
+                           provisioned=provision)
 
 
 async def _set_zombie_threshold(admin_dsn: str, seconds: int) -> None:
