@@ -6,7 +6,9 @@
     symphony repair [--once]                  requeue items whose lease expired (executor role)
     symphony enqueue ...                      submit one payment instruction
     symphony status                           queue counts and zombies
-    symphony audit verify                     check the ledger's invariants (auditor role)
+    symphony audit verify [--since T]         check I1-I10 and the ledger's digests (auditor)
+    symphony audit checkpoint                 anchor every ledger chain (control role)
+    symphony audit export-checkpoints         the checkpoints as JSON lines (auditor role)
     symphony participants add|list|revoke     who may submit payments (control role)
     symphony tokens issue|revoke              API tokens, shown once at issue (control role)
     symphony rail-sim                         the payment rail simulator
@@ -22,7 +24,8 @@ missing configuration, schema not migrated). Logs go to stderr at `SYMPHONY_LOG_
 (default INFO), as JSON lines unless stderr is a terminal (see `symphony.log`).
 
 Each command logs in as one principal: `worker` and `repair` as symphony_executor_svc,
-`enqueue` as symphony_ingest_svc, `status` and `audit verify` as symphony_reader_svc. Given
+`enqueue` as symphony_ingest_svc, `status`, `audit verify` and `audit export-checkpoints` as
+symphony_reader_svc, `audit checkpoint` as symphony_control_svc. Given
 that principal's own DSN (`SYMPHONY_<PRINCIPAL>_DATABASE_URL`) a command needs neither the
 admin DSN nor the credentials file; without it, it uses the admin/embedded mode.
 """
@@ -61,6 +64,9 @@ from symphony.db import (
 )
 from symphony.outbox import (
     AccessStore,
+    AuditReport,
+    AuditStore,
+    Checkpoint,
     OutboxStore,
     Participant,
     PaymentInstruction,
@@ -250,11 +256,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = commands.add_parser("audit", help="auditor checks")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
-    verify = audit_commands.add_parser("verify", help="check the ledger's invariants")
+    verify = audit_commands.add_parser(
+        "verify", help="check every invariant (I1-I10) and the ledger's digests, read-only")
     verify.add_argument("--limit", type=_positive_int, default=_AUDIT_LIMIT_DEFAULT,
-                        help="most violations listed per check")
+                        help=f"most violations listed per check (default "
+                             f"{_AUDIT_LIMIT_DEFAULT}, at most 10000); all are counted")
+    verify.add_argument("--since", type=_timestamp, metavar="TIMESTAMP",
+                        help="incremental: only items registered or with a ledger row at or "
+                             "after this ISO 8601 time (with a time zone)")
     _json_flag(verify)
     verify.set_defaults(handler=cmd_audit_verify)
+    checkpoint = audit_commands.add_parser(
+        "checkpoint", help="anchor every ledger chain in a new checkpoint (control role)")
+    _json_flag(checkpoint)
+    checkpoint.set_defaults(handler=cmd_audit_checkpoint)
+    export = audit_commands.add_parser(
+        "export-checkpoints",
+        help="every checkpoint as JSON lines, to keep outside the database (auditor role)")
+    export.set_defaults(handler=cmd_audit_export_checkpoints)
 
     participants = commands.add_parser("participants", help="who may submit payments")
     participant_commands = participants.add_subparsers(
@@ -312,6 +331,18 @@ def _outbox_id(text: str) -> UUID:
         return UUID(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an outbox_id (a UUID)") from None
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 timestamp (e.g. 2026-01-31T12:00:00+00:00)") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no time zone: add one (e.g. +00:00 or Z)")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -559,40 +590,65 @@ def cmd_review_resolve(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     settings = database_settings()
-    limit = {"limit": args.limit}
 
-    async def go() -> dict[str, Any]:
-        async with (
-            await Database.open_as(Principal.READER, settings) as db,
-            # One snapshot: the three answers describe the same state of the ledger.
-            db.transaction(Role.AUDITOR, label="audit-verify", snapshot=True) as tx,
-        ):
-            illegal = await tx.fetch_all("audit_illegal_transitions", limit)
-            mismatch = await tx.fetch_all("audit_pending_mismatch", limit)
-            counts = await tx.fetch_one("audit_counts")
-        return {
-            "ok": not illegal and not mismatch,
-            "illegal_transitions": illegal,
-            "pending_mismatch": mismatch,
-            "counts": counts or {},
-        }
+    async def go() -> AuditReport:
+        async with await Database.open_as(Principal.READER, settings) as db:
+            # One read-only snapshot as symphony_auditor: every check sees the same state.
+            return await AuditStore(db).verify(since=args.since, limit=args.limit)
 
     report = _run(go())
-    counts = report["counts"]
+    counts = report.counts
+    scope = "whole database" if report.since is None else f"since {report.since.isoformat()}"
     lines = [
-        f"items {counts.get('items', 0)}, ledger rows {counts.get('ledger_rows', 0)}, "
-        f"pending {counts.get('pending', 0)}",
-        f"illegal transitions (I4, I5): {len(report['illegal_transitions'])}",
-        f"pending/terminal mismatches (I7): {len(report['pending_mismatch'])}",
+        f"audit of the {scope}: items {counts.get('items', 0)}, ledger rows "
+        f"{counts.get('ledger_rows', 0)}, pending {counts.get('pending', 0)}, checkpoints "
+        f"{counts.get('checkpoints', 0)} ({report.elapsed_seconds:.2f} s, one snapshot)",
     ]
-    for row in report["illegal_transitions"]:
-        lines.append(f"  {row['outbox_id']} attempt {row['attempt_no']}: "
-                     f"{row['previous_state'] or '(start)'} -> {row['state']}")
-    for row in report["pending_mismatch"]:
-        lines.append(f"  {row['outbox_id']}: pending={row['pending']} terminal={row['terminal']}")
-    lines.append("audit passed" if report["ok"] else "AUDIT FAILED")
-    emit(args, report, "\n".join(lines))
-    return EXIT_OK if report["ok"] else EXIT_FAILED
+    for check in report.checks:
+        if check.skipped:
+            lines.append(f"SKIP {check.invariant:<3} {check.name}: full audits only")
+            continue
+        verdict = "PASS" if check.ok else "FAIL"
+        lines.append(f"{verdict} {check.invariant:<3} {check.name}: {check.checked} "
+                     f"{check.unit.replace('_', ' ')} checked, {check.violations} "
+                     f"violation{'s' if check.violations != 1 else ''} — {check.title}")
+        for violation in check.items:
+            lines.append(f"       {violation.describe()}")
+        if check.violations > len(check.items):
+            lines.append(f"       ... {check.violations - len(check.items)} more "
+                         f"(--limit {report.limit})")
+    lines.append("audit passed" if report.ok else
+                 f"AUDIT FAILED: {', '.join(report.failed_invariants)}")
+    emit(args, report.as_dict(), "\n".join(lines))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> Checkpoint:
+        async with await Database.open_as(Principal.CONTROL, settings) as db:
+            return await AuditStore(db).checkpoint()
+
+    cp = _run(go())
+    emit(args, cp.as_dict(),
+         f"checkpoint {cp.checkpoint_id}: {cp.row_count} ledger rows of {cp.item_count} items "
+         f"up to attempt_id {cp.up_to_attempt_id} ({cp.changed_items} items changed since the "
+         f"previous one)\n  heads      {cp.heads_digest}\n  checkpoint {cp.checkpoint_digest}"
+         f"\nkeep a copy outside the database: symphony audit export-checkpoints")
+    return EXIT_OK
+
+
+def cmd_audit_export_checkpoints(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> list[Checkpoint]:
+        async with await Database.open_as(Principal.READER, settings) as db:
+            return await AuditStore(db).checkpoints()
+
+    for cp in _run(go()):
+        print(json.dumps(cp.as_dict(), sort_keys=True), flush=True)
+    return EXIT_OK
 
 
 def _participant_dict(p: Participant) -> dict[str, Any]:

@@ -224,12 +224,34 @@ def test_worker_once_dispatches_and_the_audit_passes(
 
     code, audit = run_json(capsys, "audit", "verify")
     assert code == 0
-    assert audit["ok"] is True
-    assert audit["illegal_transitions"] == [] and audit["pending_mismatch"] == []
-    assert audit["counts"] == {"items": 2, "ledger_rows": 4, "pending": 0}
+    assert audit["ok"] is True and audit["failed_invariants"] == []
+    assert {c["invariant"] for c in audit["checks"]} == {
+        *(f"I{n}" for n in range(1, 11)), "T1", "T2", "T3"}
+    assert all(c["violations"] == 0 and c["items"] == [] for c in audit["checks"])
+    assert {k: audit["counts"][k] for k in ("items", "ledger_rows", "pending")} == {
+        "items": 2, "ledger_rows": 4, "pending": 0}
 
     assert main(["audit", "verify"]) == 0
-    assert "audit passed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "audit passed" in out
+    assert "PASS I6  one_terminal: 2 items checked, 0 violations" in out
+
+    # A checkpoint (control), exported as JSON lines (auditor), verified by the next audit.
+    code, checkpoint = run_json(capsys, "audit", "checkpoint")
+    assert code == 0
+    assert (checkpoint["checkpoint_id"], checkpoint["row_count"], checkpoint["item_count"]) == (
+        1, 4, 2)
+    assert main(["audit", "export-checkpoints"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["checkpoint_digest"] for line in lines] == [
+        checkpoint["checkpoint_digest"]]
+    code, audit = run_json(capsys, "audit", "verify", "--since", "2000-01-01T00:00:00+00:00",
+                           "--limit", "5")
+    assert code == 0 and audit["ok"] is True and audit["limit"] == 5
+    assert main(["audit", "verify", "--since", "2000-01-01T00:00:00"]) == 2  # no time zone
+    capsys.readouterr()
+    assert main(["audit", "verify", "--limit", "10001"]) == 2
+    capsys.readouterr()
 
 
 def test_repair_once_requeues_an_expired_lease(
