@@ -214,6 +214,8 @@ _BY_SQLSTATE: dict[str, _Mapping] = {
     "SY041": _Mapping(InvalidRequestError, "INVALID_REVIEW_DECISION",
                       "a review decision needs DISPATCHED (with the rail's transaction id), "
                       "FAILED or RETRY, the operator's name and a reason"),
+    "SY050": _Mapping(InvalidRequestError, "CHECKPOINT_NEEDS_READ_COMMITTED",
+                      "a ledger checkpoint must be taken in a READ COMMITTED transaction"),
     "SY100": _Mapping(IdempotencyConflictError, "IDEMPOTENCY_KEY_REUSED",
                       "the idempotency key was already used with a different request"),
     "SY200": _Mapping(LeaseFencedError, "LEASE_NOT_HELD",
