@@ -32,10 +32,13 @@
 SET LOCAL ROLE symphony_owner;
 
 -- canonical serialization -------------------------------------------------------------------
+-- Plain SQL functions without a SET clause, so the planner inlines them into the triggers
+-- (a SET clause would cost a configuration save and restore per call, per field, per row).
+-- They read no table and call only built-ins, which PostgreSQL looks up in pg_catalog first
+-- whatever the caller's search_path; they are owner-only (no grants).
 
 CREATE FUNCTION symphony.digest_field(p_value text) RETURNS text
 LANGUAGE sql IMMUTABLE
-SET search_path = symphony, pg_catalog, pg_temp
 AS $$
     SELECT CASE WHEN p_value IS NULL THEN '-'
                 ELSE char_length(p_value)::text || ':' || p_value END
@@ -43,7 +46,6 @@ $$;
 
 CREATE FUNCTION symphony.digest_micros(p_at timestamptz) RETURNS text
 LANGUAGE sql IMMUTABLE
-SET search_path = symphony, pg_catalog, pg_temp
 AS $$
     SELECT (extract(epoch FROM p_at) * 1000000)::bigint::text
 $$;
@@ -53,17 +55,16 @@ CREATE FUNCTION symphony.instruction_digest(
     p_rail_type text, p_payload jsonb, p_created_at timestamptz
 ) RETURNS bytea
 LANGUAGE sql IMMUTABLE
-SET search_path = symphony, pg_catalog, pg_temp
 AS $$
     SELECT sha256(convert_to(
         'symphony-instruction-v1'
-        || '|' || digest_field(p_outbox_id::text)
-        || '|' || digest_field(p_participant_id)
-        || '|' || digest_field(p_instruction_id)
-        || '|' || digest_field(p_idempotency_key)
-        || '|' || digest_field(p_rail_type)
-        || '|' || digest_field(p_payload::text)
-        || '|' || digest_field(digest_micros(p_created_at)), 'UTF8'))
+        || '|' || symphony.digest_field(p_outbox_id::text)
+        || '|' || symphony.digest_field(p_participant_id)
+        || '|' || symphony.digest_field(p_instruction_id)
+        || '|' || symphony.digest_field(p_idempotency_key)
+        || '|' || symphony.digest_field(p_rail_type)
+        || '|' || symphony.digest_field(p_payload::text)
+        || '|' || symphony.digest_field(symphony.digest_micros(p_created_at)), 'UTF8'))
 $$;
 
 CREATE FUNCTION symphony.attempt_digest(
@@ -72,20 +73,19 @@ CREATE FUNCTION symphony.attempt_digest(
     p_recorded_at timestamptz, p_recorded_by text, p_lease_digest bytea
 ) RETURNS bytea
 LANGUAGE sql IMMUTABLE
-SET search_path = symphony, pg_catalog, pg_temp
 AS $$
     SELECT sha256(coalesce(p_previous, ''::bytea) || convert_to(
         'symphony-attempt-v1'
-        || '|' || digest_field(p_outbox_id::text)
-        || '|' || digest_field(p_attempt_no::text)
-        || '|' || digest_field(p_state::text)
-        || '|' || digest_field(p_worker_id)
-        || '|' || digest_field(p_error_code)
-        || '|' || digest_field(p_error_detail)
-        || '|' || digest_field(p_rail_transaction_id)
-        || '|' || digest_field(digest_micros(p_recorded_at))
-        || '|' || digest_field(p_recorded_by)
-        || '|' || digest_field(encode(p_lease_digest, 'hex')), 'UTF8'))
+        || '|' || symphony.digest_field(p_outbox_id::text)
+        || '|' || symphony.digest_field(p_attempt_no::text)
+        || '|' || symphony.digest_field(p_state::text)
+        || '|' || symphony.digest_field(p_worker_id)
+        || '|' || symphony.digest_field(p_error_code)
+        || '|' || symphony.digest_field(p_error_detail)
+        || '|' || symphony.digest_field(p_rail_transaction_id)
+        || '|' || symphony.digest_field(symphony.digest_micros(p_recorded_at))
+        || '|' || symphony.digest_field(p_recorded_by)
+        || '|' || symphony.digest_field(encode(p_lease_digest, 'hex')), 'UTF8'))
 $$;
 
 -- digests on the registry and the ledger ----------------------------------------------------
