@@ -258,6 +258,9 @@ async def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--cycles", type=int, default=2000)
     parser.add_argument("--statement-timeout-ms", type=int, default=600_000)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--keep", type=Path, default=None, metavar="HOME",
+                        help="keep the embedded server's data in HOME (not deleted; stop it "
+                             "with SYMPHONY_HOME=HOME symphony db stop)")
     args = parser.parse_args(argv)
 
     server: EmbeddedServer | None = None
@@ -273,8 +276,8 @@ async def main(argv: list[str]) -> dict[str, Any]:
         settings = DatabaseSettings(DATABASE_URL=dsn, **extra)
         await bootstrap(settings)
     else:
-        home = Path(tempfile.mkdtemp(prefix="symphony-audit-bench-"))
-        server = EmbeddedServer(home / "pgdata", delete_on_stop=True)
+        home = args.keep or Path(tempfile.mkdtemp(prefix="symphony-audit-bench-"))
+        server = EmbeddedServer(home / "pgdata", delete_on_stop=args.keep is None)
         settings = DatabaseSettings(SYMPHONY_HOME=str(home), **extra)
         await bootstrap(settings, embedded=server)
     try:
@@ -304,9 +307,10 @@ async def main(argv: list[str]) -> dict[str, Any]:
                 "counts": recent.counts,
                 "per_check_seconds": {k: round(v, 2) for k, v in recent.timings.items()},
             }
-            result["per_insert"] = await per_insert(dsn, db, args.inserts, args.cycles)
+            if args.inserts > 0:
+                result["per_insert"] = await per_insert(dsn, db, args.inserts, args.cycles)
     finally:
-        if server is not None:
+        if server is not None and args.keep is None:
             server.stop()
         if dropper is not None:
             await _admin(dropper[0], f'DROP DATABASE IF EXISTS "{dropper[1]}" WITH (FORCE)')

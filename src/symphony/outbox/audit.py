@@ -26,6 +26,8 @@ from symphony.db import Database, InvalidRequestError, Role
 
 MAX_LIMIT = 10000
 DEFAULT_LIMIT = 100
+# Per audit transaction (SET LOCAL): sorts of a million ledger rows stay in memory.
+AUDIT_WORK_MEM = "256MB"
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +290,7 @@ class AuditStore:
         timings: dict[str, float] = {}
         results: list[CheckResult] = []
         async with self.db.transaction(Role.AUDITOR, label="audit-verify", snapshot=True) as tx:
+            await tx.fetch_one("audit_work_mem", {"work_mem": AUDIT_WORK_MEM})
             counts_row = await tx.fetch_one("audit_scope_counts", params) or {}
             counts = {k: int(v) for k, v in counts_row.items() if k != "snapshot_at"}
             counts["tables"] = _HISTORY_TABLES

@@ -252,6 +252,11 @@ SELECT version, checksum FROM symphony_meta.schema_migrations ORDER BY version;
 -- function of the schema it audits, except I8 and I9, whose functions read what the auditor
 -- may not (sequence numbers, lease tokens) and return only ids and problem codes.
 
+-- name: audit_work_mem
+-- Memory for the audit's sorts and hashes, for this transaction only: a million-row ledger
+-- then sorts in memory instead of spilling to disk (role: auditor).
+SELECT set_config('work_mem', %(work_mem)s, true) AS work_mem;
+
 -- name: audit_scope_counts
 WITH scope AS (
     SELECT r.outbox_id FROM symphony.payment_instruction_registry r
@@ -273,26 +278,55 @@ SELECT (SELECT count(*) FROM symphony.payment_instruction_registry r
        now() AS snapshot_at;
 
 -- name: audit_registry_identity
--- I1: one item per (participant_id, instruction_id, idempotency_key); outbox_id unique.
+-- I1: one item per (participant_id, instruction_id, idempotency_key); outbox_id unique. A full
+-- audit counts each key over the whole registry; an incremental one probes the keys of the
+-- items in scope (one branch runs: the other's condition is false for the given `since`).
 WITH scope AS (
     SELECT r.outbox_id FROM symphony.payment_instruction_registry r
      WHERE r.created_at >= %(since)s::timestamptz
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+),
+problems AS (
+    -- Hash aggregates over the registry, then back to the few rows of a duplicated key.
+    SELECT r.outbox_id, r.participant_id, 'DUPLICATE_OUTBOX_ID' AS problem
+      FROM symphony.payment_instruction_registry r
+     WHERE %(since)s::timestamptz IS NULL
+       AND r.outbox_id IN (SELECT d.outbox_id FROM symphony.payment_instruction_registry d
+                            GROUP BY d.outbox_id HAVING count(*) > 1)
+    UNION ALL
+    SELECT r.outbox_id, r.participant_id, 'DUPLICATE_IDEMPOTENCY_KEY'
+      FROM symphony.payment_instruction_registry r
+      JOIN (SELECT d.participant_id, d.instruction_id, d.idempotency_key
+              FROM symphony.payment_instruction_registry d
+             GROUP BY d.participant_id, d.instruction_id, d.idempotency_key
+            HAVING count(*) > 1) k
+        ON k.participant_id = r.participant_id AND k.instruction_id = r.instruction_id
+       AND k.idempotency_key = r.idempotency_key
+     WHERE %(since)s::timestamptz IS NULL
+    UNION ALL
+    SELECT r.outbox_id, r.participant_id,
+           CASE
+               WHEN (SELECT count(*) FROM symphony.payment_instruction_registry o
+                      WHERE o.outbox_id = r.outbox_id) > 1
+                   THEN 'DUPLICATE_OUTBOX_ID'
+               ELSE 'DUPLICATE_IDEMPOTENCY_KEY'
+           END
+      FROM symphony.payment_instruction_registry r
+     WHERE %(since)s::timestamptz IS NOT NULL
+       AND r.outbox_id IN (SELECT s.outbox_id FROM scope s)
+       AND ((SELECT count(*) FROM symphony.payment_instruction_registry o
+              WHERE o.outbox_id = r.outbox_id) > 1
+            OR EXISTS (SELECT 1 FROM symphony.payment_instruction_registry o
+                        WHERE o.participant_id = r.participant_id
+                          AND o.instruction_id = r.instruction_id
+                          AND o.idempotency_key = r.idempotency_key
+                          AND o.outbox_id <> r.outbox_id))
 )
 SELECT x.outbox_id, NULL::integer AS attempt_no, x.participant_id AS subject, x.problem,
        count(*) OVER () AS total
-  FROM (SELECT r.outbox_id, r.participant_id,
-               CASE
-                   WHEN count(*) OVER (PARTITION BY r.outbox_id) > 1 THEN 'DUPLICATE_OUTBOX_ID'
-                   WHEN count(*) OVER (PARTITION BY r.participant_id, r.instruction_id,
-                                                    r.idempotency_key) > 1
-                       THEN 'DUPLICATE_IDEMPOTENCY_KEY'
-               END AS problem
-          FROM symphony.payment_instruction_registry r) x
- WHERE x.problem IS NOT NULL
-   AND (%(since)s::timestamptz IS NULL OR x.outbox_id IN (SELECT s.outbox_id FROM scope s))
+  FROM problems x
  ORDER BY x.outbox_id
  LIMIT %(limit)s;
 
@@ -509,31 +543,32 @@ WITH scope AS (
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
 ),
-terminal AS (
-    SELECT DISTINCT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.state IN ('DISPATCHED', 'FAILED')
-),
-live AS (
-    SELECT DISTINCT p.outbox_id FROM symphony.payment_outbox_pending p
+items AS (
+    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
+     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id IN (SELECT s.outbox_id FROM scope s)
 ),
 problems AS (
-    SELECT r.outbox_id,
+    SELECT x.outbox_id,
            CASE
-               WHEN l.outbox_id IS NOT NULL AND t.outbox_id IS NOT NULL
-                   THEN 'PENDING_AND_TERMINAL'
-               WHEN l.outbox_id IS NULL AND t.outbox_id IS NULL
-                   THEN 'NEITHER_PENDING_NOR_TERMINAL'
+               WHEN x.pending AND x.terminal THEN 'PENDING_AND_TERMINAL'
+               WHEN NOT x.pending AND NOT x.terminal THEN 'NEITHER_PENDING_NOR_TERMINAL'
            END AS problem
-      FROM symphony.payment_instruction_registry r
-      LEFT JOIN live l ON l.outbox_id = r.outbox_id
-      LEFT JOIN terminal t ON t.outbox_id = r.outbox_id
+      FROM (SELECT i.outbox_id,
+                   EXISTS (SELECT 1 FROM symphony.payment_outbox_pending p
+                            WHERE p.outbox_id = i.outbox_id) AS pending,
+                   EXISTS (SELECT 1 FROM symphony.payment_outbox_attempts t
+                            WHERE t.outbox_id = i.outbox_id
+                              AND t.state IN ('DISPATCHED', 'FAILED')) AS terminal
+              FROM items i) x
     UNION ALL
-    SELECT l.outbox_id, 'PENDING_WITHOUT_REGISTRY' FROM live l
+    SELECT p.outbox_id, 'PENDING_WITHOUT_REGISTRY' FROM symphony.payment_outbox_pending p
      WHERE NOT EXISTS (SELECT 1 FROM symphony.payment_instruction_registry r
-                        WHERE r.outbox_id = l.outbox_id)
+                        WHERE r.outbox_id = p.outbox_id)
     UNION ALL
     SELECT a.outbox_id, 'LEDGER_WITHOUT_REGISTRY'
-      FROM (SELECT DISTINCT x.outbox_id FROM symphony.payment_outbox_attempts x) a
+      FROM (SELECT DISTINCT x.outbox_id FROM symphony.payment_outbox_attempts x
+             WHERE %(since)s::timestamptz IS NULL
+                OR x.outbox_id IN (SELECT s.outbox_id FROM scope s)) a
      WHERE NOT EXISTS (SELECT 1 FROM symphony.payment_instruction_registry r
                         WHERE r.outbox_id = a.outbox_id)
     UNION ALL
@@ -545,7 +580,6 @@ SELECT x.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject, x.proble
        count(*) OVER () AS total
   FROM problems x
  WHERE x.problem IS NOT NULL
-   AND (%(since)s::timestamptz IS NULL OR x.outbox_id IN (SELECT s.outbox_id FROM scope s))
  ORDER BY x.outbox_id
  LIMIT %(limit)s;
 
@@ -654,22 +688,33 @@ WITH scope AS (
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
 ),
-fields AS (
+recomputed AS (
     SELECT r.outbox_id, r.instruction_digest,
-           ARRAY[r.outbox_id::text, r.participant_id, r.instruction_id, r.idempotency_key,
-                 r.rail_type, r.payload::text,
-                 (extract(epoch FROM r.created_at) * 1000000)::bigint::text] AS f
+           sha256(convert_to(
+               'symphony-instruction-v1'
+               || '|' || char_length(r.outbox_id::text)::text || ':' || r.outbox_id::text
+               || '|' || CASE WHEN r.participant_id IS NULL THEN '-'
+                              ELSE char_length(r.participant_id)::text || ':'
+                                   || r.participant_id END
+               || '|' || CASE WHEN r.instruction_id IS NULL THEN '-'
+                              ELSE char_length(r.instruction_id)::text || ':'
+                                   || r.instruction_id END
+               || '|' || CASE WHEN r.idempotency_key IS NULL THEN '-'
+                              ELSE char_length(r.idempotency_key)::text || ':'
+                                   || r.idempotency_key END
+               || '|' || CASE WHEN r.rail_type IS NULL THEN '-'
+                              ELSE char_length(r.rail_type)::text || ':' || r.rail_type END
+               || '|' || CASE WHEN r.payload IS NULL THEN '-'
+                              ELSE char_length(r.payload::text)::text || ':'
+                                   || r.payload::text END
+               || '|' || CASE WHEN r.created_at IS NULL THEN '-'
+                              ELSE char_length((extract(epoch FROM r.created_at) * 1000000)
+                                               ::bigint::text)::text || ':'
+                                   || (extract(epoch FROM r.created_at) * 1000000)
+                                      ::bigint::text END,
+               'UTF8')) AS expected
       FROM symphony.payment_instruction_registry r
      WHERE %(since)s::timestamptz IS NULL OR r.outbox_id IN (SELECT s.outbox_id FROM scope s)
-),
-recomputed AS (
-    SELECT x.outbox_id, x.instruction_digest,
-           sha256(convert_to('symphony-instruction-v1' || (
-               SELECT string_agg('|' || CASE WHEN v IS NULL THEN '-'
-                                             ELSE char_length(v)::text || ':' || v END,
-                                 '' ORDER BY n)
-                 FROM unnest(x.f) WITH ORDINALITY AS u(v, n)), 'UTF8')) AS expected
-      FROM fields x
 )
 SELECT x.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
        CASE WHEN x.instruction_digest IS NULL THEN 'DIGEST_MISSING'

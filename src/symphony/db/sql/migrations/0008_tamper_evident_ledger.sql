@@ -503,7 +503,8 @@ AS $$
                lag(a.state) OVER w AS previous_state,
                lag(a.attempt_no) OVER w AS previous_attempt_no,
                lag(a.lease_token) OVER w AS previous_token,
-               row_number() OVER (PARTITION BY a.outbox_id ORDER BY a.attempt_no DESC) AS from_end
+               -- The item's newest row, from the same window (no second sort).
+               (lead(a.attempt_no) OVER w IS NULL) AS is_last
           FROM payment_outbox_attempts a
          WHERE p_since IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM audit_scope(p_since) s)
         WINDOW w AS (PARTITION BY a.outbox_id ORDER BY a.attempt_no)
@@ -540,7 +541,7 @@ AS $$
                        THEN 'OPEN_DISPATCHING_WITHOUT_LEASE'
                END
           FROM payment_outbox_pending p
-          LEFT JOIN rows_in_scope x ON x.outbox_id = p.outbox_id AND x.from_end = 1
+          LEFT JOIN rows_in_scope x ON x.outbox_id = p.outbox_id AND x.is_last
          WHERE p_since IS NULL OR p.outbox_id IN (SELECT s.outbox_id FROM audit_scope(p_since) s)
     )
     SELECT v.outbox_id, v.attempt_no, v.problem, count(*) OVER () AS total
