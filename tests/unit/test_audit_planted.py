@@ -8,7 +8,7 @@ row is at fault).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -97,7 +97,7 @@ async def _build(db: Database, admin: str) -> History:
 
 
 @pytest.fixture
-async def planted(make_database: DatabaseFactory) -> tuple[Database, History]:
+async def planted(make_database: DatabaseFactory) -> AsyncIterator[tuple[Database, History]]:
     """A database of the test's own with a full history and one checkpoint over it; the audit
     passes on it before anything is planted."""
     settings: DatabaseSettings = make_database()
