@@ -100,6 +100,15 @@ async def test_healthz_and_request_ids(db: Database) -> None:
         assert len(ids) == 5
 
 
+async def test_readyz_reports_the_schema(db: Database) -> None:
+    async with serve(db) as api:
+        ready = await api.client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        body = ready.json()
+        assert body["status"] == "ready"
+        assert body["schema_version"] == body["expected_schema_version"]
+
+
 async def test_unknown_route_and_method_use_the_envelope(db: Database) -> None:
     async with serve(db) as api:
         assert_envelope(await api.client.get("/nope"), 404, "not_found")

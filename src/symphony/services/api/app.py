@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Annotated, Final
 
 import swagger_ui_bundle
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 
 from symphony.db import (
     Database,
@@ -32,9 +33,10 @@ from symphony.db import (
 from symphony.outbox import OutboxStore
 from symphony.services.api.auth import Authenticator, CachedAuthenticator, RefuseAll
 from symphony.services.api.config import ApiConfig
-from symphony.services.api.context import ApiContext
+from symphony.services.api.context import ApiContext, get_context
 from symphony.services.api.error import (
     EXCEPTION_HANDLERS,
+    ApiError,
     ErrorBody,
     error_response,
     request_id_of,
@@ -112,12 +114,38 @@ def _symphony_error_handler(
     return handle
 
 
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    schema_version: int | None
+    expected_schema_version: int
+
+
 def _health_router() -> APIRouter:
     router = APIRouter(tags=["health"])
 
-    @router.get("/healthz", summary="liveness: the process serves requests")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @router.get("/healthz", summary="liveness: the process serves requests",
+                response_model=Health)
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @router.get(
+        "/readyz",
+        summary="readiness: the database answers and its schema matches this code",
+        response_model=Readiness,
+        responses={503: {"model": ErrorBody}},
+    )
+    async def readyz(context: Annotated[ApiContext, Depends(get_context)]) -> Readiness:
+        status = await context.db.schema_status()
+        if not status.ok:
+            raise ApiError(503, "schema_mismatch",
+                           "the database schema does not match this code: run symphony migrate",
+                           headers={"Retry-After": str(context.config.retry_after_seconds)})
+        return Readiness(status="ready", schema_version=status.applied_version,
+                         expected_schema_version=status.expected_version)
 
     return router
 

@@ -142,15 +142,15 @@ class RequestContextMiddleware:
     def _log(self, scope: Scope, state: dict[str, object], status: int, started: float) -> None:
         path = str(scope.get("path", ""))[:_LOGGED_PATH_CHARS]
         log.info(
-            "%s %s -> %d",
+            "%s %s -> %d in %.1f ms",
             scope.get("method", "?"),
             # Decoded paths may hold control characters; a log line must stay one line.
             path.encode("unicode_escape").decode("ascii"),
             status,
+            (time.monotonic() - started) * 1000,
             extra={
                 "request_id": state.get("request_id"),
                 "participant_id": state.get("participant_id"),
-                "status": status,
-                "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                "outbox_id": state.get("outbox_id"),
             },
         )
