@@ -1,7 +1,7 @@
 """The `symphony` command.
 
     symphony run [--demo [--demo-count N]]   the whole system (embedded PostgreSQL by default)
-    symphony migrate                          apply migrations, provision the service principals
+    symphony migrate [--[no-]provision]       apply migrations (and provision principals in dev)
     symphony worker [--once]                  executor worker and zombie repair
     symphony repair [--once]                  requeue items whose lease expired (executor role)
     symphony enqueue ...                      submit one payment instruction
@@ -166,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     migrate = commands.add_parser("migrate", help="apply migrations, provision principals")
+    migrate.add_argument(
+        "--provision", action=argparse.BooleanOptionalAction, default=None,
+        help="give the service principals generated passwords, kept in SYMPHONY_HOME's "
+        "credentials file (default: with the embedded server or SYMPHONY_ENV development/"
+        "test; in production the operator sets the passwords, see docs/deployment.md)",
+    )
     _json_flag(migrate)
     migrate.set_defaults(handler=cmd_migrate)
 
@@ -288,11 +294,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def symphony_env() -> str:
+    """`SYMPHONY_ENV`: production (default), development or test."""
+    value = (os.environ.get("SYMPHONY_ENV") or "production").strip().lower()
+    if value not in ("production", "development", "test"):
+        raise ConfigurationError(
+            f"SYMPHONY_ENV must be production, development or test; got {value!r}",
+            code="INVALID_ENVIRONMENT",
+        )
+    return value
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = database_settings()
+    provision: bool | None = args.provision
+    if provision is None:
+        # A production migration job must not invent passwords: the operator sets them.
+        provision = settings.database_url is None or symphony_env() != "production"
 
     async def go() -> dict[str, Any]:
-        boot = await bootstrap(settings)
+        boot = await bootstrap(settings, provision=provision)
         if boot.embedded is not None:
             boot.embedded.stop()
         return {
@@ -300,6 +321,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             "already_applied": boot.migrations.already_applied,
             "latest": boot.migrations.latest,
             "database": boot.endpoint.describe(),
+            "provisioned": boot.provisioned,
         }
 
     report = _run(go())
@@ -308,6 +330,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                 f"{', '.join(report['applied'])}; schema at {report['latest']}")
     else:
         text = f"schema up to date at {report['latest']}; nothing to apply"
+    if report["provisioned"]:
+        text += "; service principals provisioned (credentials file in SYMPHONY_HOME)"
+    else:
+        text += ("; principal passwords left to the operator (ALTER ROLE ... PASSWORD, see "
+                 "docs/deployment.md)")
     emit(args, report, text)
     return EXIT_OK
 

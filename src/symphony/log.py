@@ -157,14 +157,16 @@ class TextFormatter(logging.Formatter):
 
 
 class _StderrHandler(logging.StreamHandler[TextIO]):
-    """Writes to whatever `sys.stderr` is at the time of the record (it may be replaced)."""
+    """Writes to `target`, else to whatever `sys.stderr` is at the time of the record (it
+    may be replaced after logging was configured)."""
 
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
+    def __init__(self, target: TextIO | None = None) -> None:
+        self._target = target
+        super().__init__(target or sys.stderr)
 
     @property
     def stream(self) -> TextIO:
-        return sys.stderr
+        return self._target or sys.stderr
 
     @stream.setter
     def stream(self, value: TextIO) -> None:  # StreamHandler.__init__ assigns it
@@ -210,18 +212,19 @@ def configure_logging(
     log_format: str | None = None,
     *,
     environ: dict[str, str] | None = None,
+    stream: TextIO | None = None,
 ) -> logging.Handler:
-    """Install the one stderr handler (replacing the one installed before, if any).
+    """Install the one handler (replacing the one installed before, if any).
 
-    `level` and `log_format` default to `SYMPHONY_LOG_LEVEL` and `SYMPHONY_LOG_FORMAT`.
-    Returns the handler (tests attach its formatter and filter to their own streams).
+    `level` and `log_format` default to `SYMPHONY_LOG_LEVEL` and `SYMPHONY_LOG_FORMAT`; the
+    handler writes to `stream`, default stderr. Returns the handler.
     """
     env = os.environ if environ is None else environ
     numeric = parse_level(level if level is not None else env.get("SYMPHONY_LOG_LEVEL"))
     chosen = parse_format(
-        log_format if log_format is not None else env.get("SYMPHONY_LOG_FORMAT")
+        log_format if log_format is not None else env.get("SYMPHONY_LOG_FORMAT"), stream
     )
-    handler = _StderrHandler()
+    handler = _StderrHandler(stream)
     handler.setFormatter(JsonFormatter() if chosen == "json" else TextFormatter())
     handler.addFilter(RedactingFilter())
     handler.set_name("symphony")

@@ -96,6 +96,30 @@ def test_migrate_on_a_migrated_database_applies_nothing(
     assert code == 0
     assert report["applied"] == []
     assert report["already_applied"] and report["latest"] == report["already_applied"][-1]
+    assert report["provisioned"] is True  # SYMPHONY_ENV=test: the credentials file is used
+
+
+@pytest.mark.parametrize("argv", [["migrate"], ["migrate", "--no-provision"]])
+def test_production_migration_job_leaves_principal_passwords_alone(
+    cli_env: DatabaseSettings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], argv: list[str],
+) -> None:
+    """A migration job with an empty home must not give every principal a new password."""
+    monkeypatch.setenv("SYMPHONY_ENV", "production")
+    monkeypatch.setenv("SYMPHONY_HOME", str(tmp_path))
+    code, report = run_json(capsys, *argv)
+    assert code == 0
+    assert report["provisioned"] is False
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_environment_is_a_configuration_error(
+    cli_env: DatabaseSettings, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("SYMPHONY_ENV", "staging")
+    code, report = run_json(capsys, "migrate")
+    assert code == 2 and report["error"]["code"] == "INVALID_ENVIRONMENT"
 
 
 def test_enqueue_is_idempotent(

@@ -10,17 +10,21 @@ the server itself refuses (SQLSTATE 42501) what the principal's roles may not do
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from tests.support.database import admin_dsn_of
 from tests.support.outbox import instruction
 
+from symphony.cli import main
 from symphony.db import (
     DSN_VARIABLE,
+    PENDING_CHANNEL,
     ConfigurationError,
     Database,
     DatabaseSettings,
@@ -398,3 +402,55 @@ def test_schema_status_as_dict_is_json() -> None:
     assert isinstance(status, migration_module.SchemaStatus)
     with pytest.raises(SymphonyError):
         migration_module.assess_schema(None).require()
+
+
+async def test_the_worker_listens_for_new_work_through_its_own_dsn(
+    only_dsn: pytest.MonkeyPatch, isolated_settings: DatabaseSettings, isolated_db: Database,
+) -> None:
+    only_dsn.setenv("SYMPHONY_EXECUTOR_DATABASE_URL",
+                    principal_dsn(isolated_settings, Principal.EXECUTOR))
+    async with (
+        await Database.open_for_service(Service.WORKER) as db,
+        db.listen(Role.EXECUTOR, PENDING_CHANNEL) as listener,
+    ):
+        await OutboxStore(isolated_db).enqueue(instruction())
+        assert await listener.wait(30)
+
+
+async def test_other_principals_dsns_in_reach_are_warned_about(
+    only_dsn: pytest.MonkeyPatch, isolated_settings: DatabaseSettings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    only_dsn.setenv("SYMPHONY_API_DATABASE_URL", principal_dsn(isolated_settings, Principal.API))
+    only_dsn.setenv("SYMPHONY_EXECUTOR_DATABASE_URL",
+                    principal_dsn(isolated_settings, Principal.EXECUTOR))
+    only_dsn.setenv("DATABASE_URL", admin_dsn_of(isolated_settings))
+    with caplog.at_level(logging.WARNING, logger="symphony.db"):
+        async with await Database.open_for_service(Service.API) as db:
+            assert db.principals == {Principal.API}
+    warnings = " ".join(r.getMessage() for r in caplog.records)
+    assert "DATABASE_URL is set but not used" in warnings
+    assert "SYMPHONY_EXECUTOR_DATABASE_URL set but not used" in warnings
+
+
+# -- the CLI commands with their own principal's DSN ------------------------------------------
+
+
+def test_cli_commands_run_from_their_principals_dsns(
+    only_dsn: pytest.MonkeyPatch, make_database: Any, capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings: DatabaseSettings = make_database()
+    for principal in (Principal.INGEST, Principal.EXECUTOR, Principal.READER):
+        only_dsn.setenv(DSN_VARIABLE[principal], principal_dsn(settings, principal))
+
+    def run(*argv: str) -> Any:
+        assert main([*argv, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    enqueued = run("enqueue", "--instruction-id", "i-cli-dsn", "--idempotency-key", "k-1",
+                   "--participant", "bank-a", "--rail", "SEPA_CT", "--amount", "5.00",
+                   "--currency", "EUR", "--destination", "acct-1")
+    assert enqueued["created"] is True
+    assert run("status")["pending_total"] == 1
+    assert run("repair", "--once")["repaired"] == 0
+    assert run("audit", "verify")["ok"] is True

@@ -261,7 +261,7 @@ class Database:
         migrate") rather than a failure on the first query. `principals` limits the handle
         to those logins (default: every principal).
         """
-        settings = settings or DatabaseSettings()
+        settings = settings or DatabaseSettings.load()
         endpoint, server = await resolve_endpoint(settings, embedded=embedded)
         if require_migrated:
             missing = await pending_migrations(endpoint.admin_dsn)
@@ -327,6 +327,13 @@ class Database:
                 "DATABASE_URL is set but not used: %s connects with %s only; keep the admin "
                 "DSN out of this service's environment", who, variable,
             )
+        others = sorted(DSN_VARIABLE[p] for p in Principal
+                        if p != principal and settings.dsn_of(p) is not None)
+        if others:
+            log.warning(
+                "%s set but not used: %s connects with %s only; give each service only its "
+                "own principal's DSN", ", ".join(others), who, variable,
+            )
         db = cls(settings, None, dsns={principal: dsn})
         try:
             await db._pool(principal)  # connects once and checks who it logged in as
@@ -337,6 +344,7 @@ class Database:
         log.info("%s connects as %s (%s) to %s", who, principal.value, variable,
                  dsn_location(dsn))
         return db
+
     async def close(self) -> None:
         """Close every pool. Safe to call more than once."""
         self._closed = True

@@ -309,6 +309,7 @@ def translate(exc: BaseException, context: str) -> SymphonyError:
         level,
         "database error: incident=%s context=%s sqlstate=%s constraint=%s type=%s detail=%s",
         incident_id, context, sqlstate, constraint, type(exc).__name__, exc,
+        extra={"incident_id": incident_id},
     )
     err = mapping.kind(
         mapping.message,

@@ -138,6 +138,10 @@ class ExecutorWorker(LoopService[CycleResult]):
         self._items_in_flight = 0
         self.listening = False
 
+    def _context(self, outbox_id: object) -> dict[str, str]:
+        """The log context of a line about one item (see symphony.log)."""
+        return {"outbox_id": str(outbox_id), "worker_id": self.config.worker_id}
+
     # -- the loop -----------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -359,6 +363,7 @@ class ExecutorWorker(LoopService[CycleResult]):
                 self.log.warning(
                     "completion of %s refused: the lease was lost (repaired or reclaimed); "
                     "the item belongs to its new holder now", result.outbox_id,
+                    extra=self._context(result.outbox_id),
                 )
             elif result.state in counts:
                 counts[result.state] += 1
@@ -388,7 +393,8 @@ class ExecutorWorker(LoopService[CycleResult]):
     async def _decide(self, item: ClaimedItem) -> _Decision:
         problem = payload_problem(item.payload)
         if problem is not None:
-            self.log.error("not sending %s: %s", item.reference, problem)
+            self.log.error("not sending %s: %s", item.reference, problem,
+                           extra=self._context(item.outbox_id))
             return _Decision(_complete(item, Outcome.FAILED, "INVALID_PAYLOAD", problem))
         async with self._slots:
             looked_up = False
@@ -411,12 +417,13 @@ class ExecutorWorker(LoopService[CycleResult]):
             return _complete(item, Outcome.RETRYABLE, "LOOKUP_TIMEOUT",
                              "the rail did not answer the lookup in time", ambiguous=True)
         except Exception as exc:
-            self.log.warning("lookup of %s raised %s", item.reference, type(exc).__name__)
+            self.log.warning("lookup of %s raised %s", item.reference, type(exc).__name__,
+                             extra=self._context(item.outbox_id))
             return _complete(item, Outcome.RETRYABLE, "LOOKUP_FAILED",
                              f"lookup raised {type(exc).__name__}", ambiguous=True)
         if answer.status is LookupStatus.EXECUTED:
             self.log.info("%s was already executed by the rail: recorded without a second send",
-                          item.reference)
+                          item.reference, extra=self._context(item.outbox_id))
             return _complete(item, Outcome.DISPATCHED, None, "confirmed by lookup",
                              rail_transaction_id=answer.rail_transaction_id)
         if answer.status is LookupStatus.NOT_FOUND:
@@ -440,7 +447,8 @@ class ExecutorWorker(LoopService[CycleResult]):
                                   f"no answer within {_outer_bound(timeout):g}s")
         except Exception as exc:
             # The request may have left before the client failed: treat it as ambiguous.
-            self.log.warning("dispatch of %s raised %s", item.reference, type(exc).__name__)
+            self.log.warning("dispatch of %s raised %s", item.reference, type(exc).__name__,
+                             extra=self._context(item.outbox_id))
             return DispatchResult(DispatchOutcome.AMBIGUOUS, "RAIL_CLIENT_ERROR",
                                   f"dispatch raised {type(exc).__name__}")
         finally:

@@ -77,6 +77,7 @@ class WorkerProcess:
             "worker %s started: rail %s, batch %d, concurrency %d, lease %ds",
             self.config.worker_id, self.config.rail_url, self.config.batch_size,
             self.config.max_concurrency, self.config.lease_seconds,
+            extra={"worker_id": self.config.worker_id},
         )
 
     async def stop(self) -> None:
@@ -86,7 +87,7 @@ class WorkerProcess:
             return
         self._started = False
         log.info("worker %s stopping (grace %.1fs)", self.config.worker_id,
-                 self.config.shutdown_grace_seconds)
+                 self.config.shutdown_grace_seconds, extra={"worker_id": self.config.worker_id})
         try:
             await self.executor.stop()
             await self.repair.stop()
@@ -94,7 +95,7 @@ class WorkerProcess:
             if self._owns_rail:
                 await self.rail.aclose()
         log.info("worker %s stopped after %d cycle(s)", self.config.worker_id,
-                 self.executor.cycles)
+                 self.executor.cycles, extra={"worker_id": self.config.worker_id})
 
     async def run_once(self) -> OnceResult:
         """One repair cycle, then one executor cycle; for `--once` and scripts."""
