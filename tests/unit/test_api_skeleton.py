@@ -3,9 +3,8 @@ bearer authentication for any router, the token cache's bound, and docs with no 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import httpx
 import pytest
@@ -13,6 +12,7 @@ from fastapi import APIRouter, Depends
 from tests.support.api import serve
 
 from symphony.db import Database
+from symphony.outbox.access import TokenKind
 from symphony.services.api import (
     ApiConfig,
     CachedAuthenticator,
@@ -23,22 +23,15 @@ from symphony.services.api import (
 from symphony.services.api.error import REQUEST_ID_PATTERN
 
 
-@dataclass(frozen=True)
-class FakeCaller:
-    token_id: UUID
-    kind: str
-    participant_id: str | None
-
-
 class FakeTokens:
     """Stands in for the token store where only the HTTP frame is under test."""
 
     def __init__(self) -> None:
-        self.tokens: dict[str, FakeCaller] = {}
+        self.tokens: dict[str, Caller] = {}
         self.asked = 0
 
-    def add(self, token: str, kind: str, participant_id: str | None = None) -> None:
-        self.tokens[token] = FakeCaller(uuid4(), kind, participant_id)
+    def add(self, token: str, kind: TokenKind, participant_id: str | None = None) -> None:
+        self.tokens[token] = Caller(token_id=uuid4(), kind=kind, participant_id=participant_id)
 
     async def authenticate(self, token: str) -> Caller | None:
         self.asked += 1
@@ -70,8 +63,8 @@ def probe_router() -> APIRouter:
 @pytest.fixture
 def tokens() -> FakeTokens:
     t = FakeTokens()
-    t.add("sy_pt_alpha", "PARTICIPANT", "alpha")
-    t.add("sy_op_root", "OPERATOR")
+    t.add("sy_pt_alpha", TokenKind.PARTICIPANT, "alpha")
+    t.add("sy_op_root", TokenKind.OPERATOR)
     return t
 
 
@@ -191,7 +184,7 @@ def test_config_defaults_and_validation(monkeypatch: pytest.MonkeyPatch) -> None
 async def test_token_cache_is_bounded_in_time() -> None:
     now = [100.0]
     tokens = FakeTokens()
-    tokens.add("sy_pt_a", "PARTICIPANT", "a")
+    tokens.add("sy_pt_a", TokenKind.PARTICIPANT, "a")
     cache = CachedAuthenticator(tokens, 0.2, clock=lambda: now[0])
     assert await cache.authenticate("sy_pt_a") is not None
     assert await cache.authenticate("sy_pt_a") is not None
@@ -203,7 +196,7 @@ async def test_token_cache_is_bounded_in_time() -> None:
     assert await cache.authenticate("sy_pt_a") is None, "refused once the bound has passed"
     # Refusals are never cached: a token issued now works at once.
     assert await cache.authenticate("sy_pt_new") is None
-    tokens.add("sy_pt_new", "PARTICIPANT", "n")
+    tokens.add("sy_pt_new", TokenKind.PARTICIPANT, "n")
     assert await cache.authenticate("sy_pt_new") is not None
     # ttl 0: every call asks.
     uncached = CachedAuthenticator(tokens, 0)
@@ -216,7 +209,7 @@ async def test_token_cache_is_bounded_in_time() -> None:
 async def test_token_cache_size_is_bounded() -> None:
     tokens = FakeTokens()
     for i in range(10):
-        tokens.add(f"t{i}", "PARTICIPANT", f"p{i}")
+        tokens.add(f"t{i}", TokenKind.PARTICIPANT, f"p{i}")
     cache = CachedAuthenticator(tokens, 5, max_entries=4)
     for i in range(10):
         await cache.authenticate(f"t{i}")

@@ -8,11 +8,11 @@ dependencies a router uses to require a participant or an operator token.
 
 from __future__ import annotations
 
+from symphony.outbox.access import Caller
 from symphony.services.api.app import create_app
 from symphony.services.api.auth import (
     Authenticator,
     CachedAuthenticator,
-    Caller,
     require_operator,
     require_participant,
 )

@@ -31,7 +31,8 @@ from symphony.db import (
     SymphonyError,
 )
 from symphony.outbox import OutboxStore
-from symphony.services.api.auth import Authenticator, CachedAuthenticator, RefuseAll
+from symphony.outbox.access import AccessStore
+from symphony.services.api.auth import Authenticator, CachedAuthenticator
 from symphony.services.api.config import ApiConfig
 from symphony.services.api.context import ApiContext, get_context
 from symphony.services.api.error import (
@@ -42,6 +43,7 @@ from symphony.services.api.error import (
     request_id_of,
 )
 from symphony.services.api.middleware import RequestContextMiddleware
+from symphony.services.api.participant import router as participant_router
 
 log = logging.getLogger("symphony.api")
 
@@ -57,8 +59,9 @@ def create_app(
     routers: Sequence[APIRouter] = (),
     authenticator: Authenticator | None = None,
 ) -> FastAPI:
-    """The API app on `db`. `routers` are mounted as given (their own prefixes);
-    `authenticator` defaults to the database's token store."""
+    """The API app on `db`: health, docs, the participant API and then `routers`, mounted as
+    given (with their own prefixes). `authenticator` defaults to the database's token store
+    (`AccessStore`); tests may hand in another."""
     app = FastAPI(
         title=API_TITLE,
         version=API_VERSION,
@@ -73,7 +76,7 @@ def create_app(
         db=db,
         store=OutboxStore(db),
         authenticator=CachedAuthenticator(
-            authenticator if authenticator is not None else RefuseAll(),
+            authenticator if authenticator is not None else AccessStore(db),
             config.auth_cache_seconds,
         ),
         config=config,
@@ -89,6 +92,7 @@ def create_app(
     )
     app.include_router(_health_router())
     _mount_docs(app)
+    app.include_router(participant_router)
     for router in routers:
         app.include_router(router)
     return app

@@ -20,45 +20,23 @@ import re
 import time
 from collections.abc import Callable
 from typing import Annotated, Final, Protocol
-from uuid import UUID
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from symphony.outbox.access import Caller, TokenKind
 from symphony.services.api.context import ApiContext, get_context
 from symphony.services.api.error import ApiError
 
-PARTICIPANT_KIND: Final = "PARTICIPANT"
-OPERATOR_KIND: Final = "OPERATOR"
 # RFC 6750 token68 characters, bounded: anything else is refused before the database is asked.
 _TOKEN: Final = re.compile(r"[A-Za-z0-9._~+/-]{1,512}=*")
 _MAX_CACHE_ENTRIES: Final = 10_000
-
-
-class Caller(Protocol):
-    """Who sent the request (the shape of `symphony.outbox.access.Caller`)."""
-
-    @property
-    def token_id(self) -> UUID: ...
-
-    @property
-    def kind(self) -> str: ...
-
-    @property
-    def participant_id(self) -> str | None: ...
 
 
 class Authenticator(Protocol):
     """Turns a presented token into its caller, or None when it is not (or no longer) valid."""
 
     async def authenticate(self, token: str) -> Caller | None: ...
-
-
-class RefuseAll:
-    """An authenticator that knows no token (used when none is configured)."""
-
-    async def authenticate(self, token: str) -> Caller | None:
-        return None
 
 
 class CachedAuthenticator:
@@ -139,7 +117,7 @@ async def require_participant(
 ) -> Caller:
     """The caller, who must hold a participant token."""
     caller = await _caller(request, credentials, context)
-    if caller.kind != PARTICIPANT_KIND or not caller.participant_id:
+    if caller.kind != TokenKind.PARTICIPANT or not caller.participant_id:
         raise _unauthorized("this endpoint needs a participant token", invalid_token=True)
     request.state.participant_id = caller.participant_id
     return caller
@@ -152,7 +130,7 @@ async def require_operator(
 ) -> Caller:
     """The caller, who must hold an operator token."""
     caller = await _caller(request, credentials, context)
-    if caller.kind != OPERATOR_KIND:
+    if caller.kind != TokenKind.OPERATOR:
         raise _unauthorized("this endpoint needs an operator token", invalid_token=True)
     request.state.operator_token_id = str(caller.token_id)
     return caller
