@@ -34,6 +34,7 @@ from symphony.outbox.access import AccessStore, TokenKind
 from symphony.services.api import ApiConfig, ApiServer
 from symphony.services.rail_sim import RailSimBehaviour, RailSimConfig, RailSimServer
 from symphony.services.rail_sim.server import DEFAULT_PORT
+from symphony.services.system.api import build_api_server
 from symphony.services.system.demo import (
     DEMO_DISPATCH_TIMEOUT_SECONDS,
     DEMO_LOOKUP_TIMEOUT_SECONDS,
@@ -44,7 +45,6 @@ from symphony.services.system.demo import (
     snapshot,
     submit_stream,
 )
-from symphony.services.system.api import build_api_server
 from symphony.services.worker import WorkerConfig, WorkerProcess, stop_on_signals
 
 log = logging.getLogger("symphony.run")
