@@ -3,6 +3,8 @@ bearer authentication for any router, the token cache's bound, and docs with no 
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from typing import Annotated
 from uuid import uuid4
 
@@ -11,7 +13,7 @@ import pytest
 from fastapi import APIRouter, Depends
 from tests.support.api import serve
 
-from symphony.db import Database
+from symphony.db import Database, Principal
 from symphony.outbox.access import TokenKind
 from symphony.services.api import (
     ApiConfig,
@@ -52,6 +54,11 @@ def probe_router() -> APIRouter:
     @router.post("/probe/echo")
     async def echo(caller: Annotated[Caller, Depends(require_participant)]) -> dict[str, str]:
         return {"ok": "yes"}
+
+    @router.get("/probe/slow")
+    async def slow() -> dict[str, str]:
+        await asyncio.sleep(30)
+        return {"late": "yes"}
 
     @router.get("/probe/crash")
     async def crash() -> dict[str, str]:
@@ -228,3 +235,34 @@ async def test_docs_are_served_without_a_cdn(db: Database) -> None:
             assert got.status_code == 200 and len(got.content) > 10_000
         spec = (await api.client.get("/openapi.json")).json()
         assert spec["info"]["title"] == "Symphony Outbox API"
+
+
+async def test_a_request_past_its_time_limit_is_503_with_retry_after(db: Database) -> None:
+    async with serve(db, routers=[probe_router()], request_timeout_seconds=0.2,
+                     retry_after_seconds=7) as api:
+        response = await api.client.get("/probe/slow")
+        assert_envelope(response, 503, "request_timeout")
+        assert response.headers["retry-after"] == "7"
+
+
+async def test_the_database_away_after_authentication_is_503(
+    db: Database, tokens: FakeTokens
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dead = Database(db.settings, None, dsns={
+        Principal.API: f"postgresql://{Principal.API.value}:x@127.0.0.1:{port}/x"})
+    try:
+        async with serve(dead, authenticator=tokens) as api:
+            headers = {"Authorization": "Bearer sy_pt_alpha", "Content-Type": "application/json",
+                       "Idempotency-Key": "key-0123456789"}
+            body = {"instruction_id": "i-1", "rail_type": "SEPA_CT", "amount": "1.00",
+                    "currency": "EUR", "destination": "x"}
+            posted = await api.client.post("/v1/payments", json=body, headers=headers)
+            assert_envelope(posted, 503, "service_unavailable")
+            assert posted.headers["retry-after"] == "2"
+            listed = await api.client.get("/v1/payments", headers=headers)
+            assert_envelope(listed, 503, "service_unavailable")
+    finally:
+        await dead.close()
