@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue = commands.add_parser("enqueue", help="submit one payment instruction")
     enqueue.add_argument("--instruction-id", required=True)
     enqueue.add_argument("--idempotency-key", required=True)
-    enqueue.add_argument("--participant", required=True, help="participant id")
+    enqueue.add_argument("--participant", required=True,
+                         help="participant id (registered: symphony participants add)")
     enqueue.add_argument("--rail", required=True, help="rail type, e.g. RTP, ACH, SEPA_CT")
     enqueue.add_argument("--amount", help="decimal string, e.g. 12.50")
     enqueue.add_argument("--currency", help="ISO 4217 code, e.g. EUR")
