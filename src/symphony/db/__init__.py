@@ -7,8 +7,8 @@ with a query *name*, `Database.listen(...)` — and receives sanitized `Symphony
 from __future__ import annotations
 
 from symphony.db.bootstrap import BootstrapResult, bootstrap
-from symphony.db.config import DatabaseSettings
-from symphony.db.database import Database, Listener, Row, Transaction, check_role
+from symphony.db.config import DSN_VARIABLE, DatabaseSettings
+from symphony.db.database import Database, Listener, Row, Transaction, check_role, check_service
 from symphony.db.error import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -23,13 +23,14 @@ from symphony.db.error import (
     SymphonyError,
     UnsupportedServerError,
 )
-from symphony.db.migration import MigrationReport, migrate, pending_migrations
-from symphony.db.role import Principal, Role
+from symphony.db.migration import MigrationReport, SchemaStatus, migrate, pending_migrations
+from symphony.db.role import Principal, Role, Service
 from symphony.db.server import EmbeddedServer, Endpoint, resolve_endpoint
 
 PENDING_CHANNEL = "symphony_outbox_pending"
 
 __all__ = [
+    "DSN_VARIABLE",
     "PENDING_CHANNEL",
     "BootstrapResult",
     "ConfigurationError",
@@ -51,11 +52,14 @@ __all__ = [
     "Role",
     "RoleError",
     "Row",
+    "SchemaStatus",
+    "Service",
     "SymphonyError",
     "Transaction",
     "UnsupportedServerError",
     "bootstrap",
     "check_role",
+    "check_service",
     "migrate",
     "pending_migrations",
     "resolve_endpoint",

@@ -11,8 +11,11 @@ the caller's first statement runs, and transactions do not nest. When a connecti
 to its pool a reset callback runs `RESET ROLE` and checks that the connection is roleless
 again (one more message); a connection that fails that check is discarded, never reused.
 
-Each runtime role is reached through its own login principal's pool, so a service never holds
-a connection that could become another service's role.
+Each runtime role is reached through a login principal's pool, so a service never holds a
+connection that could become another service's role. A Database knows which principals it
+holds — every one (admin or embedded mode: passwords from the credentials file) or only the
+service's own (`open_for_service` with a per-service DSN) — and routes each role to a held
+principal that may SET to it; a role none of them may become is refused before connecting.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import asyncio
 import contextvars
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, LiteralString
@@ -32,18 +35,28 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 
-from symphony.db.config import DatabaseSettings
+from symphony.db.config import DSN_VARIABLE, DatabaseSettings
 from symphony.db.credential import CredentialStore, provision_principals
+from symphony.db.dsn import dsn_location, dsn_user, parse_dsn, with_options
 from symphony.db.error import (
+    ConfigurationError,
     DatabaseUnavailableError,
     MigrationError,
     RoleError,
     SymphonyError,
     translate,
 )
-from symphony.db.migration import pending_migrations
+from symphony.db.migration import SchemaStatus, assess_schema, pending_message, pending_migrations
 from symphony.db.query import get_query
-from symphony.db.role import PRINCIPAL_FOR_ROLE, Principal, Role
+from symphony.db.role import (
+    OWNER_ROLE,
+    ROLES_OF_PRINCIPAL,
+    SERVICE_PRINCIPAL,
+    Principal,
+    Role,
+    Service,
+    route_roles,
+)
 from symphony.db.server import EmbeddedServer, Endpoint, resolve_endpoint
 
 log = logging.getLogger("symphony.db")
@@ -62,6 +75,18 @@ _ROLLBACK: LiteralString = "ROLLBACK"
 _ACTIVE_ROLE: contextvars.ContextVar[Role | None] = contextvars.ContextVar(
     "symphony_active_role", default=None
 )
+
+
+def check_service(service: object) -> Service:
+    """Accept a `Service` (or its value); anything else is a configuration error."""
+    try:
+        return Service(service)  # type: ignore[arg-type]
+    except ValueError:
+        raise ConfigurationError(
+            f"unknown service {service!r}: use one of {', '.join(s.name for s in Service)} "
+            "from symphony.db.Service",
+            code="UNKNOWN_SERVICE",
+        ) from None
 
 
 def check_role(role: object) -> Role:
@@ -171,20 +196,49 @@ class _Connect:
     conninfo: str
 
 
+# Which role reads the migration record, among those a Database can become: one that writes
+# nothing first.
+_STATUS_ROLES = (Role.READONLY, Role.AUDITOR, Role.EXECUTOR, Role.INGEST, Role.CONTROL)
+# Roles a login is checked against on connect: it may become only its own.
+_GUARDED_ROLES = [*(r.value for r in Role), OWNER_ROLE]
+
+
 class Database:
-    """Pools per principal, and the only way the rest of Symphony reaches PostgreSQL."""
+    """Pools per principal, and the only way the rest of Symphony reaches PostgreSQL.
+
+    `endpoint` is the admin endpoint in admin/embedded mode and None when the handle was
+    opened from a principal's own DSN (it then has no way to the admin at all).
+    """
 
     def __init__(
         self,
         settings: DatabaseSettings,
-        endpoint: Endpoint,
-        passwords: Mapping[Principal, str],
+        endpoint: Endpoint | None,
+        passwords: Mapping[Principal, str] | None = None,
         *,
         embedded: EmbeddedServer | None = None,
+        dsns: Mapping[Principal, str] | None = None,
+        principals: Collection[Principal] | None = None,
     ) -> None:
         self.settings = settings
         self.endpoint = endpoint
-        self._passwords = dict(passwords)
+        self._passwords = dict(passwords or {})
+        logins: dict[Principal, str] = {}
+        sources: dict[Principal, str] = {}
+        if endpoint is not None:
+            for principal, password in self._passwords.items():
+                logins[principal] = endpoint.dsn_for(principal.value, password)
+                sources[principal] = "the credentials file"
+        for principal, dsn in (dsns or {}).items():
+            logins[principal] = dsn
+            sources[principal] = DSN_VARIABLE[principal]
+        if principals is not None:
+            keep = frozenset(principals)
+            logins = {p: d for p, d in logins.items() if p in keep}
+            self._passwords = {p: pw for p, pw in self._passwords.items() if p in keep}
+        self._logins = logins
+        self._sources = {p: sources[p] for p in logins}
+        self._routes = route_roles(logins)
         self._embedded = embedded
         self._pools: dict[Principal, psycopg_pool.AsyncConnectionPool[Any]] = {}
         self._pool_lock = asyncio.Lock()
@@ -199,29 +253,90 @@ class Database:
         *,
         require_migrated: bool = True,
         embedded: EmbeddedServer | None = None,
+        principals: Collection[Principal] | None = None,
     ) -> Database:
         """Resolve the server, make sure principals have passwords, and return a Database.
 
         With `require_migrated`, a schema behind this code is a clear error ("run symphony
-        migrate") rather than a failure on the first query.
+        migrate") rather than a failure on the first query. `principals` limits the handle
+        to those logins (default: every principal).
         """
         settings = settings or DatabaseSettings()
         endpoint, server = await resolve_endpoint(settings, embedded=embedded)
         if require_migrated:
             missing = await pending_migrations(endpoint.admin_dsn)
             if missing:
-                raise MigrationError(
-                    f"the database schema is behind this code ({len(missing)} migration(s) "
-                    "not applied, first "
-                    f"{missing[0]}): run `symphony migrate`",
-                    code="MIGRATIONS_PENDING",
-                )
+                raise MigrationError(pending_message(missing), code="MIGRATIONS_PENDING")
         store = CredentialStore(settings.credentials_file)
         passwords = store.load(endpoint.server_key)
         if set(passwords) != set(Principal):
             passwords = await provision_principals(endpoint.admin_dsn, store, endpoint.server_key)
-        return cls(settings, endpoint, passwords, embedded=server)
+        return cls(settings, endpoint, passwords, embedded=server, principals=principals)
 
+    @classmethod
+    async def open_for_service(
+        cls, service: Service, settings: DatabaseSettings | None = None
+    ) -> Database:
+        """A Database for one long-running service, holding only that service's principal.
+
+        With the service's DSN set (`SYMPHONY_API_DATABASE_URL` for the API,
+        `SYMPHONY_EXECUTOR_DATABASE_URL` for the worker and the repair) it connects with that
+        DSN alone: no admin DSN, no credentials file. Unset, it falls back to `Database.open`
+        (admin or embedded, passwords from the credentials file), still restricted to the
+        service's principal. Either way the schema must match this code.
+        """
+        service = check_service(service)
+        return await cls.open_as(
+            SERVICE_PRINCIPAL[service], settings, purpose=f"the {service.value} service"
+        )
+
+    @classmethod
+    async def open_as(
+        cls,
+        principal: Principal,
+        settings: DatabaseSettings | None = None,
+        *,
+        purpose: str | None = None,
+    ) -> Database:
+        """A Database that logs in as `principal` only (see `open_for_service`).
+
+        Its DSN comes from `SYMPHONY_<PRINCIPAL>_DATABASE_URL` when set, else from the
+        admin/embedded mode and the credentials file.
+        """
+        if not isinstance(principal, Principal):
+            raise ConfigurationError(f"unknown principal {principal!r}",
+                                     code="UNKNOWN_PRINCIPAL")
+        settings = settings or DatabaseSettings.load()
+        who = purpose or principal.value
+        secret = settings.dsn_of(principal)
+        if secret is None:
+            return await cls.open(settings, principals=(principal,))
+        variable = DSN_VARIABLE[principal]
+        dsn = secret.get_secret_value()
+        parse_dsn(dsn, variable, code="INVALID_DATABASE_CONFIG")
+        named = dsn_user(dsn)
+        if named is not None and named != principal.value:
+            raise ConfigurationError(
+                f"{variable} logs in as {named!r}, but {who} must log in as "
+                f"{principal.value}: give it that principal's DSN (a DSN of another principal "
+                "would hand it privileges it must not have)",
+                code="WRONG_PRINCIPAL",
+            )
+        if settings.database_url is not None:
+            log.warning(
+                "DATABASE_URL is set but not used: %s connects with %s only; keep the admin "
+                "DSN out of this service's environment", who, variable,
+            )
+        db = cls(settings, None, dsns={principal: dsn})
+        try:
+            await db._pool(principal)  # connects once and checks who it logged in as
+            (await db.schema_status()).require()
+        except BaseException:
+            await db.close()
+            raise
+        log.info("%s connects as %s (%s) to %s", who, principal.value, variable,
+                 dsn_location(dsn))
+        return db
     async def close(self) -> None:
         """Close every pool. Safe to call more than once."""
         self._closed = True
@@ -234,6 +349,46 @@ class Database:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    # -- what this handle holds ---------------------------------------------------------------
+
+    @property
+    def principals(self) -> frozenset[Principal]:
+        """The logins this handle may connect as."""
+        return frozenset(self._logins)
+
+    @property
+    def roles(self) -> frozenset[Role]:
+        """The roles this handle can become (through one of its principals)."""
+        return frozenset(self._routes)
+
+    def principal_for(self, role: Role) -> Principal:
+        """The principal `role` is reached through; refused if no held principal may SET to it."""
+        role = check_role(role)
+        principal = self._routes.get(role)
+        if principal is None:
+            held = ", ".join(sorted(p.value for p in self._logins)) or "no principal"
+            raise RoleError(
+                f"this database handle logs in as {held}, which may not become {role.value}",
+                code="ROLE_NOT_AVAILABLE",
+                context=f"route:{role.name.lower()}",
+            )
+        return principal
+
+    async def schema_status(self) -> SchemaStatus:
+        """The schema compared with this code's migrations, read through a runtime role (no
+        admin needed): what a readiness check reports."""
+        role = next((r for r in _STATUS_ROLES if r in self._routes), None)
+        if role is None:
+            raise RoleError("this database handle holds no principal", code="ROLE_NOT_AVAILABLE",
+                            context="schema-status")
+        async with self.transaction(role, label="schema-status") as tx:
+            row = await tx.fetch_one("schema_migrations_readable")
+            recorded: dict[int, str] | None = None
+            if row is not None and row["readable"]:
+                rows = await tx.fetch_all("schema_migrations")
+                recorded = {int(r["version"]): str(r["checksum"]) for r in rows}
+        return assess_schema(recorded)
 
     # -- the API ------------------------------------------------------------------------------
 
@@ -256,7 +411,7 @@ class Database:
             )
         token = _ACTIVE_ROLE.set(role)
         try:
-            pool = await self._pool(PRINCIPAL_FOR_ROLE[role])
+            pool = await self._pool(self.principal_for(role))
             async with pool.connection() as conn:
                 await _begin(conn, role, context, snapshot=snapshot)
                 tx = Transaction(conn, role, context)
@@ -314,7 +469,7 @@ class Database:
                 "a channel name is 1-63 lowercase letters, digits or '_'",
                 code="INVALID_CHANNEL", context="listen",
             )
-        connect = self._connect_info(PRINCIPAL_FOR_ROLE[role])
+        connect = self._connect_info(self.principal_for(role))
         try:
             conn = await psycopg.AsyncConnection.connect(
                 connect.conninfo, autocommit=True, row_factory=dict_row
@@ -344,14 +499,17 @@ class Database:
             f"-c lock_timeout={s.lock_timeout_ms} "
             f"-c idle_in_transaction_session_timeout={s.idle_in_transaction_timeout_ms}"
         )
-        conninfo = self.endpoint.dsn_for(
-            principal.value,
-            self._passwords[principal],
+        conninfo = with_options(
+            self._logins[principal],
             application_name=f"{s.application_name}:{principal.value}",
             connect_timeout=str(s.connect_timeout_s),
             options=options,
         )
         return _Connect(principal, conninfo)
+
+    def login_dsn(self, principal: Principal) -> str:
+        """The DSN `principal` logs in with (holds its password: never log it)."""
+        return self._logins[principal]
 
     async def _pool(self, principal: Principal) -> psycopg_pool.AsyncConnectionPool[Any]:
         pool = self._pools.get(principal)
@@ -369,10 +527,19 @@ class Database:
             # Probe once so a refused password or a full server is reported as what it is,
             # instead of as a pool that never fills.
             try:
-                probe = await psycopg.AsyncConnection.connect(connect.conninfo)
-                await probe.close()
+                probe = await psycopg.AsyncConnection.connect(
+                    connect.conninfo, autocommit=True, row_factory=dict_row
+                )
+                try:
+                    cur = await probe.execute(
+                        get_query("login_identity").sql, {"roles": _GUARDED_ROLES}
+                    )
+                    identity = await cur.fetchone()
+                finally:
+                    await probe.close()
             except (psycopg.Error, OSError) as exc:
                 raise translate(exc, f"connect:{principal.value}") from exc
+            self._check_login(principal, identity)
             pool = psycopg_pool.AsyncConnectionPool(
                 connect.conninfo,
                 min_size=min(self.settings.pool_min_size, self.settings.pool_max_size),
@@ -386,6 +553,28 @@ class Database:
             await pool.open(wait=False)
             self._pools[principal] = pool
             return pool
+
+    def _check_login(self, principal: Principal, identity: Row | None) -> None:
+        """Refuse a login that is not `principal`, or that could become more than it may."""
+        source = self._sources[principal]
+        login = None if identity is None else identity["login"]
+        if login != principal.value:
+            raise ConfigurationError(
+                f"{source} logs in as {login!r}, not as {principal.value}: give it that "
+                "principal's DSN",
+                code="WRONG_PRINCIPAL", context=f"connect:{principal.value}",
+            )
+        assert identity is not None
+        allowed = {r.value for r in ROLES_OF_PRINCIPAL[principal]}
+        extra = sorted(set(identity["settable"]) - allowed)
+        if identity["superuser"] or identity["createrole"] or identity["bypassrls"] or extra:
+            raise ConfigurationError(
+                f"{principal.value} (from {source}) holds more than a service principal may "
+                f"(superuser, CREATEROLE, BYPASSRLS or SET ROLE to {', '.join(extra) or '-'}); "
+                "it must be able to become only "
+                f"{', '.join(sorted(allowed))}: re-run `symphony migrate` or fix its grants",
+                code="PRINCIPAL_TOO_POWERFUL", context=f"connect:{principal.value}",
+            )
 
     def pool_stats(self) -> dict[str, dict[str, int]]:
         """Per-principal pool statistics (for metrics)."""

@@ -55,6 +55,73 @@ class MigrationReport:
         return names[-1] if names else ""
 
 
+@dataclass(frozen=True, slots=True)
+class SchemaStatus:
+    """How the database's schema compares with the migrations this code ships.
+
+    expected_version: the latest shipped migration.
+    applied_version: the latest recorded one; None when the record cannot be read (no schema
+        yet, or one older than 0006, where runtime roles may not read it).
+    ok: every shipped migration is applied, and every applied one is shipped unchanged.
+    pending: names of the shipped migrations not applied.
+    problem: the error code when the record contradicts the shipped files
+        (MIGRATION_UNKNOWN, MIGRATION_CHECKSUM_MISMATCH), else None.
+    """
+
+    expected_version: int
+    applied_version: int | None
+    ok: bool
+    pending: tuple[str, ...] = ()
+    problem: str | None = None
+    detail: str = ""
+
+    def require(self) -> None:
+        """Raise the clear MigrationError a service must stop with, unless ok."""
+        if self.ok:
+            return
+        if self.problem is not None:
+            raise MigrationError(self.detail, code=self.problem)
+        raise MigrationError(self.detail, code="MIGRATIONS_PENDING")
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "expected_version": self.expected_version,
+            "applied_version": self.applied_version,
+            "ok": self.ok,
+            "pending": list(self.pending),
+            "problem": self.problem,
+        }
+
+
+def pending_message(missing: list[str]) -> str:
+    return (f"the database schema is behind this code ({len(missing)} migration(s) not "
+            f"applied, first {missing[0]}): run `symphony migrate`")
+
+
+def assess_schema(recorded: dict[int, str] | None) -> SchemaStatus:
+    """Compare recorded `{version: checksum}` (None: unreadable) with the shipped files."""
+    migrations = load_migrations()
+    expected = migrations[-1].version if migrations else 0
+    if recorded is None:
+        return SchemaStatus(
+            expected_version=expected, applied_version=None, ok=False,
+            pending=tuple(m.name for m in migrations),
+            detail="the database schema is not migrated, or is older than this code can read "
+            "without the admin DSN: run `symphony migrate`",
+        )
+    applied = max(recorded, default=None)
+    try:
+        _verify(recorded, migrations)
+    except MigrationError as exc:
+        return SchemaStatus(expected_version=expected, applied_version=applied, ok=False,
+                            problem=exc.code, detail=exc.message)
+    missing = [m.name for m in migrations if m.version not in recorded]
+    return SchemaStatus(
+        expected_version=expected, applied_version=applied, ok=not missing,
+        pending=tuple(missing), detail=pending_message(missing) if missing else "",
+    )
+
+
 def load_migrations() -> list[Migration]:
     """The shipped migrations in order; refuses misnamed files and gaps."""
     root = resources.files("symphony.db").joinpath("sql", "migrations")

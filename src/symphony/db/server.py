@@ -21,8 +21,9 @@ from psycopg import conninfo as pg_conninfo
 from psycopg import sql
 
 from symphony.db.config import DatabaseSettings
+from symphony.db.dsn import describe_dsn, parse_dsn
+from symphony.db.dsn import server_key as dsn_server_key
 from symphony.db.error import (
-    ConfigurationError,
     DatabaseUnavailableError,
     UnsupportedServerError,
 )
@@ -63,37 +64,12 @@ class Endpoint:
 
     def describe(self) -> str:
         """The DSN with the password masked, for showing to people."""
-        parts = pg_conninfo.conninfo_to_dict(self.admin_dsn)
-        if parts.get("password"):
-            parts["password"] = "***"
-        return pg_conninfo.make_conninfo(
-            "", **{k: str(v) for k, v in parts.items() if v is not None}
-        )
+        return describe_dsn(self.admin_dsn)
 
 
 def parse_database_url(url: str) -> dict[str, Any]:
     """Validate a DSN without echoing it back (it may hold a password)."""
-    if not url.strip():
-        raise ConfigurationError("DATABASE_URL is set but empty", code="INVALID_DATABASE_URL")
-    try:
-        parts = pg_conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError as exc:
-        raise ConfigurationError(
-            "DATABASE_URL is not a valid PostgreSQL URL or connection string "
-            "(expected postgresql://user:password@host:port/dbname)",
-            code="INVALID_DATABASE_URL",
-        ) from exc
-    if "://" in url and not url.startswith(("postgresql://", "postgres://")):
-        raise ConfigurationError(
-            "DATABASE_URL must use the postgresql:// scheme", code="INVALID_DATABASE_URL"
-        )
-    port = str(parts.get("port") or "")
-    if port and not all(p.isdigit() and 0 < int(p) < 65536 for p in port.split(",")):
-        raise ConfigurationError(
-            "DATABASE_URL has an invalid port: expected a number from 1 to 65535",
-            code="INVALID_DATABASE_URL",
-        )
-    return parts
+    return parse_dsn(url, "DATABASE_URL")
 
 
 async def check_server(admin_dsn: str, *, connect_timeout: int = 10) -> int:
@@ -223,8 +199,7 @@ async def resolve_endpoint(
         url = settings.database_url.get_secret_value()
         parts = parse_database_url(url)
         version = await check_server(url, connect_timeout=settings.connect_timeout_s)
-        key = f"{parts.get('host') or 'localhost'}:{parts.get('port') or 5432}"
-        return Endpoint(admin_dsn=url, server_key=key, embedded=False,
+        return Endpoint(admin_dsn=url, server_key=dsn_server_key(parts), embedded=False,
                         server_version=version), None
     server = embedded or EmbeddedServer(settings.embedded_data_dir)
     try:

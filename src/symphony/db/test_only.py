@@ -97,7 +97,7 @@ async def execute_as_role(
 
 async def switch_role_as_principal(db: Database, principal: Principal, role_name: str) -> str:
     """Log in as `principal` and try to become `role_name`; returns current_user on success."""
-    conninfo = db.endpoint.dsn_for(principal.value, db._passwords[principal])
+    conninfo = db.login_dsn(principal)
     try:
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
             await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role_name)))
@@ -152,6 +152,7 @@ async def break_pooled_connection_during_use(db: Database, principal: Principal)
         row = await cur.fetchone()
         assert row is not None
         pid = int(row["pid"])
+        assert db.endpoint is not None, "needs a Database opened with the admin DSN"
         await query_no_role(db.endpoint.admin_dsn, "SELECT pg_terminate_backend(%s)", (pid,))
     return pid
 

@@ -125,6 +125,37 @@ SELECT count(*) AS pending
   FROM symphony.payment_outbox_pending p
  WHERE p.outbox_id = ANY(%(outbox_ids)s::uuid[]);
 
+-- name: login_identity
+-- Who a new connection logged in as, before any role switch (run by symphony.db on the probe
+-- of every pool): the login, whether it is more than a principal should be, and which of the
+-- given roles it may SET ROLE to (directly or through a chain of SET grants).
+SELECT session_user::text AS login,
+       r.rolsuper AS superuser,
+       r.rolcreaterole AS createrole,
+       r.rolbypassrls AS bypassrls,
+       ARRAY(SELECT m.rolname::text
+               FROM pg_catalog.pg_roles m
+              WHERE m.rolname = ANY(%(roles)s::text[])
+                AND pg_catalog.pg_has_role(session_user, m.oid, 'SET')
+              ORDER BY m.rolname) AS settable
+  FROM pg_catalog.pg_roles r
+ WHERE r.rolname = session_user;
+
+-- name: schema_migrations_readable
+-- Whether the current role may read the migration record (granted to every runtime role by
+-- 0006; absent before the first migration). Catalog lookups only, so it never fails itself.
+SELECT EXISTS (
+           SELECT 1
+             FROM pg_catalog.pg_class c
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'symphony_meta' AND c.relname = 'schema_migrations'
+              AND pg_catalog.has_schema_privilege(n.oid, 'USAGE')
+              AND pg_catalog.has_table_privilege(c.oid, 'SELECT')) AS readable;
+
+-- name: schema_migrations
+-- The applied migrations and their checksums (any runtime role, from 0006).
+SELECT version, checksum FROM symphony_meta.schema_migrations ORDER BY version;
+
 -- name: ops_recent_failures
 -- The newest FAILED items, newest first, with the error the rail or the retry ceiling gave
 -- (roles: readonly, auditor, control). Reads the terminal-rows index backwards from its
