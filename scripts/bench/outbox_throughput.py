@@ -28,20 +28,26 @@ from pathlib import Path
 from typing import Any
 
 from symphony.db import Database, DatabaseSettings, EmbeddedServer, Role, bootstrap
-from symphony.outbox import Completion, OutboxStore, Outcome, PaymentInstruction
+from symphony.outbox import AccessStore, Completion, OutboxStore, Outcome, PaymentInstruction
+
+_PARTICIPANTS = 8
 
 
 async def _enqueue(store: OutboxStore, items: int, enqueuers: int) -> dict[str, float]:
     run = uuid.uuid4().hex[:8]
     counter = iter(range(items))
     latencies: list[float] = []
+    # Enqueue accepts registered participants only: this run's own.
+    access = AccessStore(store.db)
+    for p in range(_PARTICIPANTS):
+        await access.add_participant(f"bench-{run}-{p}", f"bench participant {p}")
 
     async def caller(n: int) -> None:
         for i in counter:
             started = time.perf_counter()
             await store.enqueue(PaymentInstruction(
                 instruction_id=f"bench-{run}-{i}", idempotency_key=f"k-{i}",
-                participant_id=f"participant-{n % 8}", rail_type="RTP",
+                participant_id=f"bench-{run}-{n % _PARTICIPANTS}", rail_type="RTP",
                 payload={"amount": "10.00", "currency": "EUR", "destination": f"acct-{i}"},
             ))
             latencies.append(time.perf_counter() - started)

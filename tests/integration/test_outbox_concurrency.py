@@ -1,7 +1,7 @@
 """Concurrency proofs (plan, phase 5) against the real server and the real rail simulator.
 
-1. 32+ connections enqueue the same (instruction_id, idempotency_key) at the same moment:
-   exactly one outbox_id, one registry row, one pending row (I1, I2).
+1. 32+ connections enqueue the same (participant_id, instruction_id, idempotency_key) at the
+   same moment: exactly one outbox_id, one registry row, one pending row (I1, I2).
 2. 4 workers, each with its own pools and rail client, dispatch a few hundred items while the
    simulator fails a share of calls retryably and hangs on others past the client's timeout:
    every item ends with exactly one terminal row, none is lost, no illegal history, and the
@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.support.outbox import instruction, payload
+from tests.support.outbox import instruction, payload, register_participant
 
 from symphony.db import Database, DatabaseSettings, Role, test_only
 from symphony.outbox import OutboxStore
@@ -43,7 +43,8 @@ async def test_concurrent_enqueue_of_one_key_makes_one_item(
     db = await Database.open(settings)
     try:
         for _ in range(ROUNDS):
-            same = instruction()
+            # A participant of its own: its sequence shows whether a loser burnt a number.
+            same = instruction(participant_id=await register_participant(db))
             barrier = asyncio.Barrier(ENQUEUERS)
             backends: set[int] = set()
 

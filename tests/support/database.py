@@ -20,6 +20,7 @@ from pathlib import Path
 os.environ["SYMPHONY_ENV"] = "test"
 
 import pytest
+from tests.support.outbox import TEST_PARTICIPANTS
 
 from symphony.db import Database, DatabaseSettings, EmbeddedServer, bootstrap, test_only
 
@@ -61,6 +62,12 @@ def make_database(
         created.append(name)
         settings = DatabaseSettings(DATABASE_URL=dsn, SYMPHONY_HOME=str(symphony_home))
         await bootstrap(settings)
+        # Enqueue accepts registered, ACTIVE participants only: the shared test ones exist.
+        for participant_id in TEST_PARTICIPANTS:
+            await test_only.query_no_role(
+                dsn, "SELECT 1 FROM symphony.add_participant(%s, %s)",
+                (participant_id, f"Test participant {participant_id}"),
+            )
         return settings
 
     def factory() -> DatabaseSettings:

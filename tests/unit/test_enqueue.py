@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from tests.support.outbox import instruction, payload
+from tests.support.outbox import instruction, payload, register_participant
 
 from symphony.db import (
     Database,
@@ -18,6 +18,14 @@ from symphony.db import (
 from symphony.outbox import Completion, OutboxStore, Outcome
 
 LONG = "x" * 300
+
+
+def _nested(levels: int) -> Any:
+    """`levels` levels of objects: _nested(1) is {"n": "leaf"}."""
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = {"n": value}
+    return value
 
 
 @pytest.mark.parametrize(
@@ -68,9 +76,14 @@ async def test_invalid_input_is_refused_with_its_own_code(
     assert rows[0]["n"] == 0
 
 
-@pytest.mark.parametrize("amount", ["0.01", "12", "12.5", "999999999999999.99999999"])
-async def test_valid_amount_forms_are_accepted(db: Database, amount: Any) -> None:
-    result = await OutboxStore(db).enqueue(instruction(payload=payload(amount=amount)))
+@pytest.mark.parametrize(
+    ("amount", "currency"),
+    [("0.01", "EUR"), ("12", "EUR"), ("12.5", "EUR"), ("999999999999999.99", "EUR"),
+     ("1500", "JPY"), ("1.005", "KWD"), ("7", "CLP")],
+)
+async def test_valid_amount_forms_are_accepted(db: Database, amount: str, currency: str) -> None:
+    result = await OutboxStore(db).enqueue(
+        instruction(payload=payload(amount=amount, currency=currency)))
     assert result.created
 
 
@@ -101,11 +114,10 @@ async def test_replay_returns_the_same_item(db: Database, admin_dsn: str) -> Non
 @pytest.mark.parametrize(
     "change",
     [
-        {"participant_id": "someone-else"},
         {"rail_type": "ACH"},
         {"payload": payload(amount="125.51")},
     ],
-    ids=["participant", "rail", "payload"],
+    ids=["rail", "payload"],
 )
 async def test_reused_key_with_a_different_request_is_refused(
     db: Database, change: dict[str, Any]
@@ -136,8 +148,8 @@ async def test_key_is_remembered_after_the_item_is_terminal(isolated_db: Databas
 
 async def test_sequence_ids_increase_per_participant(db: Database) -> None:
     store = OutboxStore(db)
-    participant = instruction().participant_id
-    other = instruction().participant_id
+    participant = await register_participant(db)
+    other = await register_participant(db)
     mine = [
         (await store.enqueue(instruction(participant_id=participant))).sequence_id
         for _ in range(5)
@@ -182,3 +194,119 @@ async def test_payload_is_stored_as_sent(db: Database, admin_dsn: str) -> None:
         admin_dsn, "SELECT payload FROM symphony.payment_instruction_registry "
                    " WHERE outbox_id = %s", (result.outbox_id,))
     assert rows[0]["payload"] == json.loads(json.dumps(sent))
+
+
+# -- input the rails cannot take (each refused on the main line before migration 0007 added
+# the check, except where it says otherwise) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "sqlstate", "code", "constraint"),
+    [
+        ({"currency": "XXX"}, "SY017", "INVALID_CURRENCY", "enqueue_payload_currency_known"),
+        ({"currency": "XTS"}, "SY017", "INVALID_CURRENCY", "enqueue_payload_currency_known"),
+        ({"currency": "XAU"}, "SY017", "INVALID_CURRENCY", "enqueue_payload_currency_known"),
+        ({"currency": "ABC"}, "SY017", "INVALID_CURRENCY", "enqueue_payload_currency_known"),
+        ({"currency": "JPY", "amount": "1.5"}, "SY016", "INVALID_AMOUNT",
+         "enqueue_payload_amount_minor_units"),
+        ({"currency": "USD", "amount": "1.005"}, "SY016", "INVALID_AMOUNT",
+         "enqueue_payload_amount_minor_units"),
+        ({"currency": "KWD", "amount": "1.0005"}, "SY016", "INVALID_AMOUNT",
+         "enqueue_payload_amount_minor_units"),
+        ({"currency": "JPY", "amount": "100.0"}, "SY016", "INVALID_AMOUNT",
+         "enqueue_payload_amount_minor_units"),
+        ({"destination": "acct\x01"}, "SY018", "INVALID_DESTINATION",
+         "enqueue_payload_destination_characters"),
+        ({"destination": "acct\nnext"}, "SY018", "INVALID_DESTINATION",
+         "enqueue_payload_destination_characters"),
+        ({"destination": "acct\x7f"}, "SY018", "INVALID_DESTINATION",
+         "enqueue_payload_destination_characters"),
+        ({"destination": "acct\x85"}, "SY018", "INVALID_DESTINATION",
+         "enqueue_payload_destination_characters"),
+        ({"destination": "acct\x9f"}, "SY018", "INVALID_DESTINATION",
+         "enqueue_payload_destination_characters"),
+        *[({"destination": f"ACCT-1{ch}9-TCCA"}, "SY018", "INVALID_DESTINATION",
+           "enqueue_payload_destination_characters")
+          for ch in ("\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067",
+                     "\u2068", "\u2069", "\u200e", "\u200f")],
+        ({"metadata": "note"}, "SY015", "INVALID_METADATA", "enqueue_payload_metadata"),
+        ({"metadata": ["a"]}, "SY015", "INVALID_METADATA", "enqueue_payload_metadata"),
+        ({"metadata": {f"k{i}": "v" for i in range(21)}}, "SY015", "INVALID_METADATA",
+         "enqueue_payload_metadata"),
+        ({"metadata": {"": "v"}}, "SY015", "INVALID_METADATA", "enqueue_payload_metadata"),
+        ({"metadata": {"k" * 41: "v"}}, "SY015", "INVALID_METADATA",
+         "enqueue_payload_metadata"),
+        ({"metadata": {"k": "v" * 501}}, "SY015", "INVALID_METADATA",
+         "enqueue_payload_metadata"),
+        ({"metadata": {"k": 1}}, "SY015", "INVALID_METADATA", "enqueue_payload_metadata"),
+        ({"metadata": {"k": {"nested": "x"}}}, "SY015", "INVALID_METADATA",
+         "enqueue_payload_metadata"),
+        ({"extra": _nested(33)}, "SY019", "PAYLOAD_TOO_COMPLEX", "enqueue_payload_depth"),
+        ({"extra": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]},
+         "SY019", "PAYLOAD_TOO_COMPLEX", "enqueue_payload_depth"),
+    ],
+    ids=lambda v: repr(v)[:40] if isinstance(v, dict) else None,
+)
+async def test_input_the_rails_cannot_take_is_refused(
+    db: Database, admin_dsn: str, changes: dict[str, Any], sqlstate: str, code: str,
+    constraint: str,
+) -> None:
+    bad = instruction(payload=payload(**changes))
+    with pytest.raises(InvalidRequestError) as info:
+        await OutboxStore(db).enqueue(bad)
+    assert (info.value.sqlstate, info.value.code) == (sqlstate, code)
+    cause = info.value.__cause__
+    assert getattr(getattr(cause, "diag", None), "constraint_name", None) == constraint
+    rows = await test_only.query_no_role(
+        admin_dsn, "SELECT count(*) AS n FROM symphony.payment_instruction_registry "
+                   " WHERE instruction_id = %s", (bad.instruction_id,))
+    assert rows[0]["n"] == 0
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"currency": "JPY", "amount": "1500"},
+        {"currency": "USD", "amount": "1.50"},
+        {"currency": "BHD", "amount": "0.125"},
+        {"currency": "XOF", "amount": "5000"},
+        {"destination": "Ünïcödé 账户 — acct"},
+        {"metadata": {f"k{i}": "v" * 500 for i in range(20)}},
+        {"metadata": {"k" * 40: ""}},
+        {"extra": _nested(31)},  # 32 levels with the payload itself
+    ],
+)
+async def test_input_at_the_limits_is_accepted(db: Database, changes: dict[str, Any]) -> None:
+    assert (await OutboxStore(db).enqueue(instruction(payload=payload(**changes)))).created
+
+
+async def test_a_payload_nested_100000_deep_answers_a_mapped_code(db: Database) -> None:
+    # Before migration 0007 this left symphony.db as the unmapped DATABASE_ERROR (54001: the
+    # server's JSON parser runs out of stack before the function is even called).
+    deep = '{"amount": "1.00", "currency": "EUR", "destination": "d", "x": ' + (
+        "[" * 100_000) + ("]" * 100_000) + "}"
+    i = instruction()
+    with pytest.raises(InvalidRequestError) as info:
+        async with db.transaction(Role.INGEST) as tx:
+            await tx.fetch_one("enqueue_payment_outbox", {
+                "instruction_id": i.instruction_id, "idempotency_key": i.idempotency_key,
+                "participant_id": i.participant_id, "rail_type": i.rail_type, "payload": deep})
+    assert (info.value.sqlstate, info.value.code) == ("54001", "PAYLOAD_TOO_COMPLEX")
+
+
+async def test_a_payload_too_deep_for_python_is_refused_before_the_database(
+    db: Database,
+) -> None:
+    deep: Any = "leaf"
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(InvalidRequestError) as info:
+        await OutboxStore(db).enqueue(instruction(payload=payload(extra=deep)))
+    assert info.value.code == "PAYLOAD_TOO_COMPLEX"
+
+
+async def test_a_nul_character_is_refused_with_its_own_code(db: Database) -> None:
+    # PostgreSQL text cannot hold U+0000: the JSON parser refuses it before the function runs.
+    with pytest.raises(InvalidRequestError) as info:
+        await OutboxStore(db).enqueue(instruction(payload=payload(destination="acct\u0000x")))
+    assert (info.value.sqlstate, info.value.code) == ("22P05", "INVALID_CHARACTER")

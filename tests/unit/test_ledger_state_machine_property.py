@@ -54,6 +54,10 @@ def test_ledger_accepts_exactly_the_legal_histories(
         conn.transaction(force_rollback=True),
     ):
         conn.execute(
+            "INSERT INTO symphony.participants (participant_id, display_name) "
+            "VALUES ('property', 'property') ON CONFLICT DO NOTHING"
+        )
+        conn.execute(
             "INSERT INTO symphony.payment_instruction_registry (instruction_id, "
             " idempotency_key, outbox_id, participant_id, sequence_id, rail_type, payload) "
             "VALUES (%s, 'k', %s, 'property', 1, 'ACH', '{}')",

@@ -109,6 +109,24 @@ class IdempotencyConflictError(SymphonyError):
     default_code = "IDEMPOTENCY_KEY_REUSED"
 
 
+class ParticipantNotActiveError(SymphonyError):
+    """The participant is not registered, or was revoked: it may not submit payments."""
+
+    default_code = "PARTICIPANT_NOT_ACTIVE"
+
+
+class NotFoundError(SymphonyError):
+    """The participant or token named does not exist."""
+
+    default_code = "NOT_FOUND"
+
+
+class ConflictError(SymphonyError):
+    """The thing to create exists already."""
+
+    default_code = "CONFLICT"
+
+
 class LeaseFencedError(SymphonyError):
     """A completion was attempted with a stale or foreign lease token (I9)."""
 
@@ -147,7 +165,7 @@ _BY_SQLSTATE: dict[str, _Mapping] = {
     "SY015": _Mapping(InvalidRequestError, "INVALID_PAYLOAD", "payload must be a JSON object"),
     "SY016": _Mapping(InvalidRequestError, "INVALID_AMOUNT",
                       "payload.amount must be a decimal string (e.g. \"12.50\"), positive, "
-                      "with at most 8 decimals"),
+                      "with at most 15 integer digits and 8 decimals"),
     "SY017": _Mapping(InvalidRequestError, "INVALID_CURRENCY",
                       "payload.currency must be a 3-letter ISO 4217 code"),
     "SY018": _Mapping(InvalidRequestError, "INVALID_DESTINATION",
@@ -167,6 +185,29 @@ _BY_SQLSTATE: dict[str, _Mapping] = {
                       "DISPATCHED, RETRYABLE or FAILED"),
     "SY025": _Mapping(InvalidRequestError, "DUPLICATE_COMPLETION",
                       "an item may be completed once per batch"),
+    "SY030": _Mapping(ParticipantNotActiveError, "PARTICIPANT_NOT_ACTIVE",
+                      "the participant is not registered or not active"),
+    "SY031": _Mapping(InvalidRequestError, "INVALID_CURSOR",
+                      "the cursor is not one of the caller's payments"),
+    "SY032": _Mapping(InvalidRequestError, "INVALID_STATE_FILTER",
+                      "state must be PENDING, DISPATCHING, RETRYABLE, DISPATCHED or FAILED"),
+    "SY033": _Mapping(ConflictError, "PARTICIPANT_EXISTS",
+                      "a participant with this id exists already"),
+    "SY034": _Mapping(NotFoundError, "UNKNOWN_PARTICIPANT", "no participant with this id"),
+    "SY035": _Mapping(InvalidRequestError, "INVALID_DISPLAY_NAME",
+                      "display_name must be 1-200 characters without control characters"),
+    "SY036": _Mapping(InvalidRequestError, "INVALID_TOKEN_REQUEST",
+                      "a token is PARTICIPANT (with a participant) or OPERATOR (without), with "
+                      "a label of at most 200 characters"),
+    "SY037": _Mapping(NotFoundError, "UNKNOWN_TOKEN", "no token with this id"),
+    "SY038": _Mapping(InvariantViolationError, "ACCESS_FORWARD_ONLY",
+                      "participants and tokens can only be revoked, never restored or changed"),
+    "22P05": _Mapping(InvalidRequestError, "INVALID_CHARACTER",
+                      "the request holds a character that cannot be stored (such as U+0000)"),
+    # statement_too_complex / stack depth limit exceeded: in practice a request nested so deep
+    # (a JSON payload) that the server's parser gives up before any function runs.
+    "54001": _Mapping(InvalidRequestError, "PAYLOAD_TOO_COMPLEX",
+                      "the request is nested too deeply to be processed"),
     "SY100": _Mapping(IdempotencyConflictError, "IDEMPOTENCY_KEY_REUSED",
                       "the idempotency key was already used with a different request"),
     "SY200": _Mapping(LeaseFencedError, "LEASE_NOT_HELD",
@@ -212,6 +253,29 @@ _BY_CONSTRAINT: dict[str, _Mapping] = {
     "payment_outbox_attempts_append_only": _Mapping(
         InvariantViolationError, "HISTORY_IS_APPEND_ONLY",
         "the attempt ledger is append-only: rows cannot be changed or removed"),
+    # Refusals that share a SQLSTATE with a broader rule but say something more precise.
+    "enqueue_payload_currency_known": _Mapping(
+        InvalidRequestError, "INVALID_CURRENCY",
+        "payload.currency is not a currency payments can be made in"),
+    "enqueue_payload_amount_minor_units": _Mapping(
+        InvalidRequestError, "INVALID_AMOUNT",
+        "payload.amount has more decimals than the currency has minor units"),
+    "enqueue_payload_destination_characters": _Mapping(
+        InvalidRequestError, "INVALID_DESTINATION",
+        "payload.destination must not contain control or bidirectional formatting characters"),
+    "enqueue_payload_depth": _Mapping(
+        InvalidRequestError, "PAYLOAD_TOO_COMPLEX",
+        "payload must not be nested deeper than 32 levels"),
+    "enqueue_payload_metadata": _Mapping(
+        InvalidRequestError, "INVALID_METADATA",
+        "payload.metadata must be an object of at most 20 keys (1-40 characters) with string "
+        "values of at most 500 characters"),
+    "participants_append_only": _Mapping(
+        InvariantViolationError, "HISTORY_IS_APPEND_ONLY",
+        "participants are never removed"),
+    "api_tokens_append_only": _Mapping(
+        InvariantViolationError, "HISTORY_IS_APPEND_ONLY",
+        "tokens are never removed, only revoked"),
     "payment_instruction_registry_append_only": _Mapping(
         InvariantViolationError, "HISTORY_IS_APPEND_ONLY",
         "the idempotency registry is append-only: rows cannot be changed or removed"),
@@ -258,7 +322,8 @@ def translate(exc: BaseException, context: str) -> SymphonyError:
 
 
 _EXPECTED: frozenset[type[SymphonyError]] = frozenset(
-    {InvalidRequestError, IdempotencyConflictError, LeaseFencedError, PermissionDeniedError}
+    {InvalidRequestError, IdempotencyConflictError, LeaseFencedError, PermissionDeniedError,
+     ParticipantNotActiveError, NotFoundError, ConflictError}
 )
 
 

@@ -154,9 +154,20 @@ def load_migrations() -> list[Migration]:
     return found
 
 
-async def migrate(admin_dsn: str) -> MigrationReport:
-    """Apply every pending migration; a no-op when all are applied."""
+async def migrate(admin_dsn: str, *, up_to: int | None = None) -> MigrationReport:
+    """Apply every pending migration; a no-op when all are applied.
+
+    `up_to` stops after that version (a staged upgrade: bring a database to a known version,
+    check it, then continue). Migrations after it stay pending; a database already past it is
+    left as it is.
+    """
     migrations = load_migrations()
+    if up_to is not None and not 1 <= up_to <= len(migrations):
+        raise MigrationError(
+            f"there is no migration number {up_to:04d} to stop at (this version ships "
+            f"0001-{len(migrations):04d})",
+            code="MIGRATION_UNKNOWN_TARGET",
+        )
     try:
         async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
             await conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
@@ -171,6 +182,8 @@ async def migrate(admin_dsn: str) -> MigrationReport:
                     if migration.version in recorded:
                         already.append(migration.name)
                         continue
+                    if up_to is not None and migration.version > up_to:
+                        break
                     async with conn.transaction():
                         await conn.execute(migration.sql)
                         # A migration may switch to the owner; the record is the admin's.

@@ -1,14 +1,18 @@
 """The outbox domain: payment instructions, leased items, outcomes, and the store that moves
-them through the database functions (enqueue, claim, complete, repair)."""
+them through the database functions (enqueue, claim, complete, repair); participants and
+their API tokens (`AccessStore`)."""
 
 from __future__ import annotations
 
+from symphony.outbox.access import AccessStore, Caller, IssuedToken, Participant, TokenKind
 from symphony.outbox.model import (
     ClaimedItem,
     Completion,
     CompletionResult,
     EnqueueResult,
     Outcome,
+    ParticipantPayment,
+    PaymentAttempt,
     PaymentInstruction,
     RepairedItem,
     SupervisorStatus,
@@ -16,13 +20,20 @@ from symphony.outbox.model import (
 from symphony.outbox.store import OutboxStore
 
 __all__ = [
+    "AccessStore",
+    "Caller",
     "ClaimedItem",
     "Completion",
     "CompletionResult",
     "EnqueueResult",
+    "IssuedToken",
     "OutboxStore",
     "Outcome",
+    "Participant",
+    "ParticipantPayment",
+    "PaymentAttempt",
     "PaymentInstruction",
     "RepairedItem",
     "SupervisorStatus",
+    "TokenKind",
 ]

@@ -35,6 +35,42 @@ class EnqueueResult:
     sequence_id: int
     state: str
     created: bool
+    # When the item was first registered: the same on every replay.
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentAttempt:
+    """One ledger row of a payment, as its participant may see it (no worker, no lease)."""
+
+    attempt_no: int
+    state: str
+    error_code: str | None
+    error_detail: str | None
+    rail_transaction_id: str | None
+    recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantPayment:
+    """A payment as its participant sees it.
+
+    `state` is the logical state: DISPATCHED or FAILED once terminal, DISPATCHING while
+    leased, RETRYABLE while waiting out a backoff, PENDING otherwise.
+    """
+
+    outbox_id: UUID
+    instruction_id: str
+    idempotency_key: str
+    rail_type: str
+    payload: dict[str, Any]
+    state: str
+    attempt_count: int
+    next_attempt_at: datetime | None
+    last_error_code: str | None
+    created_at: datetime
+    updated_at: datetime
+    terminal_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)

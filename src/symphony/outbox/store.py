@@ -17,6 +17,8 @@ from symphony.outbox.model import (
     Completion,
     CompletionResult,
     EnqueueResult,
+    ParticipantPayment,
+    PaymentAttempt,
     PaymentInstruction,
     RepairedItem,
     SupervisorStatus,
@@ -34,7 +36,20 @@ class OutboxStore:
         self.db = db
 
     async def enqueue(self, instruction: PaymentInstruction) -> EnqueueResult:
-        """Idempotent for ever on (instruction_id, idempotency_key) — I1."""
+        """Idempotent for ever on (participant_id, instruction_id, idempotency_key) — I1."""
+        try:
+            body = json.dumps(instruction.payload, separators=(",", ":"), allow_nan=False)
+        except RecursionError:
+            # Nested past Python's own limit: far beyond the database's 32 levels anyway.
+            raise InvalidRequestError(
+                "payload must not be nested deeper than 32 levels",
+                code="PAYLOAD_TOO_COMPLEX", context="enqueue",
+            ) from None
+        except (TypeError, ValueError):
+            raise InvalidRequestError(
+                "payload must be a JSON object of strings, numbers, booleans, lists and objects",
+                code="INVALID_PAYLOAD", context="enqueue",
+            ) from None
         row = await self.db.fetch_one(
             Role.INGEST,
             "enqueue_payment_outbox",
@@ -43,7 +58,7 @@ class OutboxStore:
                 "idempotency_key": instruction.idempotency_key,
                 "participant_id": instruction.participant_id,
                 "rail_type": instruction.rail_type,
-                "payload": json.dumps(instruction.payload, separators=(",", ":")),
+                "payload": body,
             },
         )
         assert row is not None  # the function always returns one row or raises
@@ -52,6 +67,7 @@ class OutboxStore:
             sequence_id=int(row["sequence_id"]),
             state=str(row["state"]),
             created=bool(row["created"]),
+            created_at=row["created_at"],
         )
 
     async def claim(
@@ -163,6 +179,51 @@ class OutboxStore:
     async def item(self, outbox_id: UUID, role: Role = Role.READONLY) -> dict[str, Any] | None:
         return await self.db.fetch_one(role, "item_summary", {"outbox_id": outbox_id})
 
+    # -- participant-scoped reads (the API's): another participant's item is simply absent --
+
+    async def payment_for(self, participant_id: str, outbox_id: UUID) -> ParticipantPayment | None:
+        """One of the participant's payments, or None (also when it is someone else's)."""
+        row = await self.db.fetch_one(
+            Role.READONLY, "participant_payment",
+            {"participant_id": participant_id, "outbox_id": outbox_id},
+        )
+        return None if row is None else _participant_payment(row)
+
+    async def attempts_for(self, participant_id: str, outbox_id: UUID) -> list[PaymentAttempt]:
+        """The payment's history, oldest first; empty when it is not the participant's."""
+        rows = await self.db.fetch_all(
+            Role.READONLY, "participant_payment_attempts",
+            {"participant_id": participant_id, "outbox_id": outbox_id},
+        )
+        return [
+            PaymentAttempt(
+                attempt_no=int(r["attempt_no"]),
+                state=str(r["state"]),
+                error_code=r["error_code"],
+                error_detail=r["error_detail"],
+                rail_transaction_id=r["rail_transaction_id"],
+                recorded_at=r["recorded_at"],
+            )
+            for r in rows
+        ]
+
+    async def payments_for(
+        self,
+        participant_id: str,
+        *,
+        state: str | None = None,
+        after: UUID | None = None,
+        limit: int = 50,
+    ) -> list[ParticipantPayment]:
+        """The participant's payments, newest first. `after` is the outbox_id of the last item
+        of the previous page (refused with INVALID_CURSOR unless it is the caller's own);
+        `limit` is 1-200 (INVALID_BATCH_SIZE); `state` one of the logical states."""
+        rows = await self.db.fetch_all(
+            Role.READONLY, "participant_payments",
+            {"participant_id": participant_id, "state": state, "after": after, "limit": limit},
+        )
+        return [_participant_payment(r) for r in rows]
+
     async def item_with_ledger(
         self, outbox_id: UUID, role: Role = Role.READONLY
     ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
@@ -206,6 +267,23 @@ def _check_bound(name: str, value: int, maximum: int, code: str) -> None:
         raise InvalidRequestError(
             f"{name} must be an integer from 1 to {maximum}", code=code, context=f"store:{name}"
         )
+
+
+def _participant_payment(row: dict[str, Any]) -> ParticipantPayment:
+    return ParticipantPayment(
+        outbox_id=row["outbox_id"],
+        instruction_id=str(row["instruction_id"]),
+        idempotency_key=str(row["idempotency_key"]),
+        rail_type=str(row["rail_type"]),
+        payload=dict(row["payload"]),
+        state=str(row["state"]),
+        attempt_count=int(row["attempt_count"]),
+        next_attempt_at=row["next_attempt_at"],
+        last_error_code=row["last_error_code"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        terminal_at=row["terminal_at"],
+    )
 
 
 def _completion_result(row: dict[str, Any]) -> CompletionResult:

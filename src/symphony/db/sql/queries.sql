@@ -3,7 +3,7 @@
 
 -- name: enqueue_payment_outbox
 -- Idempotent enqueue of one payment instruction (role: ingest).
-SELECT outbox_id, sequence_id, state, created
+SELECT outbox_id, sequence_id, state, created, created_at
   FROM symphony.enqueue_payment_outbox(
       %(instruction_id)s, %(idempotency_key)s, %(participant_id)s, %(rail_type)s,
       %(payload)s::jsonb);
@@ -55,7 +55,8 @@ SELECT a.attempt_no, a.state::text AS state, a.worker_id, a.error_code, a.error_
 
 -- name: item_summary
 -- Where one item stands: its registry entry, its pending row if live, its terminal state.
-SELECT r.outbox_id, r.instruction_id, r.idempotency_key, r.participant_id, r.sequence_id,
+-- (No sequence_id: readonly and auditor may not read a participant's volume.)
+SELECT r.outbox_id, r.instruction_id, r.idempotency_key, r.participant_id,
        r.rail_type, r.payload, r.created_at,
        p.outbox_id IS NOT NULL AS pending,
        p.attempt_count, p.next_attempt_at, p.lease_expires_at, p.claimed_by,
@@ -205,3 +206,54 @@ SELECT s.due, s.scheduled, s.dispatching, s.zombies, s.awaiting_lookup, s.pendin
                            FROM symphony.payment_outbox_attempts a
                           GROUP BY a.state) x), '{}'::jsonb) AS ledger_rows_by_state
   FROM symphony.outbox_supervisor_status s;
+
+-- participants and API tokens (role: control, except where noted) ----------------------------
+
+-- name: add_participant
+SELECT participant_id, display_name, status, created_at, revoked_at
+  FROM symphony.add_participant(%(participant_id)s, %(display_name)s);
+
+-- name: list_participants
+SELECT participant_id, display_name, status, created_at, revoked_at
+  FROM symphony.participants
+ ORDER BY participant_id;
+
+-- name: revoke_participant
+-- Also revokes every token of the participant.
+SELECT participant_id, display_name, status, created_at, revoked_at
+  FROM symphony.revoke_participant(%(participant_id)s);
+
+-- name: issue_api_token
+-- The application sends only the salt and sha256(salt || secret); the secret stays with it.
+SELECT token_id, kind, participant_id, label, created_at
+  FROM symphony.issue_api_token(%(token_id)s, %(kind)s, %(participant_id)s, %(label)s,
+                                %(secret_salt)s, %(secret_hash)s);
+
+-- name: revoke_api_token
+SELECT token_id, revoked_at FROM symphony.revoke_api_token(%(token_id)s);
+
+-- name: api_token_salt
+-- The salt of a live token, or NULL (role: readonly).
+SELECT symphony.api_token_salt(%(token_id)s) AS secret_salt;
+
+-- name: authenticate_api_token
+-- One row for a live token with this hash, else none (role: readonly).
+SELECT token_id, kind, participant_id
+  FROM symphony.authenticate_api_token(%(token_id)s, %(secret_hash)s);
+
+-- participant-scoped reads (role: readonly) -----------------------------------------------------
+
+-- name: participant_payment
+SELECT outbox_id, instruction_id, idempotency_key, rail_type, payload, state, attempt_count,
+       next_attempt_at, last_error_code, created_at, updated_at, terminal_at
+  FROM symphony.participant_payment(%(participant_id)s, %(outbox_id)s);
+
+-- name: participant_payment_attempts
+SELECT attempt_no, state, error_code, error_detail, rail_transaction_id, recorded_at
+  FROM symphony.participant_payment_attempts(%(participant_id)s, %(outbox_id)s);
+
+-- name: participant_payments
+SELECT outbox_id, instruction_id, idempotency_key, rail_type, payload, state, attempt_count,
+       next_attempt_at, last_error_code, created_at, updated_at, terminal_at
+  FROM symphony.participant_payments(%(participant_id)s, %(state)s, %(after)s::uuid,
+                                     %(limit)s);

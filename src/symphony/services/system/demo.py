@@ -17,7 +17,7 @@ from typing import Any, Final
 from uuid import UUID
 
 from symphony.db import Database, Role
-from symphony.outbox import OutboxStore, PaymentInstruction
+from symphony.outbox import AccessStore, OutboxStore, PaymentInstruction
 
 # Fast retries so that every demo payment settles within a minute: 200 ms doubling to 2 s.
 DEMO_RETRY_POLICY: Final[dict[str, Any]] = {
@@ -68,6 +68,19 @@ def demo_instructions(count: int, *, run_id: str | None = None) -> list[PaymentI
             )
         )
     return instructions
+
+
+async def register_demo_participants(db: Database) -> list[str]:
+    """Register the demo's participants (as the control role) unless they exist: enqueue
+    accepts registered, ACTIVE participants only. Returns the ids it added."""
+    access = AccessStore(db)
+    known = {p.participant_id for p in await access.list_participants()}
+    added = []
+    for participant_id in _PARTICIPANTS:
+        if participant_id not in known:
+            await access.add_participant(participant_id, f"Demo {participant_id}")
+            added.append(participant_id)
+    return added
 
 
 async def apply_retry_policy(db: Database, policy: dict[str, Any]) -> dict[str, Any]:

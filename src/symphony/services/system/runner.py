@@ -30,6 +30,7 @@ from symphony.services.system.demo import (
     apply_retry_policy,
     demo_instructions,
     enqueue_stream,
+    register_demo_participants,
     snapshot,
 )
 from symphony.services.worker import WorkerConfig, WorkerProcess, stop_on_signals
@@ -159,6 +160,7 @@ class SystemRunner:
         store: OutboxStore = self.worker.store
         ids: list[UUID] = []
         instructions = demo_instructions(self.options.demo_count)
+        await register_demo_participants(store.db)
         self.say(f"Demo: enqueuing {len(instructions)} payments (every 10th: RETRY:2, "
                  "FAIL:INSUFFICIENT_FUNDS, HANG:1) ...")
         started = time.monotonic()
