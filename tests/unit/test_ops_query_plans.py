@@ -25,6 +25,10 @@ def seeded_dsn(isolated_settings: DatabaseSettings) -> str:
     with psycopg.connect(dsn, autocommit=True) as conn:
         with conn.transaction():
             conn.execute(
+                "INSERT INTO symphony.participants (participant_id, display_name) "
+                "VALUES ('plan-participant', 'Plan participant')"
+            )
+            conn.execute(
                 "INSERT INTO symphony.payment_instruction_registry "
                 "  (instruction_id, idempotency_key, outbox_id, participant_id, sequence_id, "
                 "   rail_type, payload) "

@@ -160,10 +160,11 @@ SELECT version, checksum FROM symphony_meta.schema_migrations ORDER BY version;
 -- name: ops_recent_failures
 -- The newest FAILED items, newest first, with the error the rail or the retry ceiling gave
 -- (roles: readonly, auditor, control). Reads the terminal-rows index backwards from its
--- FAILED end and stops at the limit, so the cost is the limit, not the ledger.
+-- FAILED end and stops at the limit, so the cost is the limit, not the ledger. (No
+-- sequence_id: readonly may not read a participant's volume.)
 SELECT a.outbox_id, a.attempt_no, a.error_code, a.error_detail, a.worker_id,
        a.recorded_at AS failed_at, r.participant_id, r.instruction_id, r.rail_type,
-       r.sequence_id, r.created_at
+       r.created_at
   FROM symphony.payment_outbox_attempts a
   JOIN symphony.payment_instruction_registry r ON r.outbox_id = a.outbox_id
  WHERE a.state = 'FAILED'

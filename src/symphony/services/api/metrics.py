@@ -22,9 +22,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -32,8 +32,11 @@ from prometheus_client.registry import Collector
 
 from symphony.db import SymphonyError
 from symphony.outbox import OutboxStore
+from symphony.services.api.context import ApiContext, get_context
 
 log = logging.getLogger("symphony.api.metrics")
+
+_STATE_KEY: Final = "symphony_metrics_exporter"
 
 # The ledger's states, so that a state nobody reached yet is exported as 0, not left out
 # (a missing series reads as "unknown" in a dashboard, zero as zero).
@@ -170,7 +173,7 @@ def _age_seconds(row: dict[str, Any]) -> float:
     oldest = row["oldest_pending_at"]
     if oldest is None:
         return 0.0
-    return max(0.0, (row["observed_at"] - oldest).total_seconds())
+    return max(0.0, float((row["observed_at"] - oldest).total_seconds()))
 
 
 def _describe(exc: BaseException) -> str:
@@ -204,8 +207,16 @@ class MetricsExporter:
         return b"".join(parts)
 
 
-def metrics_router(exporter: MetricsExporter) -> APIRouter:
-    """`GET /metrics` in the Prometheus text format. No authentication (see the module doc)."""
+def metrics_router(
+    *,
+    process_registries: Sequence[CollectorRegistry] = (),
+    config: MetricsConfig | None = None,
+) -> APIRouter:
+    """`GET /metrics` in the Prometheus text format. No authentication (see the module doc).
+
+    `process_registries` are this process's own (the worker's registry in `symphony run`);
+    each app gets its own exporter, built on first scrape from the app's store.
+    """
     router = APIRouter(tags=["observability"])
 
     @router.get(
@@ -214,7 +225,15 @@ def metrics_router(exporter: MetricsExporter) -> APIRouter:
         summary="Prometheus metrics (no token needed; no item data)",
         responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
     )
-    async def metrics() -> Response:
+    async def metrics(
+        request: Request, context: Annotated[ApiContext, Depends(get_context)]
+    ) -> Response:
+        exporter = getattr(request.app.state, _STATE_KEY, None)
+        if not isinstance(exporter, MetricsExporter):
+            exporter = MetricsExporter(
+                OutboxCollector(context.store, config), process_registries
+            )
+            setattr(request.app.state, _STATE_KEY, exporter)
         body = await exporter.render()
         return Response(
             content=body,

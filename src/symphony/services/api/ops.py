@@ -17,11 +17,12 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
-from symphony.db import Database, Role
+from symphony.db import Role
 from symphony.outbox import OutboxStore
 from symphony.outbox.store import MAX_FAILURES_LIMIT, MAX_THROUGHPUT_MINUTES
 from symphony.services.api.auth import require_operator
-from symphony.services.api.errors import ApiError
+from symphony.services.api.context import ApiContext, get_context
+from symphony.services.api.error import ApiError, ErrorBody
 
 DEFAULT_FAILURES_LIMIT = 50
 DEFAULT_THROUGHPUT_MINUTES = 30
@@ -65,7 +66,6 @@ class OpsItem(BaseModel):
     instruction_id: str
     idempotency_key: str
     participant_id: str
-    sequence_id: int
     rail_type: str
     payload: dict[str, Any]
     created_at: datetime
@@ -88,7 +88,6 @@ class Failure(BaseModel):
     participant_id: str
     instruction_id: str
     rail_type: str
-    sequence_id: int
     created_at: datetime
 
 
@@ -110,18 +109,26 @@ class Throughput(BaseModel):
     )
 
 
-def ops_router(db: Database) -> APIRouter:
-    """The `/v1/ops` routes. A missing or unknown token gets 401; a valid participant token
-    gets 403 (it is authenticated, but not an operator)."""
-    store = OutboxStore(db)
+def _store(context: Annotated[ApiContext, Depends(get_context)]) -> OutboxStore:
+    return context.store
+
+
+Store = Annotated[OutboxStore, Depends(_store)]
+
+
+def ops_router() -> APIRouter:
+    """The `/v1/ops` routes. Without a token, with an unknown or revoked one, and with a
+    participant token alike the answer is 401 `unauthorized` (`require_operator`: one answer
+    for "these credentials do not open this door")."""
     router = APIRouter(
         prefix="/v1/ops",
         tags=["operations"],
         dependencies=[Depends(require_operator)],
+        responses={401: {"model": ErrorBody, "description": "no operator token"}},
     )
 
     @router.get("/status", summary="Queue counts by state (the supervisor view)")
-    async def status() -> OpsStatus:
+    async def status(store: Store) -> OpsStatus:
         s = await store.status(Role.READONLY)
         age = (
             max(0.0, (s.observed_at - s.oldest_pending_at).total_seconds())
@@ -145,12 +152,12 @@ def ops_router(db: Database) -> APIRouter:
     @router.get(
         "/payments/{outbox_id}",
         summary="One item: registry entry, current state and full ledger",
-        responses={404: {"description": "no item with this outbox id"}},
+        responses={404: {"model": ErrorBody, "description": "no item with this outbox id"}},
     )
-    async def payment(outbox_id: UUID) -> OpsItem:
+    async def payment(outbox_id: UUID, store: Store) -> OpsItem:
         found = await store.item_with_ledger(outbox_id, Role.READONLY)
         if found is None:
-            raise ApiError(404, "PAYMENT_NOT_FOUND", "no payment with this outbox id")
+            raise ApiError(404, "not_found", "no payment with this outbox id")
         summary, ledger = found
         terminal = summary["terminal_state"]
         state = terminal or ("DISPATCHING" if summary["lease_expires_at"] else "PENDING")
@@ -162,6 +169,7 @@ def ops_router(db: Database) -> APIRouter:
 
     @router.get("/failures", summary="The newest FAILED items with their errors")
     async def failures(
+        store: Store,
         limit: Annotated[int, Query(ge=1, le=MAX_FAILURES_LIMIT)] = DEFAULT_FAILURES_LIMIT,
     ) -> FailureList:
         rows = await store.recent_failures(limit, Role.READONLY)
@@ -169,6 +177,7 @@ def ops_router(db: Database) -> APIRouter:
 
     @router.get("/throughput", summary="Items that ended per minute, over the last N minutes")
     async def throughput(
+        store: Store,
         minutes: Annotated[
             int, Query(ge=1, le=MAX_THROUGHPUT_MINUTES)
         ] = DEFAULT_THROUGHPUT_MINUTES,

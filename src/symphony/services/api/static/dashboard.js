@@ -232,7 +232,7 @@
     const fields = [
       ["Outbox id", item.outbox_id], ["State", item.state],
       ["Participant", item.participant_id], ["Instruction", item.instruction_id],
-      ["Idempotency key", item.idempotency_key], ["Sequence", item.sequence_id],
+      ["Idempotency key", item.idempotency_key],
       ["Rail", item.rail_type], ["Payload", JSON.stringify(item.payload)],
       ["Created", when(item.created_at)], ["Attempts started", item.attempt_count ?? "—"],
       ["Next attempt", when(item.next_attempt_at)], ["Leased by", item.claimed_by || "—"],
