@@ -10,11 +10,13 @@ with a maximum, and each query reads an index, not the ledger (tests/unit/test_o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
 
 from symphony.db import Role
@@ -22,7 +24,9 @@ from symphony.outbox import OutboxStore
 from symphony.outbox.store import MAX_FAILURES_LIMIT, MAX_THROUGHPUT_MINUTES
 from symphony.services.api.auth import require_operator
 from symphony.services.api.context import ApiContext, get_context
+from symphony.services.api.dashboard import dashboard_router
 from symphony.services.api.error import ApiError, ErrorBody
+from symphony.services.api.metrics import metrics_router
 
 DEFAULT_FAILURES_LIMIT = 50
 DEFAULT_THROUGHPUT_MINUTES = 30
@@ -186,3 +190,15 @@ def ops_router() -> APIRouter:
         return Throughput(minutes=minutes, buckets=[ThroughputBucket(**row) for row in rows])
 
     return router
+
+
+def operator_routers(
+    *, process_registries: Sequence[CollectorRegistry] = ()
+) -> list[APIRouter]:
+    """Everything the operator side adds to the app: `/v1/ops`, `/metrics` (with this
+    process's own registries, e.g. the worker's in `symphony run`) and the dashboard at `/`."""
+    return [
+        ops_router(),
+        metrics_router(process_registries=process_registries),
+        dashboard_router(),
+    ]
