@@ -7,6 +7,8 @@
     symphony enqueue ...                      submit one payment instruction
     symphony status                           queue counts and zombies
     symphony audit verify                     check the ledger's invariants (auditor role)
+    symphony participants add|list|revoke     who may submit payments (control role)
+    symphony tokens issue|revoke              API tokens, shown once at issue (control role)
     symphony rail-sim                         the payment rail simulator
     symphony db url | db stop                 the admin DSN; stop the embedded server
 
@@ -57,7 +59,7 @@ from symphony.db import (
     bootstrap,
     resolve_endpoint,
 )
-from symphony.outbox import OutboxStore, PaymentInstruction
+from symphony.outbox import AccessStore, OutboxStore, Participant, PaymentInstruction, TokenKind
 from symphony.repair import ZombieRepairConfig, ZombieRepairWorker, zombie_threshold_from_env
 from symphony.services.rail_sim import add_arguments as add_rail_sim_arguments
 from symphony.services.rail_sim import config_from_args as rail_sim_config_from_args
@@ -194,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue = commands.add_parser("enqueue", help="submit one payment instruction")
     enqueue.add_argument("--instruction-id", required=True)
     enqueue.add_argument("--idempotency-key", required=True)
-    enqueue.add_argument("--participant", required=True, help="participant id")
+    enqueue.add_argument("--participant", required=True,
+                         help="participant id (registered: symphony participants add)")
     enqueue.add_argument("--rail", required=True, help="rail type, e.g. RTP, ACH, SEPA_CT")
     enqueue.add_argument("--amount", help="decimal string, e.g. 12.50")
     enqueue.add_argument("--currency", help="ISO 4217 code, e.g. EUR")
@@ -215,6 +218,39 @@ def build_parser() -> argparse.ArgumentParser:
                         help="most violations listed per check")
     _json_flag(verify)
     verify.set_defaults(handler=cmd_audit_verify)
+
+    participants = commands.add_parser("participants", help="who may submit payments")
+    participant_commands = participants.add_subparsers(
+        dest="participants_command", required=True, metavar="ACTION")
+    p_add = participant_commands.add_parser("add", help="register an ACTIVE participant")
+    p_add.add_argument("participant_id", metavar="ID")
+    p_add.add_argument("--name", required=True, help="display name")
+    _json_flag(p_add)
+    p_add.set_defaults(handler=cmd_participants_add)
+    p_list = participant_commands.add_parser("list", help="every participant")
+    _json_flag(p_list)
+    p_list.set_defaults(handler=cmd_participants_list)
+    p_revoke = participant_commands.add_parser(
+        "revoke", help="revoke a participant and all its tokens (for good)")
+    p_revoke.add_argument("participant_id", metavar="ID")
+    _json_flag(p_revoke)
+    p_revoke.set_defaults(handler=cmd_participants_revoke)
+
+    tokens = commands.add_parser("tokens", help="API tokens")
+    token_commands = tokens.add_subparsers(dest="tokens_command", required=True,
+                                           metavar="ACTION")
+    t_issue = token_commands.add_parser(
+        "issue", help="issue a token (printed once: it is not stored)")
+    t_issue.add_argument("--kind", required=True, choices=["participant", "operator"])
+    t_issue.add_argument("--participant", metavar="ID",
+                         help="the participant a participant token speaks for")
+    t_issue.add_argument("--label", default="", help="what the token is for")
+    _json_flag(t_issue)
+    t_issue.set_defaults(handler=cmd_tokens_issue)
+    t_revoke = token_commands.add_parser("revoke", help="revoke a token")
+    t_revoke.add_argument("token_id", metavar="TOKEN_ID")
+    _json_flag(t_revoke)
+    t_revoke.set_defaults(handler=cmd_tokens_revoke)
 
     rail_sim = commands.add_parser("rail-sim", help="run the payment rail simulator")
     add_rail_sim_arguments(rail_sim)
@@ -451,6 +487,96 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     lines.append("audit passed" if report["ok"] else "AUDIT FAILED")
     emit(args, report, "\n".join(lines))
     return EXIT_OK if report["ok"] else EXIT_FAILED
+
+
+def _participant_dict(p: Participant) -> dict[str, Any]:
+    return {"participant_id": p.participant_id, "display_name": p.display_name,
+            "status": p.status, "created_at": p.created_at, "revoked_at": p.revoked_at}
+
+
+def _participant_line(p: Participant) -> str:
+    since = f"revoked {p.revoked_at:%Y-%m-%d %H:%M:%S%z}" if p.revoked_at else (
+        f"since {p.created_at:%Y-%m-%d %H:%M:%S%z}")
+    return f"{p.participant_id}  {p.status}  {p.display_name}  ({since})"
+
+
+def cmd_participants_add(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> Participant:
+        async with await Database.open(settings) as db:
+            return await AccessStore(db).add_participant(args.participant_id, args.name)
+
+    added = _run(go())
+    emit(args, _participant_dict(added), f"added participant {_participant_line(added)}")
+    return EXIT_OK
+
+
+def cmd_participants_list(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> list[Participant]:
+        async with await Database.open(settings) as db:
+            return await AccessStore(db).list_participants()
+
+    found = _run(go())
+    emit(args, {"participants": [_participant_dict(p) for p in found]},
+         "\n".join(_participant_line(p) for p in found) if found else "no participants")
+    return EXIT_OK
+
+
+def cmd_participants_revoke(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> Participant:
+        async with await Database.open(settings) as db:
+            return await AccessStore(db).revoke_participant(args.participant_id)
+
+    revoked = _run(go())
+    emit(args, _participant_dict(revoked),
+         f"revoked participant {_participant_line(revoked)}; its tokens no longer work")
+    return EXIT_OK
+
+
+_TOKEN_WARNING = ("this token is shown only now: Symphony stores a salted hash of it, not the "
+                  "token, and cannot show it again")
+
+
+def cmd_tokens_issue(args: argparse.Namespace) -> int:
+    kind = TokenKind(args.kind.upper())
+    settings = database_settings()
+
+    async def go() -> Any:
+        async with await Database.open(settings) as db:
+            return await AccessStore(db).issue_token(
+                kind, participant_id=args.participant, label=args.label)
+
+    issued = _run(go())
+    data = {"token_id": issued.token_id, "kind": issued.kind.value,
+            "participant_id": issued.participant_id, "label": issued.label,
+            "created_at": issued.created_at, "token": issued.token, "warning": _TOKEN_WARNING}
+    whom = f"participant {issued.participant_id}" if issued.participant_id else "the operator"
+    if not getattr(args, "json", False):
+        print(f"warning: {_TOKEN_WARNING}", file=sys.stderr, flush=True)
+    emit(args, data, f"issued token {issued.token_id} for {whom}:\n{issued.token}")
+    return EXIT_OK
+
+
+def cmd_tokens_revoke(args: argparse.Namespace) -> int:
+    try:
+        token_id = UUID(args.token_id)
+    except ValueError:
+        raise UsageError(f"{args.token_id!r} is not a token id (a UUID)",
+                         code="INVALID_TOKEN_ID") from None
+    settings = database_settings()
+
+    async def go() -> None:
+        async with await Database.open(settings) as db:
+            await AccessStore(db).revoke_token(token_id)
+
+    _run(go())
+    emit(args, {"token_id": token_id, "revoked": True}, f"revoked token {token_id}")
+    return EXIT_OK
 
 
 def cmd_rail_sim(args: argparse.Namespace) -> int:

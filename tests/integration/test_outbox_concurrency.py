@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections import Counter
 from typing import Any
@@ -19,7 +20,7 @@ import httpx
 import pytest
 from tests.support.outbox import instruction, payload, register_participant
 
-from symphony.db import Database, DatabaseSettings, Role, test_only
+from symphony.db import Database, DatabaseSettings, ParticipantNotActiveError, Role, test_only
 from symphony.outbox import OutboxStore
 from symphony.rails import HttpRailClient
 from symphony.services.rail_sim import RailSimBehaviour, RailSimConfig, RailSimServer
@@ -84,6 +85,80 @@ async def test_concurrent_enqueue_of_one_key_makes_one_item(
             )
             # One item, and no sequence number burnt by the callers that lost the race.
             assert rows == [{"registry": 1, "pending": 1, "last_sequence": 1}]
+    finally:
+        await db.close()
+
+
+async def test_concurrent_enqueues_of_one_pair_by_two_participants_make_two_items(
+    isolated_settings: DatabaseSettings,
+) -> None:
+    settings = isolated_settings.model_copy(
+        update={"pool_min_size": ENQUEUERS, "pool_max_size": ENQUEUERS}
+    )
+    db = await Database.open(settings)
+    try:
+        alice, bob = await register_participant(db), await register_participant(db)
+        pair = instruction()
+        barrier = asyncio.Barrier(ENQUEUERS)
+
+        async def enqueue_as(participant: str) -> Any:
+            async with db.transaction(Role.INGEST) as tx:
+                await barrier.wait()
+                return participant, await tx.fetch_one("enqueue_payment_outbox", {
+                    "instruction_id": pair.instruction_id,
+                    "idempotency_key": pair.idempotency_key,
+                    "participant_id": participant, "rail_type": pair.rail_type,
+                    "payload": '{"amount": "1.00", "currency": "EUR", "destination": "d"}',
+                })
+
+        results = await asyncio.gather(*(
+            enqueue_as(alice if n % 2 else bob) for n in range(ENQUEUERS)))
+        by_participant: dict[str, set[Any]] = {}
+        for participant, row in results:
+            by_participant.setdefault(participant, set()).add(
+                (row["outbox_id"], row["sequence_id"]))
+        # One item each, each its participant's first: neither saw nor waited for the other.
+        assert {p: len(v) for p, v in by_participant.items()} == {alice: 1, bob: 1}
+        assert {s for v in by_participant.values() for _, s in v} == {1}
+        assert sum(1 for _, row in results if row["created"]) == 2
+    finally:
+        await db.close()
+
+
+async def test_no_enqueue_commits_after_a_revocation(
+    isolated_settings: DatabaseSettings, isolated_admin_dsn: str
+) -> None:
+    """A revocation in progress holds the participant's row: an enqueue that arrives meanwhile
+    waits, then sees REVOKED and is refused; nothing of it is written."""
+    db = await Database.open(isolated_settings)
+    try:
+        pid = await register_participant(db)
+        late = instruction(participant_id=pid)
+        async with db.transaction(Role.CONTROL) as tx:
+            await tx.fetch_one("revoke_participant", {"participant_id": pid})
+            # Another caller (a context of its own: this task's transaction is not its own).
+            waiting = asyncio.create_task(OutboxStore(db).enqueue(late),
+                                          context=contextvars.Context())
+            # The enqueue is blocked on the participant's row lock (polling the server's view
+            # of it, not waiting for luck).
+            deadline = time.monotonic() + 30
+            while True:
+                rows = await test_only.query_no_role(
+                    isolated_admin_dsn,
+                    "SELECT count(*) AS n FROM pg_stat_activity "
+                    " WHERE usename = 'symphony_ingest_svc' AND wait_event_type = 'Lock'")
+                if rows[0]["n"] >= 1:
+                    break
+                assert not waiting.done(), "the enqueue should wait for the revocation"
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+        with pytest.raises(ParticipantNotActiveError):
+            await waiting
+        rows = await test_only.query_no_role(
+            isolated_admin_dsn,
+            "SELECT count(*) AS n FROM symphony.payment_instruction_registry "
+            " WHERE participant_id = %s", (pid,))
+        assert rows == [{"n": 0}]
     finally:
         await db.close()
 

@@ -148,3 +148,19 @@ async def test_control_still_reads_registry_sequence_ids(db: Database) -> None:
         "SELECT max(sequence_id) AS s FROM symphony.payment_instruction_registry "
         " WHERE participant_id = %s", (TEST_PARTICIPANT,))
     assert len(rows) == 1
+
+
+async def test_login_principals_execute_none_of_the_new_functions(db: Database) -> None:
+    # A principal holds nothing itself: only its runtime role (after SET ROLE) may.
+    rows = await test_only.query_no_role(
+        db.endpoint.admin_dsn,
+        "SELECT count(*) AS pairs, "
+        "       count(*) FILTER (WHERE has_function_privilege(r.rolname, p.oid, 'EXECUTE')) "
+        "         AS allowed "
+        "  FROM pg_roles r CROSS JOIN pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        " WHERE n.nspname = 'symphony' AND r.rolname LIKE 'symphony\\_%%\\_svc' "
+        "   AND p.proname IN ('add_participant', 'revoke_participant', 'issue_api_token', "
+        "       'revoke_api_token', 'api_token_salt', 'authenticate_api_token', "
+        "       'participant_payment', 'participant_payment_attempts', 'participant_payments')")
+    # Five principals (control, ingest, executor, reader, api) times nine functions.
+    assert rows == [{"pairs": 45, "allowed": 0}]

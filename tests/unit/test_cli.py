@@ -22,7 +22,7 @@ from tests.support.database import DatabaseFactory, unique
 
 from symphony.cli import main
 from symphony.db import Database, DatabaseSettings, test_only
-from symphony.outbox import OutboxStore
+from symphony.outbox import AccessStore, OutboxStore
 from symphony.services.rail_sim import RailSimConfig, RailSimServer
 
 
@@ -297,3 +297,90 @@ def test_python_dash_m_symphony_runs_the_cli(cli_env: DatabaseSettings) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "pending_total" in json.loads(done.stdout)
+
+
+# -- participants and tokens -----------------------------------------------------------------
+
+
+def test_participants_add_list_revoke(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pid = unique("cli-bank")
+    code, added = run_json(capsys, "participants", "add", pid, "--name", "CLI Bank")
+    assert code == 0
+    assert (added["participant_id"], added["display_name"], added["status"]) == (
+        pid, "CLI Bank", "ACTIVE")
+    code, listed = run_json(capsys, "participants", "list")
+    assert code == 0
+    assert {"participant_id": pid, "status": "ACTIVE"}.items() <= next(
+        p for p in listed["participants"] if p["participant_id"] == pid).items()
+    code, revoked = run_json(capsys, "participants", "revoke", pid)
+    assert code == 0 and revoked["status"] == "REVOKED" and revoked["revoked_at"]
+    # A revoked participant can no longer enqueue.
+    code, body = run_json(capsys, *enqueue_args(unique("cli"), unique("key"), participant=pid))
+    assert code == 1 and body["error"]["code"] == "PARTICIPANT_NOT_ACTIVE"
+
+
+def test_participants_text_output(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pid = unique("cli-text")
+    assert main(["participants", "add", pid, "--name", "Text Bank"]) == 0
+    assert f"added participant {pid}  ACTIVE  Text Bank" in capsys.readouterr().out
+    assert main(["participants", "list"]) == 0
+    assert pid in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "exit_code", "expected"),
+    [
+        (["participants", "add", "bad id", "--name", "x"], 2, "INVALID_PARTICIPANT_ID"),
+        (["participants", "add", "participant-cli", "--name", "x"], 1, "PARTICIPANT_EXISTS"),
+        (["participants", "revoke", "no-such-participant-zz"], 1, "UNKNOWN_PARTICIPANT"),
+        (["tokens", "issue", "--kind", "participant"], 2, "INVALID_TOKEN_REQUEST"),
+        (["tokens", "issue", "--kind", "operator", "--participant", "participant-cli"], 2,
+         "INVALID_TOKEN_REQUEST"),
+        (["tokens", "issue", "--kind", "participant", "--participant", "no-such-zz"], 1,
+         "UNKNOWN_PARTICIPANT"),
+        (["tokens", "revoke", "not-a-uuid"], 2, "INVALID_TOKEN_ID"),
+        (["tokens", "revoke", "00000000-0000-4000-8000-000000000000"], 1, "UNKNOWN_TOKEN"),
+    ],
+)
+def test_access_command_errors(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str], argv: list[str],
+    exit_code: int, expected: str,
+) -> None:
+    code, body = run_json(capsys, *argv)
+    assert code == exit_code
+    assert body["error"]["code"] == expected and body["error"]["incident_id"]
+
+
+def test_tokens_issue_shows_the_token_once_and_revoke_kills_it(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, issued = run_json(capsys, "tokens", "issue", "--kind", "participant",
+                            "--participant", "participant-cli", "--label", "cli test")
+    assert code == 0
+    assert issued["token"].startswith("sy_pt_") and "not stored" not in issued["token"]
+    assert issued["kind"] == "PARTICIPANT" and issued["participant_id"] == "participant-cli"
+    assert "cannot show it again" in issued["warning"]
+
+    async def who(token: str) -> Any:
+        async with await Database.open(cli_env) as db:
+            return await AccessStore(db).authenticate(token)
+
+    assert asyncio.run(who(issued["token"])) is not None
+    code, revoked = run_json(capsys, "tokens", "revoke", issued["token_id"])
+    assert code == 0 and revoked == {"token_id": issued["token_id"], "revoked": True}
+    assert asyncio.run(who(issued["token"])) is None
+
+
+def test_tokens_issue_text_output_warns_on_stderr(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["tokens", "issue", "--kind", "operator", "--label", "ops"]) == 0
+    captured = capsys.readouterr()
+    assert "warning:" in captured.err and "cannot show it again" in captured.err
+    token = captured.out.strip().splitlines()[-1]
+    assert token.startswith("sy_op_") and len(token) == len("sy_op_") + 32 + 1 + 43
+    assert token not in captured.err
