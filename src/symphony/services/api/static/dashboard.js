@@ -19,6 +19,7 @@
   let generation = 0; // bumps on sign-in/out so a late answer of an old session is dropped
   let lastGood = null;
   let shownItem = null;
+  let shownItemJson = null; // what the lookup shows, so a refresh re-renders only on change
 
   class ApiError extends Error {
     constructor(status, code, message, requestId) {
@@ -126,6 +127,11 @@
     $("throughput-summary").textContent = "No current data.";
     const body = $("failures-body");
     body.replaceChildren(emptyRow("No current data."));
+    if (shownItem) {
+      // Shown again (fresh) by the first refresh that succeeds.
+      shownItemJson = null;
+      $("lookup-result").replaceChildren(el("p", "No current data.", "notice"));
+    }
   }
 
   function emptyRow(text) {
@@ -273,6 +279,7 @@
 
   async function lookup(outboxId) {
     shownItem = outboxId.trim();
+    shownItemJson = null;
     await refreshItem(generation);
   }
 
@@ -281,13 +288,18 @@
     const id = shownItem;
     try {
       const item = await api(`/v1/ops/payments/${encodeURIComponent(id)}`);
-      if (gen === generation && id === shownItem) renderItem(item);
+      const json = JSON.stringify(item);
+      if (gen === generation && id === shownItem && json !== shownItemJson) {
+        shownItemJson = json;
+        renderItem(item);
+      }
     } catch (err) {
       if (gen !== generation || id !== shownItem) return;
       if (err.status === 401 || err.status === 403) throw err;
       const text = err.status === 404 ? `No item with outbox id ${id}.`
         : err.status === 422 ? `${id} is not an outbox id.`
           : `Lookup failed: ${describe(err)}`;
+      shownItemJson = null;
       $("lookup-result").replaceChildren(el("p", text, "notice bad"));
       if (err.status !== 404 && err.status !== 422) throw err;
     }
@@ -382,6 +394,7 @@
     clearTimeout(timer);
     timer = null;
     shownItem = null;
+    shownItemJson = null;
     clearNumbers();
     $("lookup-result").replaceChildren();
     $("board").hidden = true;
