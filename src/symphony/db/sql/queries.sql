@@ -157,6 +157,57 @@ SELECT EXISTS (
 -- The applied migrations and their checksums (any runtime role, from 0006).
 SELECT version, checksum FROM symphony_meta.schema_migrations ORDER BY version;
 
+-- name: ops_recent_failures
+-- The newest FAILED items, newest first, with the error the rail or the retry ceiling gave
+-- (roles: readonly, auditor, control). Reads the terminal-rows index backwards from its
+-- FAILED end and stops at the limit, so the cost is the limit, not the ledger. (No
+-- sequence_id: readonly may not read a participant's volume.)
+SELECT a.outbox_id, a.attempt_no, a.error_code, a.error_detail, a.worker_id,
+       a.recorded_at AS failed_at, r.participant_id, r.instruction_id, r.rail_type,
+       r.created_at
+  FROM symphony.payment_outbox_attempts a
+  JOIN symphony.payment_instruction_registry r ON r.outbox_id = a.outbox_id
+ WHERE a.state = 'FAILED'
+ ORDER BY a.recorded_at DESC, a.attempt_id DESC
+ LIMIT %(limit)s;
+
+-- name: ops_throughput
+-- Terminal ledger rows per minute over the last `minutes` minutes, oldest first, one row per
+-- minute (zero where nothing ended); the last minute is the one in progress (roles: readonly,
+-- auditor, control). The window's start is written out (not joined from a CTE) so that it is
+-- an index condition: only the window's rows of the terminal-rows index are read.
+SELECT m.minute, coalesce(c.dispatched, 0) AS dispatched, coalesce(c.failed, 0) AS failed
+  FROM generate_series(
+           date_trunc('minute', now()) - (%(minutes)s::integer - 1) * interval '1 minute',
+           date_trunc('minute', now()), interval '1 minute') AS m(minute)
+  LEFT JOIN (
+      SELECT date_trunc('minute', a.recorded_at) AS minute,
+             count(*) FILTER (WHERE a.state = 'DISPATCHED') AS dispatched,
+             count(*) FILTER (WHERE a.state = 'FAILED') AS failed
+        FROM symphony.payment_outbox_attempts a
+       WHERE a.state IN ('DISPATCHED', 'FAILED')
+         AND a.recorded_at >= date_trunc('minute', now())
+                              - (%(minutes)s::integer - 1) * interval '1 minute'
+       GROUP BY 1
+  ) c ON c.minute = m.minute
+ ORDER BY m.minute;
+
+-- name: set_local_statement_timeout
+-- Bound the rest of this transaction's statements (a scrape must not outlive its caller).
+SELECT set_config('statement_timeout', %(timeout_ms)s::text, true) AS statement_timeout;
+
+-- name: outbox_metrics
+-- Everything a metrics scrape reports, in one statement: the supervisor view and the ledger's
+-- rows by state (roles: readonly, auditor, control). The ledger count grows with the history;
+-- the caller bounds it with set_local_statement_timeout.
+SELECT s.due, s.scheduled, s.dispatching, s.zombies, s.awaiting_lookup, s.pending_total,
+       s.oldest_pending_at, s.dispatched_total, s.failed_total, s.observed_at,
+       coalesce((SELECT jsonb_object_agg(x.state, x.n)
+                   FROM (SELECT a.state::text AS state, count(*) AS n
+                           FROM symphony.payment_outbox_attempts a
+                          GROUP BY a.state) x), '{}'::jsonb) AS ledger_rows_by_state
+  FROM symphony.outbox_supervisor_status s;
+
 -- participants and API tokens (role: control, except where noted) ----------------------------
 
 -- name: add_participant
