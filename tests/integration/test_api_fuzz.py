@@ -1,6 +1,6 @@
 """Schema-driven fuzzing of the HTTP API from its own `/openapi.json` (schemathesis, on
-hypothesis): valid and invalid requests to every operation, most with a valid participant
-token. Whatever comes in, the API answers without a 5xx, every error is the envelope with the
+hypothesis): valid and invalid requests to every operation (participant and operator API, health,
+metrics), most with a valid token of the kind the route wants. Whatever comes in, the API answers without a 5xx, every error is the envelope with the
 response's request id, and a refused request leaves every table of the database as it was.
 
 The server runs in a thread of its own (its own event loop and database handle), so the
@@ -19,15 +19,15 @@ import httpx
 import pytest
 import schemathesis
 from schemathesis import GenerationMode
-from tests.support.api import new_member, row_counts
+from tests.support.api import new_member, operator_token, row_counts
 from tests.support.database import DatabaseFactory, admin_dsn_of
 
 from symphony.db import Database, DatabaseSettings
 from symphony.services.api import ApiConfig, ApiServer, create_app
-from symphony.services.system.api import build_api_server
+from symphony.services.system.api import build_api_server, product_routers
 
-# Five operations x this many cases each (positive and negative): some 30 s on CI.
-EXAMPLES_PER_OPERATION = 150
+# Ten operations x this many cases each (positive and negative): some 30-40 s.
+EXAMPLES_PER_OPERATION = 100
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +36,7 @@ pytestmark = pytest.mark.integration
 class FuzzTarget:
     url: str
     token: str
+    operator_token: str
     admin_dsn: str
 
     def counts(self) -> dict[str, int]:
@@ -51,6 +52,7 @@ class _ServerThread(threading.Thread):
         self.ready = threading.Event()
         self.url = ""
         self.token = ""
+        self.operator_token = ""
         self.error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -65,6 +67,7 @@ class _ServerThread(threading.Thread):
             async with await Database.open(self.settings) as db:
                 member = await new_member(db, "fuzz")
                 self.token = member.token
+                self.operator_token = await operator_token(db)
                 server: ApiServer = build_api_server(
                     db, ApiConfig(host="127.0.0.1", port=0, auth_cache_seconds=0))
                 await server.start()
@@ -94,7 +97,7 @@ def fuzz_target(make_database: DatabaseFactory) -> Iterator[FuzzTarget]:
     if thread.error is not None:
         raise thread.error
     try:
-        yield FuzzTarget(thread.url, thread.token, admin_dsn_of(settings))
+        yield FuzzTarget(thread.url, thread.token, thread.operator_token, admin_dsn_of(settings))
     finally:
         thread.stop()
 
@@ -102,7 +105,7 @@ def fuzz_target(make_database: DatabaseFactory) -> Iterator[FuzzTarget]:
 def _openapi() -> dict[str, Any]:
     """The app's OpenAPI document, built without a connection (creating the app opens none)."""
     offline = Database(DatabaseSettings(), None)
-    return create_app(offline, ApiConfig(port=0)).openapi()
+    return create_app(offline, ApiConfig(port=0), routers=product_routers()).openapi()
 
 
 SPEC = _openapi()
@@ -123,9 +126,12 @@ def test_the_fuzzed_document_is_the_served_one(fuzz_target: FuzzTarget) -> None:
 def test_no_input_makes_a_5xx_or_leaves_a_trace(case: Any, fuzz_target: FuzzTarget) -> None:
     generated = dict(case.headers or {})
     headers: dict[str, str] = {}
-    # Mostly a valid token, so the cases reach the handlers; sometimes whatever was generated.
+    # Mostly a valid token of the kind the route wants, so the cases reach the handlers;
+    # sometimes whatever was generated.
     if "Authorization" not in generated or len(str(generated["Authorization"])) % 4:
-        headers["Authorization"] = f"Bearer {fuzz_target.token}"
+        token = (fuzz_target.operator_token if case.path.startswith("/v1/ops")
+                 else fuzz_target.token)
+        headers["Authorization"] = f"Bearer {token}"
     before = fuzz_target.counts()
     response = case.call(base_url=fuzz_target.url, headers=headers, timeout=30)
     assert response.status_code < 500, (response.status_code, response.text[:500])

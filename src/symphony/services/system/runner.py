@@ -178,14 +178,16 @@ class SystemRunner:
         raise RuntimeError("the rail simulator could not bind any port")
 
     async def _start_api(self, config: ApiConfig) -> ApiServer:
-        assert self.db is not None
+        assert self.db is not None and self.worker is not None
         # The configured port when it is free; any free port otherwise, unless the port was
         # asked for explicitly (then a taken port is the operator's error to see).
         candidates = [config]
         if "port" not in config.model_fields_set:
             candidates.append(config.model_copy(update={"port": 0}))
         for index, candidate in enumerate(candidates):
-            server = build_api_server(self.db, candidate)
+            server = build_api_server(
+                self.db, candidate, process_registries=[self.worker.metrics.registry]
+            )
             try:
                 await server.start()
             except OSError:
