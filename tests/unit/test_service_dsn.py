@@ -448,7 +448,7 @@ def test_cli_commands_run_from_their_principals_dsns(
         return json.loads(capsys.readouterr().out)
 
     enqueued = run("enqueue", "--instruction-id", "i-cli-dsn", "--idempotency-key", "k-1",
-                   "--participant", "bank-a", "--rail", "SEPA_CT", "--amount", "5.00",
+                   "--participant", "participant-cli", "--rail", "SEPA_CT", "--amount", "5.00",
                    "--currency", "EUR", "--destination", "acct-1")
     assert enqueued["created"] is True
     assert run("status")["pending_total"] == 1
