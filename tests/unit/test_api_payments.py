@@ -87,6 +87,7 @@ async def test_create_answers_201_and_a_replay_200_with_the_same_bytes(
     assert first.headers["location"] == f"/v1/payments/{created['outbox_id']}"
     assert created["links"] == {"self": first.headers["location"]}
     assert "idempotent-replayed" not in first.headers
+    assert first.headers["cache-control"] == "no-store"
 
     # The same request again, keys in another order: the same payment, the same bytes.
     reordered = dict(reversed(list(body.items())))

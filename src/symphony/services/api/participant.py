@@ -48,6 +48,8 @@ DEFAULT_PAGE: Final = 50
 # unescape, and exactly what the database accepts as a key (1-255 printable characters).
 _IDEMPOTENCY_KEY: Final = re.compile(r'[!#-+\--\[\]-~]{1,255}')
 _MAX_JSON_DEPTH: Final = 32
+# Payment data is the participant's: no shared cache may keep it.
+_NO_STORE: Final = {"Cache-Control": "no-store"}
 
 # The enqueue function's refusals, by public code (see symphony.db.error), to the field of
 # the request they are about.
@@ -237,7 +239,7 @@ async def create_payment(
         created_at=stored.created_at,
         links=Links(self=f"{PREFIX}/{stored.outbox_id}"),
     )
-    headers = {"Location": created.links.self}
+    headers = {"Location": created.links.self, **_NO_STORE}
     if not result.created:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(created.model_dump(mode="json"),
@@ -250,7 +252,9 @@ async def create_payment(
     response_model=PaymentDetail,
     responses=_errors(401, 404, 503),
 )
-async def get_payment(outbox_id: str, caller: CallerDep, context: ContextDep) -> JSONResponse:
+async def get_payment(
+    request: Request, outbox_id: str, caller: CallerDep, context: ContextDep
+) -> JSONResponse:
     participant_id = _participant(caller)
     try:
         wanted = UUID(outbox_id)
@@ -259,12 +263,13 @@ async def get_payment(outbox_id: str, caller: CallerDep, context: ContextDep) ->
     payment = await context.store.payment_for(participant_id, wanted)
     if payment is None:
         raise _not_found()
+    request.state.outbox_id = str(wanted)
     attempts = await context.store.attempts_for(participant_id, wanted)
     detail = PaymentDetail(
         **_payment(payment).model_dump(),
         attempts=[_attempt(a) for a in attempts],
     )
-    return JSONResponse(detail.model_dump(mode="json"))
+    return JSONResponse(detail.model_dump(mode="json"), headers=_NO_STORE)
 
 
 @router.get(
@@ -296,7 +301,7 @@ async def list_payments(
         has_more=has_more,
         next_after=page[-1].outbox_id if has_more and page else None,
     )
-    return JSONResponse(result.model_dump(mode="json"))
+    return JSONResponse(result.model_dump(mode="json"), headers=_NO_STORE)
 
 
 # -- request checks ----------------------------------------------------------------------
