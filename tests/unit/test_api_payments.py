@@ -115,6 +115,17 @@ async def test_a_key_reused_with_a_different_request_is_422(
     assert await row_counts(isolated_admin_dsn) == before
 
 
+async def test_the_same_key_for_another_instruction_is_another_payment(
+    api: Running, alice: Member
+) -> None:
+    # I1's identity is (participant, instruction_id, key): documented in the README.
+    idem = key()
+    first = await post(api, alice, payment_body(), idem)
+    other = await post(api, alice, payment_body(), idem)
+    assert (first.status_code, other.status_code) == (201, 201)
+    assert first.json()["outbox_id"] != other.json()["outbox_id"]
+
+
 async def test_32_concurrent_posts_of_one_key_make_one_payment(
     api: Running, alice: Member, isolated_admin_dsn: str
 ) -> None:
@@ -212,7 +223,7 @@ async def test_idempotency_key_missing_or_malformed_is_400(
     no_key = await api.client.post("/v1/payments", content=json.dumps(payment_body()),
                                    headers={**alice.headers(), **JSON})
     envelope(no_key, 400, "idempotency_key_missing")
-    for bad in ("", "with space", "a,b", 'quo"te', "back\\slash", "x" * 256, "caf\u00e9",
+    for bad in ("", "with space", "tab\there", "a,b", 'quo"te', "back\\slash", "x" * 256, "caf\u00e9",
                 '""'):
         response = await api.client.post(
             "/v1/payments", content=json.dumps(payment_body()),
