@@ -12,7 +12,9 @@ import shlex
 import shutil
 import subprocess
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from tests.support.database import DatabaseFactory
 
 from symphony.db import Database, DatabaseSettings
@@ -101,3 +103,34 @@ def _last_curl(text: str) -> str:
         if not line.endswith("\\"):
             break
     return "\n".join(taken)
+
+
+async def test_run_exports_its_workers_metrics_once_beside_the_databases(
+    own_settings: DatabaseSettings,
+) -> None:
+    out = io.StringIO()
+    stop = asyncio.Event()
+    runner = SystemRunner(own_settings, RunOptions(), out=out, stop=stop)
+    running = asyncio.create_task(runner.run())
+    try:
+        async with asyncio.timeout(30):
+            while "Running." not in out.getvalue():
+                assert not running.done(), out.getvalue()
+                await asyncio.sleep(0.05)
+        assert runner.api is not None and runner.worker is not None
+        async with httpx.AsyncClient(base_url=runner.api.url, trust_env=False) as client:
+            response = await client.get("/metrics")
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+
+    assert response.status_code == 200
+    text = response.text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert "symphony_outbox_up" in families
+    assert families["symphony_outbox_up"].samples[0].value == 1.0
+    # The worker that runs in this process: its histogram and counters, each exactly once.
+    assert "symphony_worker_dispatch_seconds" in families
+    assert "symphony_worker_items_dispatched" in families
+    assert text.count("# TYPE symphony_worker_dispatch_seconds histogram") == 1
+    assert text.count("# TYPE symphony_outbox_queue_items gauge") == 1
