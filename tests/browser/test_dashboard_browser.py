@@ -38,7 +38,7 @@ async_api = pytest.importorskip(
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts"
-COUNT_FIELDS = ("due", "scheduled", "dispatching", "zombies", "awaiting_lookup",
+COUNT_FIELDS = ("due", "scheduled", "dispatching", "zombies", "awaiting_lookup", "under_review",
                 "pending_total", "dispatched_total", "failed_total")
 # Two refresh periods and then some: the page refreshes every 2 s.
 UPDATE_TIMEOUT_MS = 10_000
