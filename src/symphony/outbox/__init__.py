@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from symphony.outbox.access import AccessStore, Caller, IssuedToken, Participant, TokenKind
 from symphony.outbox.model import (
+    BUCKET_COUNT,
+    BucketRange,
     ClaimedItem,
     Completion,
     CompletionResult,
@@ -23,6 +25,8 @@ from symphony.outbox.model import (
 from symphony.outbox.store import OutboxStore
 
 __all__ = [
+    "BUCKET_COUNT",
+    "BucketRange",
     "AccessStore",
     "Caller",
     "ClaimedItem",

@@ -309,7 +309,8 @@ class ExecutorWorker(LoopService[CycleResult]):
             if claimed is not None:
                 claimed.set_result((0, limit))
             return CycleResult()
-        items = await self.store.claim(self.config.worker_id, limit, self.config.lease_seconds)
+        items = await self.store.claim(self.config.worker_id, limit, self.config.lease_seconds,
+                                       buckets=self.config.buckets)
         if claimed is not None:
             claimed.set_result((len(items), limit))
         if not items:
@@ -343,7 +344,7 @@ class ExecutorWorker(LoopService[CycleResult]):
         if not completions:
             return []
         try:
-            return await self.store.complete_batch(completions)
+            return await self.store.complete_batch(completions, buckets=self.config.buckets)
         except DatabaseUnavailableError:
             raise  # nothing item by item would fare better; the repair covers the leases
         except SymphonyError as exc:
@@ -359,7 +360,7 @@ class ExecutorWorker(LoopService[CycleResult]):
     async def _record_one(self, completion: Completion) -> list[CompletionResult]:
         for attempt in (completion, _escaped(completion)):
             try:
-                return await self.store.complete_batch([attempt])
+                return await self.store.complete_batch([attempt], buckets=self.config.buckets)
             except DatabaseUnavailableError:
                 raise
             except SymphonyError as exc:
