@@ -145,6 +145,77 @@ ALTER TABLE symphony.payment_outbox_attempts
 ALTER TABLE symphony.outbox_review_decisions
     ENABLE ALWAYS TRIGGER outbox_review_decisions_00_fill_participant;
 
+-- The ledger's own checks, within the item's participant ----------------------------------------
+
+-- The transition check (I4, I5) and the pending/terminal check (I7) read the item's rows by
+-- (outbox_id, participant_id): the same index entries as before (outbox_id leads), and on a
+-- sharded cluster the shard of the row being written, never a search of every shard.
+-- Changed from 0003 only in the participant_id conditions.
+CREATE OR REPLACE FUNCTION symphony.check_attempt_sequence() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = symphony, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_prev_no    integer;
+    v_prev_state attempt_state;
+BEGIN
+    SELECT a.attempt_no, a.state
+      INTO v_prev_no, v_prev_state
+      FROM payment_outbox_attempts a
+     WHERE a.outbox_id = NEW.outbox_id
+       AND a.participant_id = NEW.participant_id
+     ORDER BY a.attempt_no DESC
+     LIMIT 1;
+
+    IF NEW.attempt_no IS DISTINCT FROM coalesce(v_prev_no, 0) + 1 THEN
+        RAISE EXCEPTION 'attempt_no must continue the item''s history without gaps'
+            USING ERRCODE = 'SY301', CONSTRAINT = 'payment_outbox_attempts_attempt_no_dense',
+                  DETAIL = format('expected %s, got %s', coalesce(v_prev_no, 0) + 1,
+                                  NEW.attempt_no);
+    END IF;
+
+    IF NOT is_legal_transition(v_prev_state, NEW.state) THEN
+        RAISE EXCEPTION 'illegal ledger transition'
+            USING ERRCODE = 'SY300', CONSTRAINT = 'payment_outbox_attempts_legal_transition',
+                  DETAIL = format('%s -> %s', coalesce(v_prev_state::text, '(start)'),
+                                  NEW.state);
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION symphony.check_pending_matches_ledger() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = symphony, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_outbox_id   uuid;
+    v_participant text;
+    v_terminal    boolean;
+    v_pending     boolean;
+BEGIN
+    v_outbox_id := CASE WHEN TG_OP = 'DELETE' THEN OLD.outbox_id ELSE NEW.outbox_id END;
+    v_participant := CASE WHEN TG_OP = 'DELETE' THEN OLD.participant_id
+                          ELSE NEW.participant_id END;
+    v_terminal := EXISTS (
+        SELECT 1 FROM payment_outbox_attempts a
+         WHERE a.outbox_id = v_outbox_id AND a.participant_id = v_participant
+           AND a.state IN ('DISPATCHED', 'FAILED'));
+    v_pending := EXISTS (
+        SELECT 1 FROM payment_outbox_pending p
+         WHERE p.outbox_id = v_outbox_id AND p.participant_id = v_participant);
+    IF v_terminal = v_pending THEN
+        RAISE EXCEPTION 'an item is pending if and only if it has no terminal ledger row'
+            USING ERRCODE = 'SY302', CONSTRAINT = 'payment_outbox_pending_matches_ledger',
+                  DETAIL = format('outbox item %s: pending=%s terminal=%s',
+                                  v_outbox_id, v_pending, v_terminal);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 -- buckets -------------------------------------------------------------------------------------
 
 -- Generated, so no writer can set a wrong one and enqueue needs no change. The formula is the
