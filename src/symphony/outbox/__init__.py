@@ -26,8 +26,8 @@ from symphony.outbox.store import OutboxStore
 
 __all__ = [
     "BUCKET_COUNT",
-    "BucketRange",
     "AccessStore",
+    "BucketRange",
     "Caller",
     "ClaimedItem",
     "Completion",
