@@ -1,4 +1,4 @@
--- 0008 — keys that carry the participant, and routing buckets: a schema a distributed
+-- 0009 — keys that carry the participant, and routing buckets: a schema a distributed
 -- PostgreSQL (Citus) can shard by participant_id without a rewrite of the outbox.
 --
 -- Why:
