@@ -235,12 +235,17 @@ async def test_bucket_statements_stay_within_one_bucket(
         leased = conn.execute(
             "SELECT outbox_id, lease_token, bucket FROM symphony.payment_outbox_pending "
             " WHERE lease_token IS NOT NULL LIMIT 1").fetchone()
-    assert leased is not None
+        due = conn.execute(
+            "SELECT bucket FROM symphony.payment_outbox_pending "
+            " WHERE lease_token IS NULL LIMIT 1").fetchone()
+    assert leased is not None and due is not None
     bucket = int(leased["bucket"])
     one = {"bucket_from": bucket, "bucket_to": bucket}
     calls = {
+        # A bucket with due items: the claim leases some, so the ledger's triggers run too.
         "claim_outbox_batch_buckets": {
-            "worker_id": "ready", "batch_size": 8, "lease_seconds": 60, **one},
+            "worker_id": "ready", "batch_size": 8, "lease_seconds": 60,
+            "bucket_from": int(due["bucket"]), "bucket_to": int(due["bucket"])},
         "repair_expired_leases_buckets": {"limit": 8, "threshold_seconds": None, **one},
         "complete_outbox_batch_buckets": {
             "outbox_ids": [leased["outbox_id"]], "lease_tokens": [leased["lease_token"]],
@@ -253,6 +258,10 @@ async def test_bucket_statements_stay_within_one_bucket(
         scanned = {s["Relation Name"] for p in plans for s in _scans(p["Plan"])}
         assert "payment_outbox_pending" in scanned, (name, plans)
         assert plan_problems(plans, per_item) == [], name
+        if name == "claim_outbox_batch_buckets":
+            # The claim leased items and appended their ledger rows: the transition check
+            # (a trigger) read each item's own history, within its participant.
+            assert "payment_outbox_attempts" in scanned, plans
 
 
 # -- the check itself: it fails on a planted table or index ---------------------------------------
