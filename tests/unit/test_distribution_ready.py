@@ -134,24 +134,29 @@ def schema_problems(dsn: str) -> list[str]:
     return problems
 
 
-def _scans(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    if "Relation Name" in node and "Scan" in node.get("Node Type", ""):
-        yield node
-    for child in node.get("Plans", []):
-        yield from _scans(child)
-
-
 _CONDITIONS = ("Index Cond", "Filter", "Recheck Cond", "TID Cond")
+_JOIN_CONDITIONS = ("Hash Cond", "Merge Cond", "Join Filter")
+
+
+def _scans(node: dict[str, Any], joins: str = "") -> Iterator[tuple[dict[str, Any], str]]:
+    """Every relation scan, with the join conditions of the joins above it: a scan joined on
+    participant_id to rows of one bucket is a co-located join, on the same shard."""
+    if "Relation Name" in node and "Scan" in node.get("Node Type", ""):
+        yield node, joins
+    here = " ".join(str(node.get(c, "")) for c in _JOIN_CONDITIONS)
+    for child in node.get("Plans", []):
+        yield from _scans(child, f"{joins} {here}".strip())
 
 
 def plan_problems(plans: list[dict[str, Any]], per_item: set[str]) -> list[str]:
-    """Scans of per-item tables with no condition on participant_id or bucket."""
+    """Scans of per-item tables with no condition on participant_id or bucket, neither their
+    own nor that of a join they are in."""
     problems: list[str] = []
     for plan in plans:
-        for scan in _scans(plan["Plan"]):
+        for scan, joins in _scans(plan["Plan"]):
             if scan["Relation Name"] not in per_item:
                 continue
-            conditions = " ".join(str(scan.get(c, "")) for c in _CONDITIONS)
+            conditions = " ".join(str(scan.get(c, "")) for c in _CONDITIONS) + " " + joins
             if "participant_id" not in conditions and "bucket" not in conditions:
                 problems.append(
                     f"{scan['Node Type']} on {scan['Relation Name']} reads across buckets "
@@ -255,7 +260,7 @@ async def test_bucket_statements_stay_within_one_bucket(
     assert set(calls) == set(ONE_BUCKET_QUERIES)
     for name, params in calls.items():
         plans = await explained_one_bucket(ready_dsn, name, params)
-        scanned = {s["Relation Name"] for p in plans for s in _scans(p["Plan"])}
+        scanned = {s["Relation Name"] for p in plans for s, _ in _scans(p["Plan"])}
         assert "payment_outbox_pending" in scanned, (name, plans)
         assert plan_problems(plans, per_item) == [], name
         if name == "claim_outbox_batch_buckets":
@@ -274,6 +279,15 @@ def test_the_plan_check_flags_a_scan_across_buckets() -> None:
     assert plan_problems([plan], {"payment_outbox_pending"})
     plan["Plan"]["Filter"] = "((bucket >= 3) AND (bucket <= 3))"
     assert plan_problems([plan], {"payment_outbox_pending"}) == []
+    # A scan under a join on participant_id is co-located; under a join on outbox_id alone
+    # it is not.
+    joined = {"Query Text": "SELECT 2", "Plan": {
+        "Node Type": "Hash Join", "Hash Cond": "(r.outbox_id = l.outbox_id)",
+        "Plans": [{"Node Type": "Seq Scan", "Relation Name": "payment_instruction_registry"}]}}
+    assert plan_problems([joined], {"payment_instruction_registry"})
+    joined["Plan"]["Hash Cond"] = ("((r.outbox_id = l.outbox_id) AND "
+                                   "(r.participant_id = l.participant_id))")
+    assert plan_problems([joined], {"payment_instruction_registry"}) == []
 
 
 PLANTED = {

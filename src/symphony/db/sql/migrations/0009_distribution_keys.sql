@@ -340,9 +340,9 @@ BEGIN
            l.needs_lookup, r.participant_id, r.sequence_id, r.instruction_id, r.rail_type,
            r.payload
       FROM leased l
+      -- By both key columns, nothing more: the registry's (outbox_id, participant_id) key.
       JOIN payment_instruction_registry r
         ON r.outbox_id = l.outbox_id AND r.participant_id = l.participant_id
-     WHERE r.participant_id = ANY (v_participants)
      ORDER BY r.participant_id, r.sequence_id;
 END
 $$;
@@ -431,8 +431,9 @@ BEGIN
           FROM payment_outbox_pending p
           JOIN input i ON i.outbox_id = p.outbox_id AND i.lease_token = p.lease_token
          WHERE p.outbox_id = ANY (p_outbox_ids)
+           -- The range's participants are the range (a bucket is a function of the
+           -- participant): both key columns, so the primary key finds the few rows.
            AND p.participant_id = ANY (v_participants)
-           AND p.bucket BETWEEN p_bucket_from AND p_bucket_to
            FOR UPDATE OF p
     ),
     judged AS (
