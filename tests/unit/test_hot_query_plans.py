@@ -138,3 +138,54 @@ async def test_completion_finds_items_by_primary_key(
     )
     assert "payment_outbox_pending_pkey" in plans, plans
     assert "Seq Scan on payment_outbox_pending" not in plans, plans
+
+
+# -- the bucket overloads (migration distribution_keys) read the same few rows -----------------
+
+# Every plan item is plan-participant's; its bucket is read in the statement.
+_PLAN_BUCKET = ("SELECT bucket::integer FROM symphony.participants "
+                "WHERE participant_id = 'plan-participant'")
+
+
+async def test_bucket_claim_reads_a_due_index(
+    explained: psycopg.AsyncConnection[tuple[object, ...]],
+) -> None:
+    plans = await _plans(
+        explained,
+        "WITH b AS (" + _PLAN_BUCKET + ") "
+        "SELECT c.* FROM b, symphony.claim_outbox_batch('w3', 64, 60, b.bucket, b.bucket) c")
+    assert ("payment_outbox_pending_bucket_due_idx" in plans
+            or "payment_outbox_pending_due_idx" in plans), plans
+    assert "Seq Scan on payment_outbox_pending" not in plans, plans
+    assert "Seq Scan on payment_outbox_attempts" not in plans, plans
+
+
+async def test_bucket_repair_reads_only_leased_rows(
+    explained: psycopg.AsyncConnection[tuple[object, ...]],
+) -> None:
+    plans = await _plans(
+        explained,
+        "WITH b AS (" + _PLAN_BUCKET + ") "
+        "SELECT r.* FROM b, symphony.repair_expired_leases(100, 120, b.bucket, b.bucket) r")
+    assert ("payment_outbox_pending_bucket_lease_expiry_idx" in plans
+            or "payment_outbox_pending_lease_expiry_idx" in plans), plans
+    assert "Seq Scan on payment_outbox_pending" not in plans, plans
+
+
+async def test_bucket_completion_finds_items_by_primary_key(
+    explained: psycopg.AsyncConnection[tuple[object, ...]],
+) -> None:
+    plans = await _plans(
+        explained,
+        "WITH b AS (" + _PLAN_BUCKET + ") "
+        "SELECT c.* FROM b, symphony.complete_outbox_batch("
+        "  ARRAY(SELECT outbox_id FROM symphony.payment_outbox_pending "
+        "         WHERE lease_token IS NOT NULL ORDER BY outbox_id LIMIT 20), "
+        "  ARRAY(SELECT lease_token FROM symphony.payment_outbox_pending "
+        "         WHERE lease_token IS NOT NULL ORDER BY outbox_id LIMIT 20), "
+        "  array_fill('DISPATCHED'::text, ARRAY[20]), array_fill(NULL::text, ARRAY[20]), "
+        "  array_fill(NULL::text, ARRAY[20]), array_fill(false, ARRAY[20]), "
+        "  array_fill(NULL::text, ARRAY[20]), b.bucket, b.bucket) c",
+    )
+    assert "payment_outbox_pending_pkey" in plans, plans
+    assert "Seq Scan on payment_outbox_pending" not in plans, plans

@@ -186,6 +186,8 @@ _BY_SQLSTATE: dict[str, _Mapping] = {
                       "DISPATCHED, RETRYABLE or FAILED"),
     "SY025": _Mapping(InvalidRequestError, "DUPLICATE_COMPLETION",
                       "an item may be completed once per batch"),
+    "SY026": _Mapping(InvalidRequestError, "INVALID_BUCKET_RANGE",
+                      "a bucket range is FROM-TO with 0 <= FROM <= TO <= 255"),
     "SY030": _Mapping(ParticipantNotActiveError, "PARTICIPANT_NOT_ACTIVE",
                       "the participant is not registered or not active"),
     "SY031": _Mapping(InvalidRequestError, "INVALID_CURSOR",

@@ -15,6 +15,8 @@ from symphony.outbox.audit import (
     verify,
 )
 from symphony.outbox.model import (
+    BUCKET_COUNT,
+    BucketRange,
     ClaimedItem,
     Completion,
     CompletionResult,
@@ -32,9 +34,11 @@ from symphony.outbox.model import (
 from symphony.outbox.store import OutboxStore
 
 __all__ = [
+    "BUCKET_COUNT",
     "AccessStore",
     "AuditReport",
     "AuditStore",
+    "BucketRange",
     "Caller",
     "CheckResult",
     "Checkpoint",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
 
@@ -71,6 +71,49 @@ class ParticipantPayment:
     created_at: datetime
     updated_at: datetime
     terminal_at: datetime | None
+
+
+# Routing buckets (migration "distribution_keys"): a participant's items are all in one
+# bucket, the top 8 bits of hashtext(participant_id), stored on the row by the database.
+BUCKET_COUNT: Final = 256
+
+
+@dataclass(frozen=True, slots=True)
+class BucketRange:
+    """An inclusive range of routing buckets, `first`-`last` within 0-255.
+
+    A worker given a range claims, completes and repairs only items of participants whose
+    bucket lies in it; a fleet whose ranges cover 0-255 without overlap covers every item.
+    """
+
+    first: int
+    last: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.first <= self.last <= BUCKET_COUNT - 1:
+            raise ValueError(
+                f"a bucket range is FROM-TO with 0 <= FROM <= TO <= {BUCKET_COUNT - 1}, "
+                f"got {self.first}-{self.last}"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> BucketRange:
+        """`FROM-TO` (`"0-63"`) or a single bucket (`"7"`); a ValueError otherwise."""
+        first, sep, last = text.strip().partition("-")
+        if not first.strip().isdigit() or (sep and not last.strip().isdigit()):
+            raise ValueError(f"a bucket range is FROM-TO (such as 0-63), got {text!r}")
+        low = int(first)
+        return cls(low, int(last) if sep else low)
+
+    @classmethod
+    def all(cls) -> BucketRange:
+        return cls(0, BUCKET_COUNT - 1)
+
+    def __contains__(self, bucket: object) -> bool:
+        return isinstance(bucket, int) and self.first <= bucket <= self.last
+
+    def __str__(self) -> str:
+        return f"{self.first}-{self.last}"
 
 
 @dataclass(frozen=True, slots=True)

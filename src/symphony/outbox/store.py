@@ -13,6 +13,7 @@ from uuid import UUID
 
 from symphony.db import Database, InvalidRequestError, Role
 from symphony.outbox.model import (
+    BucketRange,
     ClaimedItem,
     Completion,
     CompletionResult,
@@ -74,13 +75,20 @@ class OutboxStore:
         )
 
     async def claim(
-        self, worker_id: str, batch_size: int, lease_seconds: int
+        self, worker_id: str, batch_size: int, lease_seconds: int,
+        *, buckets: BucketRange | None = None,
     ) -> list[ClaimedItem]:
-        rows = await self.db.fetch_all(
-            Role.EXECUTOR,
-            "claim_outbox_batch",
-            {"worker_id": worker_id, "batch_size": batch_size, "lease_seconds": lease_seconds},
-        )
+        """Lease due items: from every bucket, or only from `buckets` (a worker of a fleet)."""
+        params: dict[str, Any] = {
+            "worker_id": worker_id, "batch_size": batch_size, "lease_seconds": lease_seconds,
+        }
+        if buckets is None:
+            rows = await self.db.fetch_all(Role.EXECUTOR, "claim_outbox_batch", params)
+        else:
+            rows = await self.db.fetch_all(
+                Role.EXECUTOR, "claim_outbox_batch_buckets",
+                {**params, "bucket_from": buckets.first, "bucket_to": buckets.last},
+            )
         return [
             ClaimedItem(
                 outbox_id=r["outbox_id"],
@@ -98,24 +106,30 @@ class OutboxStore:
             for r in rows
         ]
 
-    async def complete_batch(self, completions: Sequence[Completion]) -> list[CompletionResult]:
-        """Record many outcomes in one statement. A fenced item (stale lease) writes nothing
-        and comes back with `fenced=True`; the others are recorded."""
+    async def complete_batch(
+        self, completions: Sequence[Completion], *, buckets: BucketRange | None = None
+    ) -> list[CompletionResult]:
+        """Record many outcomes in one statement. A fenced item (stale lease, or outside
+        `buckets` when given) writes nothing and comes back with `fenced=True`; the others
+        are recorded."""
         if not completions:
             return []
-        rows = await self.db.fetch_all(
-            Role.EXECUTOR,
-            "complete_outbox_batch",
-            {
-                "outbox_ids": [c.outbox_id for c in completions],
-                "lease_tokens": [c.lease_token for c in completions],
-                "outcomes": [c.outcome.value for c in completions],
-                "error_codes": [c.error_code for c in completions],
-                "error_details": [c.error_detail for c in completions],
-                "ambiguous": [c.ambiguous for c in completions],
-                "rail_transaction_ids": [c.rail_transaction_id for c in completions],
-            },
-        )
+        params: dict[str, Any] = {
+            "outbox_ids": [c.outbox_id for c in completions],
+            "lease_tokens": [c.lease_token for c in completions],
+            "outcomes": [c.outcome.value for c in completions],
+            "error_codes": [c.error_code for c in completions],
+            "error_details": [c.error_detail for c in completions],
+            "ambiguous": [c.ambiguous for c in completions],
+            "rail_transaction_ids": [c.rail_transaction_id for c in completions],
+        }
+        if buckets is None:
+            rows = await self.db.fetch_all(Role.EXECUTOR, "complete_outbox_batch", params)
+        else:
+            rows = await self.db.fetch_all(
+                Role.EXECUTOR, "complete_outbox_batch_buckets",
+                {**params, "bucket_from": buckets.first, "bucket_to": buckets.last},
+            )
         return [_completion_result(r) for r in rows]
 
     async def complete(self, completion: Completion) -> CompletionResult:
@@ -137,13 +151,18 @@ class OutboxStore:
         return _completion_result({**row, "result": "COMPLETED"})
 
     async def repair_expired_leases(
-        self, limit: int, *, threshold_seconds: int | None = None, role: Role = Role.EXECUTOR
+        self, limit: int, *, threshold_seconds: int | None = None, role: Role = Role.EXECUTOR,
+        buckets: BucketRange | None = None,
     ) -> list[RepairedItem]:
-        rows = await self.db.fetch_all(
-            role,
-            "repair_expired_leases",
-            {"limit": limit, "threshold_seconds": threshold_seconds},
-        )
+        """Requeue expired leases: in every bucket, or only in `buckets`."""
+        params: dict[str, Any] = {"limit": limit, "threshold_seconds": threshold_seconds}
+        if buckets is None:
+            rows = await self.db.fetch_all(role, "repair_expired_leases", params)
+        else:
+            rows = await self.db.fetch_all(
+                role, "repair_expired_leases_buckets",
+                {**params, "bucket_from": buckets.first, "bucket_to": buckets.last},
+            )
         return [
             RepairedItem(
                 outbox_id=r["outbox_id"],
@@ -222,6 +241,11 @@ class OutboxStore:
             state=str(row["state"]),
             attempt_no=int(row["attempt_no"]),
         )
+
+    async def participant_buckets(self, role: Role = Role.CONTROL) -> dict[str, int]:
+        """The routing bucket of every participant (the worker fleet's map)."""
+        rows = await self.db.fetch_all(role, "participant_buckets")
+        return {str(r["participant_id"]): int(r["bucket"]) for r in rows}
 
     async def zombie_threshold_seconds(self) -> int:
         """The zombie threshold the database bounds every lease by (role: executor)."""

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from symphony.db import ConfigurationError, Role
-from symphony.outbox import OutboxStore, RepairedItem
+from symphony.outbox import BucketRange, OutboxStore, RepairedItem
 from symphony.service import LoopService
 
 DEFAULT_ZOMBIE_THRESHOLD_SECONDS = 120
@@ -54,12 +54,15 @@ class ZombieRepairConfig:
     batch_size: most items repaired in one cycle, so one cycle is one bounded statement
         (default 500).
     role: the role that runs the repair (executor by default; control for a manual repair).
+    buckets: repair only this bucket range (a worker of a fleet repairs its own buckets);
+        default None, every bucket.
     """
 
     threshold_seconds: int = field(default_factory=zombie_threshold_from_env)
     interval_seconds: float = 5.0
     batch_size: int = 500
     role: Role = Role.EXECUTOR
+    buckets: BucketRange | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.threshold_seconds <= MAX_ZOMBIE_THRESHOLD_SECONDS:
@@ -107,6 +110,7 @@ class ZombieRepairWorker(LoopService[RepairResult]):
             self.config.batch_size,
             threshold_seconds=self.config.threshold_seconds,
             role=self.config.role,
+            buckets=self.config.buckets,
         )
         self.total_repaired += len(repaired)
         if repaired:

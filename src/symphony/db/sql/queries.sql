@@ -35,6 +35,34 @@ SELECT outbox_id, state, attempt_no, next_attempt_at
 SELECT outbox_id, attempt_no, attempt_count, claimed_by, lease_expires_at
   FROM symphony.repair_expired_leases(%(limit)s, %(threshold_seconds)s);
 
+-- name: claim_outbox_batch_buckets
+-- The claim restricted to one bucket range (a worker of a fleet that splits the buckets):
+-- every statement names the range's participants, so it stays on the shard that holds them.
+SELECT outbox_id, lease_token, lease_expires_at, attempt_no, attempt_count, needs_lookup,
+       participant_id, sequence_id, instruction_id, rail_type, payload
+  FROM symphony.claim_outbox_batch(%(worker_id)s, %(batch_size)s, %(lease_seconds)s,
+                                   %(bucket_from)s::integer, %(bucket_to)s::integer);
+
+-- name: complete_outbox_batch_buckets
+-- The batch completion restricted to one bucket range: an item outside it is FENCED.
+SELECT outbox_id, result, state, attempt_no, next_attempt_at
+  FROM symphony.complete_outbox_batch(
+      %(outbox_ids)s::uuid[], %(lease_tokens)s::uuid[], %(outcomes)s::text[],
+      %(error_codes)s::text[], %(error_details)s::text[], %(ambiguous)s::boolean[],
+      %(rail_transaction_ids)s::text[], %(bucket_from)s::integer, %(bucket_to)s::integer);
+
+-- name: repair_expired_leases_buckets
+-- The zombie repair restricted to one bucket range.
+SELECT outbox_id, attempt_no, attempt_count, claimed_by, lease_expires_at
+  FROM symphony.repair_expired_leases(%(limit)s, %(threshold_seconds)s::integer,
+                                      %(bucket_from)s::integer, %(bucket_to)s::integer);
+
+-- name: participant_buckets
+-- Which routing bucket each participant's items are in (roles: control, readonly, auditor).
+SELECT participant_id, bucket
+  FROM symphony.participants
+ ORDER BY bucket, participant_id;
+
 -- name: count_zombies
 -- Expired leases that await repair (read through the status view: the executor has no
 -- privilege on the queue's lease columns).

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from symphony.db import ConfigurationError
+from symphony.outbox import BucketRange
 from symphony.repair import zombie_threshold_from_env
 
 DEFAULT_RAIL_URL: Final = "http://127.0.0.1:8765"
@@ -73,6 +74,10 @@ class WorkerConfig(BaseSettings):
         recorded (default 15); the rest stay leased for the zombie repair.
     rail_url: base URL of the payment rail (default the simulator on 127.0.0.1:8765).
     metrics_port: serve Prometheus metrics on 127.0.0.1 at this port (default: off).
+    buckets: `SYMPHONY_WORKER_BUCKETS=FROM-TO` (such as `0-63`, or one bucket `7`): claim,
+        complete and repair only items whose routing bucket (0-255, one per participant) is
+        in the range, so a fleet can split the buckets. Default: unset, every bucket (one
+        worker, or workers that share the whole queue).
     """
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
@@ -104,6 +109,17 @@ class WorkerConfig(BaseSettings):
     metrics_port: int | None = Field(
         default=None, ge=0, le=65_535, validation_alias="SYMPHONY_METRICS_PORT"
     )
+    buckets: BucketRange | None = Field(default=None, validation_alias="SYMPHONY_WORKER_BUCKETS")
+
+    @field_validator("buckets", mode="before")
+    @classmethod
+    def _bucket_range(cls, value: object) -> object:
+        if isinstance(value, str):
+            return None if not value.strip() else BucketRange.parse(value)
+        # The settings source reads a lone number ("7") as JSON: one bucket.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return BucketRange(value, value)
+        return value
 
     @field_validator("rail_url")
     @classmethod

@@ -309,7 +309,7 @@ class ExecutorWorker(LoopService[CycleResult]):
             if claimed is not None:
                 claimed.set_result((0, limit))
             return CycleResult()
-        items = await self.store.claim(self.config.worker_id, limit, self.config.lease_seconds)
+        items = await self._claim(limit)
         if claimed is not None:
             claimed.set_result((len(items), limit))
         if not items:
@@ -337,13 +337,26 @@ class ExecutorWorker(LoopService[CycleResult]):
         self.log.debug("cycle: %s", result)
         return result
 
+    async def _claim(self, limit: int) -> list[ClaimedItem]:
+        # Without a bucket range the store is called exactly as before the ranges existed
+        # (stores that wrap it keep working); with one, every call names the range.
+        if self.config.buckets is None:
+            return await self.store.claim(self.config.worker_id, limit, self.config.lease_seconds)
+        return await self.store.claim(self.config.worker_id, limit, self.config.lease_seconds,
+                                      buckets=self.config.buckets)
+
+    async def _complete(self, completions: Sequence[Completion]) -> list[CompletionResult]:
+        if self.config.buckets is None:
+            return await self.store.complete_batch(completions)
+        return await self.store.complete_batch(completions, buckets=self.config.buckets)
+
     async def _record(self, completions: Sequence[Completion]) -> list[CompletionResult]:
         """Record the outcomes in one statement; if it is refused, one by one (see the module
         docstring). A stale lease never refuses the statement: it comes back fenced."""
         if not completions:
             return []
         try:
-            return await self.store.complete_batch(completions)
+            return await self._complete(completions)
         except DatabaseUnavailableError:
             raise  # nothing item by item would fare better; the repair covers the leases
         except SymphonyError as exc:
@@ -359,7 +372,7 @@ class ExecutorWorker(LoopService[CycleResult]):
     async def _record_one(self, completion: Completion) -> list[CompletionResult]:
         for attempt in (completion, _escaped(completion)):
             try:
-                return await self.store.complete_batch([attempt])
+                return await self._complete([attempt])
             except DatabaseUnavailableError:
                 raise
             except SymphonyError as exc:

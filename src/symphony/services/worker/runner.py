@@ -59,7 +59,8 @@ class WorkerProcess:
         # ZOMBIE_THRESHOLD_SECONDS unless the caller says otherwise).
         self.repair: ZombieRepairWorker = _MeteredRepair(
             self.store,
-            repair_config or ZombieRepairConfig(threshold_seconds=config.lease_seconds),
+            repair_config or ZombieRepairConfig(threshold_seconds=config.lease_seconds,
+                                               buckets=config.buckets),
             self.metrics,
         )
         self._started = False
@@ -75,9 +76,10 @@ class WorkerProcess:
         await self.repair.start()
         await self.executor.start()
         log.info(
-            "worker %s started: rail %s, batch %d, concurrency %d, lease %ds",
+            "worker %s started: rail %s, batch %d, concurrency %d, lease %ds, buckets %s",
             self.config.worker_id, self.config.rail_url, self.config.batch_size,
             self.config.max_concurrency, self.config.lease_seconds,
+            self.config.buckets or "all",
             extra={"worker_id": self.config.worker_id},
         )
 
