@@ -174,8 +174,14 @@ async def test_i2_two_pending_rows(planted: tuple[Database, History]) -> None:
     await plant(h.admin, [],
                 "ALTER TABLE symphony.payment_outbox_pending "
                 "DROP CONSTRAINT payment_outbox_pending_pkey CASCADE",
+                # Every column but the generated routing bucket.
                 "INSERT INTO symphony.payment_outbox_pending "
-                "SELECT * FROM symphony.payment_outbox_pending WHERE outbox_id = "
+                "  (outbox_id, participant_id, sequence_id, attempt_count, last_attempt_no, "
+                "   next_attempt_at, needs_lookup, last_error_code, created_at) "
+                "SELECT outbox_id, participant_id, sequence_id, attempt_count, "
+                "       last_attempt_no, next_attempt_at, needs_lookup, last_error_code, "
+                "       created_at "
+                "  FROM symphony.payment_outbox_pending WHERE outbox_id = "
                 + _u(h.retrying))
     assert_names(await verify(db), "I2", h.retrying, "DUPLICATE_PENDING_ROW")
 
