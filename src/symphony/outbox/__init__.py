@@ -1,10 +1,19 @@
 """The outbox domain: payment instructions, leased items, outcomes, and the store that moves
 them through the database functions (enqueue, claim, complete, repair); participants and
-their API tokens (`AccessStore`)."""
+their API tokens (`AccessStore`); the auditor's checks and ledger checkpoints (`AuditStore`,
+`verify`)."""
 
 from __future__ import annotations
 
 from symphony.outbox.access import AccessStore, Caller, IssuedToken, Participant, TokenKind
+from symphony.outbox.audit import (
+    AuditReport,
+    AuditStore,
+    Checkpoint,
+    CheckResult,
+    Violation,
+    verify,
+)
 from symphony.outbox.model import (
     ClaimedItem,
     Completion,
@@ -24,7 +33,11 @@ from symphony.outbox.store import OutboxStore
 
 __all__ = [
     "AccessStore",
+    "AuditReport",
+    "AuditStore",
     "Caller",
+    "CheckResult",
+    "Checkpoint",
     "ClaimedItem",
     "Completion",
     "CompletionResult",
@@ -42,4 +55,6 @@ __all__ = [
     "ReviewOutcome",
     "SupervisorStatus",
     "TokenKind",
+    "Violation",
+    "verify",
 ]

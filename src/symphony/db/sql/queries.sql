@@ -293,3 +293,646 @@ SELECT outbox_id, instruction_id, idempotency_key, rail_type, payload, state, at
        next_attempt_at, last_error_code, created_at, updated_at, terminal_at
   FROM symphony.participant_payments(%(participant_id)s, %(state)s, %(after)s::uuid,
                                      %(limit)s);
+
+-- the auditor's checks (role: auditor; `symphony audit verify`, symphony.outbox.audit) --------
+-- Every check returns the same columns: outbox_id, attempt_no, subject (what the problem is
+-- about when it is not one ledger row: a participant, a trigger, a checkpoint), problem (a
+-- code), total (violations found, of which at most `limit` rows come back). `since` NULL
+-- checks everything; otherwise the items registered, or with a ledger row, at or after it.
+-- The checks recompute in plain SQL, with built-in functions only: none of them trusts a
+-- function of the schema it audits, except I8 and I9, whose functions read what the auditor
+-- may not (sequence numbers, lease tokens) and return only ids and problem codes.
+
+-- name: audit_scope_counts
+WITH scope AS (
+    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
+     WHERE r.created_at >= %(since)s::timestamptz
+    UNION
+    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
+     WHERE a.recorded_at >= %(since)s::timestamptz
+)
+SELECT (SELECT count(*) FROM symphony.payment_instruction_registry r
+         WHERE %(since)s::timestamptz IS NULL
+            OR r.outbox_id IN (SELECT s.outbox_id FROM scope s)) AS items,
+       (SELECT count(*) FROM symphony.payment_outbox_attempts a
+         WHERE %(since)s::timestamptz IS NULL
+            OR a.outbox_id IN (SELECT s.outbox_id FROM scope s)) AS ledger_rows,
+       (SELECT count(*) FROM symphony.payment_outbox_pending p
+         WHERE %(since)s::timestamptz IS NULL
+            OR p.outbox_id IN (SELECT s.outbox_id FROM scope s)) AS pending,
+       (SELECT count(*) FROM symphony.ledger_checkpoints) AS checkpoints,
+       now() AS snapshot_at;
+
+-- name: audit_registry_identity
+-- I1: one item per (participant_id, instruction_id, idempotency_key); outbox_id unique.
+WITH scope AS (
+    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
+     WHERE r.created_at >= %(since)s::timestamptz
+    UNION
+    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
+     WHERE a.recorded_at >= %(since)s::timestamptz
+)
+SELECT x.outbox_id, NULL::integer AS attempt_no, x.participant_id AS subject, x.problem,
+       count(*) OVER () AS total
+  FROM (SELECT r.outbox_id, r.participant_id,
+               CASE
+                   WHEN count(*) OVER (PARTITION BY r.outbox_id) > 1 THEN 'DUPLICATE_OUTBOX_ID'
+                   WHEN count(*) OVER (PARTITION BY r.participant_id, r.instruction_id,
+                                                    r.idempotency_key) > 1
+                       THEN 'DUPLICATE_IDEMPOTENCY_KEY'
+               END AS problem
+          FROM symphony.payment_instruction_registry r) x
+ WHERE x.problem IS NOT NULL
+   AND (%(since)s::timestamptz IS NULL OR x.outbox_id IN (SELECT s.outbox_id FROM scope s))
+ ORDER BY x.outbox_id
+ LIMIT %(limit)s;
+
+-- name: audit_one_pending_row
+-- I2: at most one pending row per outbox_id.
+WITH scope AS (
+    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
+     WHERE r.created_at >= %(since)s::timestamptz
+    UNION
+    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
+     WHERE a.recorded_at >= %(since)s::timestamptz
+)
+SELECT p.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
+       'DUPLICATE_PENDING_ROW' AS problem, count(*) OVER () AS total
+  FROM symphony.payment_outbox_pending p
+ WHERE %(since)s::timestamptz IS NULL OR p.outbox_id IN (SELECT s.outbox_id FROM scope s)
+ GROUP BY p.outbox_id
+HAVING count(*) > 1
+ ORDER BY p.outbox_id
+ LIMIT %(limit)s;
+
+-- name: audit_append_only
+-- I3, from the catalog: the history tables' triggers exist, call the right function and fire
+-- ALWAYS (also where session_replication_role = replica); no runtime role, login principal
+-- or PUBLIC may write, change or remove their rows. (`since` does not apply.)
+WITH expected (table_name, trigger_name, function_name) AS (
+    VALUES ('payment_outbox_attempts', 'payment_outbox_attempts_append_only',
+            'refuse_history_rewrite'),
+           ('payment_outbox_attempts', 'payment_outbox_attempts_no_truncate',
+            'refuse_history_rewrite'),
+           ('payment_outbox_attempts', 'payment_outbox_attempts_legal_transition',
+            'check_attempt_sequence'),
+           ('payment_outbox_attempts', 'payment_outbox_attempts_terminal_leaves_pending',
+            'check_pending_matches_ledger'),
+           ('payment_outbox_attempts', 'payment_outbox_attempts_seal', 'seal_attempt'),
+           ('payment_instruction_registry', 'payment_instruction_registry_append_only',
+            'refuse_history_rewrite'),
+           ('payment_instruction_registry', 'payment_instruction_registry_no_truncate',
+            'refuse_history_rewrite'),
+           ('payment_instruction_registry', 'payment_instruction_registry_seal',
+            'seal_instruction'),
+           ('outbox_review_decisions', 'outbox_review_decisions_append_only',
+            'refuse_history_rewrite'),
+           ('outbox_review_decisions', 'outbox_review_decisions_no_truncate',
+            'refuse_history_rewrite'),
+           ('outbox_lookup_marks', 'outbox_lookup_marks_append_only', 'refuse_history_rewrite'),
+           ('outbox_lookup_marks', 'outbox_lookup_marks_no_truncate', 'refuse_history_rewrite'),
+           ('ledger_checkpoints', 'ledger_checkpoints_append_only', 'refuse_history_rewrite'),
+           ('ledger_checkpoints', 'ledger_checkpoints_no_truncate', 'refuse_history_rewrite'),
+           ('ledger_checkpoint_heads', 'ledger_checkpoint_heads_append_only',
+            'refuse_history_rewrite'),
+           ('ledger_checkpoint_heads', 'ledger_checkpoint_heads_no_truncate',
+            'refuse_history_rewrite'),
+           ('payment_outbox_pending', 'payment_outbox_pending_mark_lookup',
+            'mark_lookup_needed')
+),
+history (table_name) AS (
+    VALUES ('payment_outbox_attempts'), ('payment_instruction_registry'),
+           ('outbox_review_decisions'), ('outbox_lookup_marks'), ('ledger_checkpoints'),
+           ('ledger_checkpoint_heads')
+),
+grantees (grantee) AS (
+    VALUES ('symphony_control'), ('symphony_ingest'), ('symphony_executor'),
+           ('symphony_readonly'), ('symphony_auditor'), ('symphony_control_svc'),
+           ('symphony_ingest_svc'), ('symphony_executor_svc'), ('symphony_reader_svc'),
+           ('symphony_api_svc'), ('public')
+),
+privileges (privilege) AS (
+    VALUES ('INSERT'), ('UPDATE'), ('DELETE'), ('TRUNCATE')
+),
+problems AS (
+    SELECT e.table_name || '.' || e.trigger_name AS subject,
+           CASE
+               WHEN t.oid IS NULL THEN 'TRIGGER_MISSING'
+               WHEN t.tgenabled <> 'A' THEN 'TRIGGER_NOT_ENABLED_ALWAYS'
+               WHEN f.proname IS DISTINCT FROM e.function_name THEN 'TRIGGER_FUNCTION_CHANGED'
+           END AS problem
+      FROM expected e
+      LEFT JOIN pg_catalog.pg_trigger t
+        ON t.tgname = e.trigger_name
+       AND t.tgrelid = pg_catalog.to_regclass('symphony.' || e.table_name)
+      LEFT JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid
+    UNION ALL
+    SELECT g.grantee || ' holds ' || p.privilege || ' on ' || h.table_name, 'PRIVILEGE_GRANTED'
+      FROM history h
+     CROSS JOIN grantees g
+     CROSS JOIN privileges p
+     WHERE pg_catalog.to_regclass('symphony.' || h.table_name) IS NOT NULL
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles ro
+                    WHERE ro.rolname = g.grantee OR g.grantee = 'public')
+       AND (pg_catalog.has_table_privilege(g.grantee, 'symphony.' || h.table_name,
+                                           p.privilege)
+            OR (p.privilege IN ('INSERT', 'UPDATE')
+                AND pg_catalog.has_any_column_privilege(g.grantee, 'symphony.' || h.table_name,
+                                                        p.privilege)))
+)
+SELECT NULL::uuid AS outbox_id, NULL::integer AS attempt_no, x.subject, x.problem,
+       count(*) OVER () AS total
+  FROM problems x
+ WHERE x.problem IS NOT NULL
+ ORDER BY x.subject
+ LIMIT %(limit)s;
+
+-- name: audit_attempt_numbering
+-- I4: attempt_no runs 1, 2, 3, ... per item; a pending row's attempt_count is the number of
+-- its DISPATCHING rows and its last_attempt_no its newest attempt_no.
+WITH scope AS (
+    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
+     WHERE r.created_at >= %(since)s::timestamptz
+    UNION
+    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
+     WHERE a.recorded_at >= %(since)s::timestamptz
+),
+numbered AS (
+    SELECT a.outbox_id, a.attempt_no,
+           lag(a.attempt_no) OVER (PARTITION BY a.outbox_id ORDER BY a.attempt_no) AS previous_no
+      FROM symphony.payment_outbox_attempts a
+     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s)
+),
+live AS (
+    SELECT p.outbox_id, p.attempt_count, p.last_attempt_no
+      FROM symphony.payment_outbox_pending p
+     WHERE %(since)s::timestamptz IS NULL OR p.outbox_id IN (SELECT s.outbox_id FROM scope s)
+),
+live_ledger AS (
+    SELECT a.outbox_id, count(*) FILTER (WHERE a.state = 'DISPATCHING') AS dispatching,
+           max(a.attempt_no) AS last_no
+      FROM symphony.payment_outbox_attempts a
+     WHERE a.outbox_id IN (SELECT l.outbox_id FROM live l)
+     GROUP BY a.outbox_id
+),
+problems AS (
+    SELECT n.outbox_id, n.attempt_no,
+           CASE
+               WHEN n.previous_no IS NULL AND n.attempt_no <> 1 THEN 'FIRST_ATTEMPT_NOT_1'
+               WHEN n.previous_no = n.attempt_no THEN 'DUPLICATE_ATTEMPT_NO'
+               WHEN n.attempt_no <> n.previous_no + 1 THEN 'ATTEMPT_GAP'
+           END AS problem
+      FROM numbered n
+    UNION ALL
+    SELECT l.outbox_id, NULL::integer,
+           CASE
+               WHEN l.attempt_count <> coalesce(c.dispatching, 0) THEN 'ATTEMPT_COUNT_MISMATCH'
+               WHEN l.last_attempt_no <> coalesce(c.last_no, 0) THEN 'LAST_ATTEMPT_NO_MISMATCH'
+           END
+      FROM live l
+      LEFT JOIN live_ledger c ON c.outbox_id = l.outbox_id
+)
+SELECT x.outbox_id, x.attempt_no, NULL::text AS subject, x.problem, count(*) OVER () AS total
+  FROM problems x
+ WHERE x.problem IS NOT NULL
+ ORDER BY x.outbox_id, x.attempt_no
+ LIMIT %(limit)s;
+
+-- name: audit_legal_transitions
+-- I5: the first row is DISPATCHING; DISPATCHED, RETRYABLE, FAILED and ZOMBIE_REQUEUE follow a
+-- DISPATCHING; DISPATCHING follows RETRYABLE or ZOMBIE_REQUEUE; nothing follows a terminal.
+WITH scope AS (
+    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
+     WHERE r.created_at >= %(since)s::timestamptz
+    UNION
+    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
+     WHERE a.recorded_at >= %(since)s::timestamptz
+),
+ordered AS (
+    SELECT a.outbox_id, a.attempt_no, a.state::text AS state,
+           (lag(a.state) OVER (PARTITION BY a.outbox_id ORDER BY a.attempt_no))::text
+               AS previous_state
+      FROM symphony.payment_outbox_attempts a
+     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s)
+)
+SELECT x.outbox_id, x.attempt_no,
+       coalesce(x.previous_state, '(start)') || ' -> ' || x.state AS subject,
+       'ILLEGAL_TRANSITION' AS problem, count(*) OVER () AS total
+  FROM ordered x
+ WHERE NOT CASE
+        WHEN x.previous_state IS NULL THEN x.state = 'DISPATCHING'
+        WHEN x.previous_state = 'DISPATCHING'
+            THEN x.state IN ('DISPATCHED', 'RETRYABLE', 'FAILED', 'ZOMBIE_REQUEUE')
+        WHEN x.previous_state IN ('RETRYABLE', 'ZOMBIE_REQUEUE') THEN x.state = 'DISPATCHING'
+        ELSE false
+    END
+ ORDER BY x.outbox_id, x.attempt_no
+ LIMIT %(limit)s;
+
+-- name: audit_one_terminal
+-- I6: at most one DISPATCHED row and at most one terminal row per item.
+WITH scope AS (
+    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
+     WHERE r.created_at >= %(since)s::timestamptz
+    UNION
+    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
+     WHERE a.recorded_at >= %(since)s::timestamptz
+)
+SELECT a.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
+       CASE WHEN count(*) FILTER (WHERE a.state = 'DISPATCHED') > 1 THEN 'DUPLICATE_DISPATCHED'
+            ELSE 'DUPLICATE_TERMINAL' END AS problem,
+       count(*) OVER () AS total
+  FROM symphony.payment_outbox_attempts a
+ WHERE a.state IN ('DISPATCHED', 'FAILED')
+   AND (%(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s))
+ GROUP BY a.outbox_id
+HAVING count(*) > 1
+ ORDER BY a.outbox_id
+ LIMIT %(limit)s;
+
+-- name: audit_pending_matches_ledger
+-- I7: an item is pending if and only if its ledger has no terminal row; no pending row,
+-- ledger row, review decision or lookup mark belongs to an item the registry does not know.
+WITH scope AS (
+    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
+     WHERE r.created_at >= %(since)s::timestamptz
+    UNION
+    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
+     WHERE a.recorded_at >= %(since)s::timestamptz
+),
+terminal AS (
+    SELECT DISTINCT a.outbox_id FROM symphony.payment_outbox_attempts a
+     WHERE a.state IN ('DISPATCHED', 'FAILED')
+),
+live AS (
+    SELECT DISTINCT p.outbox_id FROM symphony.payment_outbox_pending p
+),
+problems AS (
+    SELECT r.outbox_id,
+           CASE
+               WHEN l.outbox_id IS NOT NULL AND t.outbox_id IS NOT NULL
+                   THEN 'PENDING_AND_TERMINAL'
+               WHEN l.outbox_id IS NULL AND t.outbox_id IS NULL
+                   THEN 'NEITHER_PENDING_NOR_TERMINAL'
+           END AS problem
+      FROM symphony.payment_instruction_registry r
+      LEFT JOIN live l ON l.outbox_id = r.outbox_id
+      LEFT JOIN terminal t ON t.outbox_id = r.outbox_id
+    UNION ALL
+    SELECT l.outbox_id, 'PENDING_WITHOUT_REGISTRY' FROM live l
+     WHERE NOT EXISTS (SELECT 1 FROM symphony.payment_instruction_registry r
+                        WHERE r.outbox_id = l.outbox_id)
+    UNION ALL
+    SELECT a.outbox_id, 'LEDGER_WITHOUT_REGISTRY'
+      FROM (SELECT DISTINCT x.outbox_id FROM symphony.payment_outbox_attempts x) a
+     WHERE NOT EXISTS (SELECT 1 FROM symphony.payment_instruction_registry r
+                        WHERE r.outbox_id = a.outbox_id)
+    UNION ALL
+    SELECT d.outbox_id, 'DECISION_WITHOUT_REGISTRY' FROM symphony.outbox_review_decisions d
+     WHERE NOT EXISTS (SELECT 1 FROM symphony.payment_instruction_registry r
+                        WHERE r.outbox_id = d.outbox_id)
+)
+SELECT x.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject, x.problem,
+       count(*) OVER () AS total
+  FROM problems x
+ WHERE x.problem IS NOT NULL
+   AND (%(since)s::timestamptz IS NULL OR x.outbox_id IN (SELECT s.outbox_id FROM scope s))
+ ORDER BY x.outbox_id
+ LIMIT %(limit)s;
+
+-- name: audit_sequences
+-- I8, through the owner's function (the auditor may not read sequence numbers).
+SELECT v.outbox_id, NULL::integer AS attempt_no, v.participant_id AS subject, v.problem,
+       v.total
+  FROM symphony.audit_sequence_violations(%(since)s::timestamptz, %(limit)s) v;
+
+-- name: audit_lease_fencing
+-- I9, through the owner's function (no role may read a lease token).
+SELECT v.outbox_id, v.attempt_no, NULL::text AS subject, v.problem, v.total
+  FROM symphony.audit_lease_violations(%(since)s::timestamptz, %(limit)s) v;
+
+-- name: audit_no_failed_after_ambiguous
+-- I10: once an attempt of an item may have executed (a ZOMBIE_REQUEUE row, or the attempt
+-- its lookup mark names), no FAILED row follows, except an operator's review decision of
+-- FAILED; and while the item is pending it keeps needs_lookup, so its next dispatch asks the
+-- rail first.
+WITH scope AS (
+    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
+     WHERE r.created_at >= %(since)s::timestamptz
+    UNION
+    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
+     WHERE a.recorded_at >= %(since)s::timestamptz
+),
+ambiguous AS (
+    SELECT x.outbox_id, min(x.attempt_no) AS first_no
+      FROM (SELECT a.outbox_id, a.attempt_no FROM symphony.payment_outbox_attempts a
+             WHERE a.state = 'ZOMBIE_REQUEUE'
+            UNION ALL
+            SELECT m.outbox_id, m.attempt_no FROM symphony.outbox_lookup_marks m) x
+     WHERE %(since)s::timestamptz IS NULL OR x.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     GROUP BY x.outbox_id
+),
+problems AS (
+    SELECT f.outbox_id, f.attempt_no, 'FAILED_AFTER_AMBIGUOUS_ATTEMPT' AS problem
+      FROM ambiguous x
+      JOIN symphony.payment_outbox_attempts f
+        ON f.outbox_id = x.outbox_id AND f.attempt_no >= x.first_no AND f.state = 'FAILED'
+      LEFT JOIN symphony.payment_outbox_attempts o
+        ON o.outbox_id = f.outbox_id AND o.attempt_no = f.attempt_no - 1
+     WHERE NOT (o.state = 'DISPATCHING' AND o.error_code = 'OPERATOR_REVIEW'
+                AND EXISTS (SELECT 1 FROM symphony.outbox_review_decisions d
+                             WHERE d.outbox_id = f.outbox_id AND d.decision = 'FAILED'))
+    UNION ALL
+    SELECT p.outbox_id, x.first_no, 'LOOKUP_FLAG_LOST'
+      FROM ambiguous x
+      JOIN symphony.payment_outbox_pending p ON p.outbox_id = x.outbox_id
+     WHERE NOT p.needs_lookup
+)
+SELECT x.outbox_id, x.attempt_no, NULL::text AS subject, x.problem, count(*) OVER () AS total
+  FROM problems x
+ ORDER BY x.outbox_id, x.attempt_no
+ LIMIT %(limit)s;
+
+-- name: audit_review_rules
+-- I10, review: an item under review needs a lookup and holds no lease; a terminal row that
+-- an operator's review wrote (its DISPATCHING row is OPERATOR_REVIEW) has that decision in
+-- outbox_review_decisions, by that operator; a DISPATCHED or FAILED decision has its row.
+WITH scope AS (
+    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
+     WHERE r.created_at >= %(since)s::timestamptz
+    UNION
+    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
+     WHERE a.recorded_at >= %(since)s::timestamptz
+),
+problems AS (
+    SELECT p.outbox_id, NULL::integer AS attempt_no,
+           CASE WHEN NOT p.needs_lookup THEN 'REVIEW_WITHOUT_LOOKUP'
+                WHEN p.claimed_by IS NOT NULL THEN 'REVIEW_WHILE_LEASED' END AS problem
+      FROM symphony.payment_outbox_pending p
+     WHERE p.review_reason IS NOT NULL
+    UNION ALL
+    SELECT t.outbox_id, t.attempt_no, 'REVIEW_ROW_WITHOUT_DECISION'
+      FROM symphony.payment_outbox_attempts o
+      JOIN symphony.payment_outbox_attempts t
+        ON t.outbox_id = o.outbox_id AND t.attempt_no = o.attempt_no + 1
+     WHERE o.state = 'DISPATCHING' AND o.error_code = 'OPERATOR_REVIEW'
+       AND t.state IN ('DISPATCHED', 'FAILED')
+       AND NOT EXISTS (SELECT 1 FROM symphony.outbox_review_decisions d
+                        WHERE d.outbox_id = t.outbox_id AND d.decision = t.state::text
+                          AND t.worker_id = 'review:' || d.decided_by)
+    UNION ALL
+    SELECT d.outbox_id, NULL::integer, 'DECISION_WITHOUT_LEDGER_ROW'
+      FROM symphony.outbox_review_decisions d
+     WHERE d.decision IN ('DISPATCHED', 'FAILED')
+       AND NOT EXISTS (SELECT 1 FROM symphony.payment_outbox_attempts a
+                        WHERE a.outbox_id = d.outbox_id AND a.state::text = d.decision)
+)
+SELECT x.outbox_id, x.attempt_no, NULL::text AS subject, x.problem, count(*) OVER () AS total
+  FROM problems x
+ WHERE x.problem IS NOT NULL
+   AND (%(since)s::timestamptz IS NULL OR x.outbox_id IN (SELECT s.outbox_id FROM scope s))
+ ORDER BY x.outbox_id, x.attempt_no
+ LIMIT %(limit)s;
+
+-- name: audit_instruction_digests
+-- Tamper evidence: each registry row's digest recomputed from its content (the serialization
+-- of docs/audit.md: version tag, then `<characters>:<text>` per field, NULL as `-`, joined
+-- by `|`). A changed amount, destination, key or rail shows here.
+WITH scope AS (
+    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
+     WHERE r.created_at >= %(since)s::timestamptz
+    UNION
+    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
+     WHERE a.recorded_at >= %(since)s::timestamptz
+),
+fields AS (
+    SELECT r.outbox_id, r.instruction_digest,
+           ARRAY[r.outbox_id::text, r.participant_id, r.instruction_id, r.idempotency_key,
+                 r.rail_type, r.payload::text,
+                 (extract(epoch FROM r.created_at) * 1000000)::bigint::text] AS f
+      FROM symphony.payment_instruction_registry r
+     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id IN (SELECT s.outbox_id FROM scope s)
+),
+recomputed AS (
+    SELECT x.outbox_id, x.instruction_digest,
+           sha256(convert_to('symphony-instruction-v1' || (
+               SELECT string_agg('|' || CASE WHEN v IS NULL THEN '-'
+                                             ELSE char_length(v)::text || ':' || v END,
+                                 '' ORDER BY n)
+                 FROM unnest(x.f) WITH ORDINALITY AS u(v, n)), 'UTF8')) AS expected
+      FROM fields x
+)
+SELECT x.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
+       CASE WHEN x.instruction_digest IS NULL THEN 'DIGEST_MISSING'
+            ELSE 'INSTRUCTION_CHANGED' END AS problem,
+       count(*) OVER () AS total
+  FROM recomputed x
+ WHERE x.instruction_digest IS DISTINCT FROM x.expected
+ ORDER BY x.outbox_id
+ LIMIT %(limit)s;
+
+-- name: audit_ledger_chain
+-- Tamper evidence: each ledger row's digest recomputed over its content and the stored
+-- digest of the row before it (attempt 1: the instruction's digest). A changed row fails at
+-- itself; a removed or inserted row fails at the row after it.
+WITH scope AS (
+    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
+     WHERE r.created_at >= %(since)s::timestamptz
+    UNION
+    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
+     WHERE a.recorded_at >= %(since)s::timestamptz
+),
+linked AS (
+    SELECT a.outbox_id, a.attempt_no, a.row_digest,
+           CASE WHEN a.attempt_no = 1 THEN r.instruction_digest
+                ELSE lag(a.row_digest) OVER (PARTITION BY a.outbox_id ORDER BY a.attempt_no)
+           END AS previous_digest,
+           'symphony-attempt-v1'
+           || '|' || char_length(a.outbox_id::text)::text || ':' || a.outbox_id::text
+           || '|' || char_length(a.attempt_no::text)::text || ':' || a.attempt_no::text
+           || '|' || char_length(a.state::text)::text || ':' || a.state::text
+           || '|' || CASE WHEN a.worker_id IS NULL THEN '-'
+                          ELSE char_length(a.worker_id)::text || ':' || a.worker_id END
+           || '|' || CASE WHEN a.error_code IS NULL THEN '-'
+                          ELSE char_length(a.error_code)::text || ':' || a.error_code END
+           || '|' || CASE WHEN a.error_detail IS NULL THEN '-'
+                          ELSE char_length(a.error_detail)::text || ':' || a.error_detail END
+           || '|' || CASE WHEN a.rail_transaction_id IS NULL THEN '-'
+                          ELSE char_length(a.rail_transaction_id)::text || ':'
+                               || a.rail_transaction_id END
+           || '|' || char_length((extract(epoch FROM a.recorded_at) * 1000000)::bigint::text)::text
+                  || ':' || (extract(epoch FROM a.recorded_at) * 1000000)::bigint::text
+           || '|' || char_length(a.recorded_by)::text || ':' || a.recorded_by
+           || '|' || CASE WHEN a.lease_digest IS NULL THEN '-'
+                          ELSE '64:' || encode(a.lease_digest, 'hex') END AS canonical
+      FROM symphony.payment_outbox_attempts a
+      LEFT JOIN symphony.payment_instruction_registry r
+        ON r.outbox_id = a.outbox_id AND a.attempt_no = 1
+     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s)
+)
+SELECT x.outbox_id, x.attempt_no, NULL::text AS subject,
+       CASE WHEN x.row_digest IS NULL THEN 'DIGEST_MISSING'
+            ELSE 'CHAIN_BROKEN' END AS problem,
+       count(*) OVER () AS total
+  FROM linked x
+ WHERE x.row_digest IS DISTINCT FROM
+       sha256(coalesce(x.previous_digest, ''::bytea) || convert_to(x.canonical, 'UTF8'))
+ ORDER BY x.outbox_id, x.attempt_no
+ LIMIT %(limit)s;
+
+-- name: audit_checkpoint_chain
+-- Tamper evidence: checkpoints are numbered 1, 2, 3, ...; each one's digest recomputes from
+-- its fields and the previous checkpoint's digest; what they cover only grows.
+WITH ordered AS (
+    SELECT c.*,
+           lag(c.checkpoint_id) OVER w AS previous_id,
+           lag(c.checkpoint_digest) OVER w AS previous_stored_digest,
+           lag(c.up_to_attempt_id) OVER w AS previous_up_to,
+           lag(c.row_count) OVER w AS previous_row_count
+      FROM symphony.ledger_checkpoints c
+    WINDOW w AS (ORDER BY c.checkpoint_id)
+),
+problems AS (
+    SELECT o.checkpoint_id,
+           CASE
+               WHEN o.checkpoint_id <> coalesce(o.previous_id, 0) + 1 THEN 'CHECKPOINT_MISSING'
+               WHEN o.previous_digest IS DISTINCT FROM o.previous_stored_digest
+                   THEN 'CHECKPOINT_CHAIN_BROKEN'
+               WHEN o.up_to_attempt_id < coalesce(o.previous_up_to, 0)
+                    OR o.row_count < coalesce(o.previous_row_count, 0)
+                   THEN 'CHECKPOINT_WENT_BACK'
+               WHEN o.checkpoint_digest IS DISTINCT FROM sha256(
+                        coalesce(o.previous_digest, ''::bytea) || convert_to(
+                            'symphony-checkpoint-v1'
+                            || '|' || char_length(o.checkpoint_id::text)::text || ':'
+                                   || o.checkpoint_id::text
+                            || '|' || char_length((extract(epoch FROM o.taken_at) * 1000000)
+                                                  ::bigint::text)::text || ':'
+                                   || (extract(epoch FROM o.taken_at) * 1000000)::bigint::text
+                            || '|' || char_length(o.up_to_attempt_id::text)::text || ':'
+                                   || o.up_to_attempt_id::text
+                            || '|' || char_length(o.row_count::text)::text || ':'
+                                   || o.row_count::text
+                            || '|' || char_length(o.item_count::text)::text || ':'
+                                   || o.item_count::text
+                            || '|' || '64:' || encode(o.heads_digest, 'hex')
+                            || '|' || char_length(o.taken_by)::text || ':' || o.taken_by,
+                            'UTF8'))
+                   THEN 'CHECKPOINT_CHANGED'
+           END AS problem
+      FROM ordered o
+)
+SELECT NULL::uuid AS outbox_id, NULL::integer AS attempt_no,
+       'checkpoint ' || x.checkpoint_id::text AS subject, x.problem, count(*) OVER () AS total
+  FROM problems x
+ WHERE x.problem IS NOT NULL
+ ORDER BY x.checkpoint_id
+ LIMIT %(limit)s;
+
+-- name: audit_checkpoint_heads
+-- Tamper evidence: every chain head a checkpoint recorded is still in the ledger, unchanged
+-- (ROW_CHANGED, ROW_REMOVED); no row the checkpoints cover appeared since (ROW_INSERTED: a
+-- row numbered at or below a checkpoint's up_to_attempt_id beyond the head it recorded, or of
+-- an item no checkpoint saw).
+WITH scope AS (
+    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
+     WHERE r.created_at >= %(since)s::timestamptz
+    UNION
+    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
+     WHERE a.recorded_at >= %(since)s::timestamptz
+),
+heads AS (
+    SELECT h.checkpoint_id, h.outbox_id, h.attempt_no, h.row_digest
+      FROM symphony.ledger_checkpoint_heads h
+     WHERE %(since)s::timestamptz IS NULL OR h.outbox_id IN (SELECT s.outbox_id FROM scope s)
+),
+latest_head AS (
+    SELECT DISTINCT ON (h.outbox_id) h.outbox_id, h.attempt_no, c.up_to_attempt_id
+      FROM heads h
+      JOIN symphony.ledger_checkpoints c ON c.checkpoint_id = h.checkpoint_id
+     ORDER BY h.outbox_id, h.checkpoint_id DESC
+),
+covered AS (
+    SELECT max(c.up_to_attempt_id) AS up_to FROM symphony.ledger_checkpoints c
+),
+problems AS (
+    SELECT h.outbox_id, h.attempt_no,
+           CASE WHEN a.outbox_id IS NULL THEN 'ROW_REMOVED'
+                WHEN a.row_digest IS DISTINCT FROM h.row_digest THEN 'ROW_CHANGED' END AS problem
+      FROM heads h
+      LEFT JOIN symphony.payment_outbox_attempts a
+        ON a.outbox_id = h.outbox_id AND a.attempt_no = h.attempt_no
+    UNION ALL
+    SELECT a.outbox_id, a.attempt_no, 'ROW_INSERTED'
+      FROM latest_head l
+      JOIN symphony.payment_outbox_attempts a
+        ON a.outbox_id = l.outbox_id AND a.attempt_no > l.attempt_no
+       AND a.attempt_id <= l.up_to_attempt_id
+    UNION ALL
+    SELECT a.outbox_id, a.attempt_no, 'ROW_INSERTED'
+      FROM symphony.payment_outbox_attempts a
+     CROSS JOIN covered v
+     WHERE a.attempt_id <= v.up_to
+       AND (%(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s))
+       AND NOT EXISTS (SELECT 1 FROM symphony.ledger_checkpoint_heads h
+                        WHERE h.outbox_id = a.outbox_id)
+)
+SELECT x.outbox_id, x.attempt_no, NULL::text AS subject, x.problem, count(*) OVER () AS total
+  FROM problems x
+ WHERE x.problem IS NOT NULL
+ ORDER BY x.outbox_id, x.attempt_no
+ LIMIT %(limit)s;
+
+-- name: audit_latest_checkpoint
+-- Tamper evidence: the latest checkpoint recomputed from today's ledger: the rows it covers
+-- (attempt_id <= up_to_attempt_id), their items, and the digest over their chain heads.
+WITH latest AS (
+    SELECT c.checkpoint_id, c.up_to_attempt_id, c.row_count, c.item_count, c.heads_digest
+      FROM symphony.ledger_checkpoints c
+     ORDER BY c.checkpoint_id DESC
+     LIMIT 1
+),
+heads AS (
+    SELECT DISTINCT ON (a.outbox_id) a.outbox_id, a.attempt_no, a.row_digest
+      FROM symphony.payment_outbox_attempts a
+     WHERE a.attempt_id <= (SELECT l.up_to_attempt_id FROM latest l)
+     ORDER BY a.outbox_id, a.attempt_no DESC
+),
+recomputed AS (
+    SELECT (SELECT count(*) FROM symphony.payment_outbox_attempts a
+             WHERE a.attempt_id <= (SELECT l.up_to_attempt_id FROM latest l)) AS row_count,
+           count(*) AS item_count,
+           sha256(convert_to(coalesce(string_agg(
+               h.outbox_id::text || ':' || h.attempt_no::text || ':'
+                   || encode(h.row_digest, 'hex'),
+               E'\n' ORDER BY h.outbox_id), ''), 'UTF8')) AS heads_digest
+      FROM heads h
+),
+problems AS (
+    SELECT l.checkpoint_id, 'ROW_COUNT_CHANGED' AS problem
+      FROM latest l, recomputed r WHERE r.row_count <> l.row_count
+    UNION ALL
+    SELECT l.checkpoint_id, 'ITEM_COUNT_CHANGED'
+      FROM latest l, recomputed r WHERE r.item_count <> l.item_count
+    UNION ALL
+    SELECT l.checkpoint_id, 'HEADS_CHANGED'
+      FROM latest l, recomputed r WHERE r.heads_digest <> l.heads_digest
+)
+SELECT NULL::uuid AS outbox_id, NULL::integer AS attempt_no,
+       'checkpoint ' || x.checkpoint_id::text AS subject, x.problem, count(*) OVER () AS total
+  FROM problems x
+ ORDER BY x.problem
+ LIMIT %(limit)s;
+
+-- name: take_ledger_checkpoint
+-- Anchor every chain (role: control; ledger inserts wait while it runs).
+SELECT checkpoint_id, taken_at, up_to_attempt_id, row_count, item_count, heads_digest,
+       previous_digest, checkpoint_digest, taken_by, changed_items
+  FROM symphony.take_ledger_checkpoint();
+
+-- name: ledger_checkpoints
+-- Every checkpoint, oldest first, for an auditor to keep outside the database (role: auditor).
+SELECT checkpoint_id, taken_at, up_to_attempt_id, row_count, item_count, heads_digest,
+       previous_digest, checkpoint_digest, taken_by
+  FROM symphony.ledger_checkpoints
+ ORDER BY checkpoint_id;
