@@ -1,10 +1,11 @@
 """The invariants every model-check step and fault test asserts on the whole database.
 
-Two sources, both on one database: the auditor's own queries (`audit_illegal_transitions`,
-`audit_pending_mismatch`, run as `symphony_auditor` through `symphony.db`), and direct SQL as
-the admin for what those do not cover yet (I2, I6, I7 both ways, I8, the lease shape, no FAILED
-recorded by a worker after a zombie requeue). A violation fails with the invariant's name and
-the offending items.
+Three sources, all on one database: the complete audit (`symphony.outbox.audit.verify`, what
+`symphony audit verify` runs: I1-I10 and the tamper-evident chains, as `symphony_auditor` in
+one snapshot), the older auditor queries (`audit_illegal_transitions`,
+`audit_pending_mismatch`), and direct SQL as the admin, written independently of both (I2, I4
+counters, I6, I7 both ways, I8, the lease shape, no FAILED recorded by a worker after a zombie
+requeue). A violation fails with the invariant's name and the offending items.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from symphony.db import Database, Role, test_only
+from symphony.outbox.audit import verify
 
 # One statement, so every check reads the same snapshot of the database.
 _DIRECT_CHECKS = """
@@ -103,6 +105,10 @@ class InvariantReport:
 async def check_invariants(db: Database, admin_dsn: str, *, limit: int = 20) -> InvariantReport:
     """Assert I1-I10's database side on the whole database; returns the counts."""
     violations: dict[str, list[Any]] = {}
+    audit = await verify(db, limit=limit)
+    for check in audit.failed():
+        violations[f"audit verify: {check.invariant} {check.name}"] = [
+            str(v) for v in check.items]
     illegal = await db.fetch_all(Role.AUDITOR, "audit_illegal_transitions", {"limit": limit})
     if illegal:
         violations["audit: illegal transitions (I4, I5)"] = illegal
