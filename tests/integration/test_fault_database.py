@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tests.support.database import DatabaseFactory, admin_dsn_of
 from tests.support.invariants import check_invariants
 from tests.support.outbox import instruction
+from tests.support.processes import ServiceProcess, service_env, until
 
 from symphony.db import (
     Database,
@@ -48,56 +47,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _env(admin_dsn: str, home: Path, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ, "DATABASE_URL": admin_dsn, "SYMPHONY_HOME": str(home),
-        "SYMPHONY_ENV": "production", "ZOMBIE_THRESHOLD_SECONDS": str(THRESHOLD),
-        "SYMPHONY_LOG_LEVEL": "WARNING", "SYMPHONY_LOG_FORMAT": "json",
-        "SYMPHONY_POLL_INTERVAL_SECONDS": "0.2", **extra,
-    }
+    return service_env(admin_dsn, home, THRESHOLD, **extra)
 
 
-class WorkerProcess:
-    """`symphony worker` as a subprocess, its stderr collected line by line."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.lines: list[str] = []
-        self._reader = asyncio.create_task(self._read())
-
+class WorkerProcess(ServiceProcess):
     @classmethod
-    async def start(cls, env: dict[str, str], rail_url: str) -> WorkerProcess:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "symphony", "worker", "--rail-url", rail_url,
-            "--worker-id", "db-fault-worker", "--batch-size", "20", "--concurrency", "20",
-            env=env, cwd=str(REPO), stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE)
-        return cls(process)
-
-    async def _read(self) -> None:
-        assert self.process.stderr is not None
-        async for line in self.process.stderr:
-            self.lines.append(line.decode(errors="replace"))
-
-    def count(self, text: str) -> int:
-        return sum(text in line for line in self.lines)
-
-    async def stop(self) -> int:
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.wait_for(self.process.wait(), 30)
-        except TimeoutError:
-            self.process.kill()
-            code = await self.process.wait()
-        await asyncio.gather(self._reader, return_exceptions=True)
-        return code
+    async def start_worker(cls, env: dict[str, str], rail_url: str) -> ServiceProcess:
+        return await cls.worker(env, rail_url, "db-fault-worker")
 
 
-async def _until(condition: Callable[[], Awaitable[bool]], what: str, limit: float = 60) -> None:
-    deadline = time.monotonic() + limit
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
+_until = until
 
 
 async def _counts(admin: str) -> dict[str, Any]:
@@ -156,7 +115,7 @@ async def test_read_only_database_refuses_writes_cleanly_and_recovers(
     fault_db: tuple[DatabaseSettings, str], rail: RailSimServer, symphony_home: Path
 ) -> None:
     settings, admin = fault_db
-    worker: WorkerProcess | None = None
+    worker: ServiceProcess | None = None
     await _set_read_only(admin, True)
     db = await Database.open(settings)
     store = OutboxStore(db)
@@ -188,7 +147,7 @@ async def test_read_only_database_refuses_writes_cleanly_and_recovers(
         ids = [(await _enqueue_after_recovery(store)).outbox_id]
         ids += [(await store.enqueue(instruction())).outbox_id for _ in range(19)]
         await _set_read_only(admin, True)
-        worker = await WorkerProcess.start(_env(admin, symphony_home), rail.url)
+        worker = await WorkerProcess.start_worker(_env(admin, symphony_home), rail.url)
 
         async def refused_in_the_loop() -> bool:
             assert worker is not None and worker.process.returncode is None
@@ -245,11 +204,11 @@ async def test_slow_database_gives_coded_timeouts_and_the_worker_recovers(
     settings, admin = fault_db
     db = await Database.open(settings)
     store = OutboxStore(db)
-    worker: WorkerProcess | None = None
+    worker: ServiceProcess | None = None
     try:
         ids = [(await store.enqueue(instruction())).outbox_id for _ in range(20)]
         async with _table_locked(admin):
-            worker = await WorkerProcess.start(_env(admin, symphony_home, **timeouts), rail.url)
+            worker = await WorkerProcess.start_worker(_env(admin, symphony_home, **timeouts), rail.url)
 
             async def timed_out_twice() -> bool:
                 assert worker is not None and worker.process.returncode is None
