@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 from tests.support.api import Running, serve
 from tests.support.ops import database_now, ended_item
-from tests.support.outbox import instruction
+from tests.support.outbox import TEST_PARTICIPANT, instruction
 
 from symphony.db import Database, DatabaseSettings, Endpoint, Principal
 from symphony.outbox import OutboxStore
@@ -37,7 +38,7 @@ async_api = pytest.importorskip(
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts"
-COUNT_FIELDS = ("due", "scheduled", "dispatching", "zombies", "awaiting_lookup",
+COUNT_FIELDS = ("due", "scheduled", "dispatching", "zombies", "awaiting_lookup", "under_review",
                 "pending_total", "dispatched_total", "failed_total")
 # Two refresh periods and then some: the page refreshes every 2 s.
 UPDATE_TIMEOUT_MS = 10_000
@@ -141,9 +142,19 @@ async def test_the_dashboard_shows_the_database_and_follows_it(
     await expect(page.page.locator("#throughput-chart rect")).not_to_have_count(0)
     await expect(page.page.locator("#throughput-summary")).to_contain_text("failed")
 
-    # A new payment arrives: the page shows it by itself, no reload, no click.
+    # A new payment arrives through the participant API: the page shows it by itself, with
+    # no reload and no click.
     before = status.pending_total
-    await store.enqueue(instruction())
+    participant = await AccessStore(isolated_db).issue_token(
+        TokenKind.PARTICIPANT, participant_id=TEST_PARTICIPANT)
+    submitted = await api.client.post(
+        "/v1/payments",
+        json={"instruction_id": f"browser-{uuid.uuid4().hex[:12]}", "rail_type": "SEPA_CT",
+              "amount": "42.00", "currency": "EUR", "destination": "DE89370400440532013000"},
+        headers={"Authorization": f"Bearer {participant.token}",
+                 "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert submitted.status_code == 201, submitted.text
     await expect(page.page.locator("#count-pending_total")).to_have_text(
         number(before + 1), timeout=UPDATE_TIMEOUT_MS)
     assert (await store.status()).pending_total == before + 1

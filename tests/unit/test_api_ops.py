@@ -103,7 +103,7 @@ async def test_status_is_the_supervisor_view(
     assert response.status_code == 200
     body = response.json()
     status = await store.status()
-    for field in ("due", "scheduled", "dispatching", "zombies", "awaiting_lookup",
+    for field in ("due", "scheduled", "dispatching", "zombies", "awaiting_lookup", "under_review",
                   "pending_total", "dispatched_total", "failed_total"):
         assert body[field] == getattr(status, field), field
     assert body["pending_total"] >= 1

@@ -72,6 +72,7 @@ async def test_the_scrape_reports_the_database_state(isolated_db: Database) -> N
                             ("dispatching", status.dispatching), ("zombie", status.zombies)]:
         assert values[("symphony_outbox_queue_items", (("state", label),))] == expected
     assert values[("symphony_outbox_awaiting_lookup_items", ())] == status.awaiting_lookup
+    assert values[("symphony_outbox_under_review_items", ())] == status.under_review
     assert values[("symphony_outbox_oldest_pending_age_seconds", ())] >= 0.0
     for state in LEDGER_STATES:
         assert ("symphony_outbox_ledger_rows_total", (("state", state),)) in values

@@ -23,6 +23,7 @@ from symphony.services.system import RunOptions, SystemRunner
 from symphony.services.system.runner import DEMO_PARTICIPANT, curl_example
 
 _TOKEN = re.compile(r"sy_pt_[A-Za-z0-9_\-]+")
+_OPERATOR_TOKEN = re.compile(r"sy_op_[A-Za-z0-9_\-]+")
 
 
 @pytest.fixture
@@ -70,13 +71,21 @@ async def test_run_serves_the_api_and_a_demo_token_with_a_working_curl(
             created = json.loads(first.stdout)
             assert created["amount"] == "12.50" and created["outbox_id"]
             assert again.stdout == first.stdout, "pasting it twice is the same payment"
+
+        # The dashboard's operator token is printed with it, and the operator API accepts it.
+        operator_tokens = _OPERATOR_TOKEN.findall(text)
+        assert len(set(operator_tokens)) == 2, text
+        async with httpx.AsyncClient(base_url=url) as client:
+            status = await client.get(
+                "/v1/ops/status", headers={"Authorization": f"Bearer {operator_tokens[-1]}"})
+        assert status.status_code == 200 and "pending_total" in status.json()
     finally:
         stop.set()
         await asyncio.wait_for(running, 30)
 
     async with await Database.open(own_settings) as db:
         access = AccessStore(db)
-        for token in set(tokens):
+        for token in set(tokens) | set(operator_tokens):
             assert await access.authenticate(token) is None, "revoked when run stopped"
         participants = {p.participant_id for p in await access.list_participants()}
     assert DEMO_PARTICIPANT in participants

@@ -235,7 +235,8 @@ SELECT set_config('statement_timeout', %(timeout_ms)s::text, true) AS statement_
 -- Everything a metrics scrape reports, in one statement: the supervisor view and the ledger's
 -- rows by state (roles: readonly, auditor, control). The ledger count grows with the history;
 -- the caller bounds it with set_local_statement_timeout.
-SELECT s.due, s.scheduled, s.dispatching, s.zombies, s.awaiting_lookup, s.pending_total,
+SELECT s.due, s.scheduled, s.dispatching, s.zombies, s.awaiting_lookup, s.under_review,
+       s.pending_total,
        s.oldest_pending_at, s.dispatched_total, s.failed_total, s.observed_at,
        coalesce((SELECT jsonb_object_agg(x.state, x.n)
                    FROM (SELECT a.state::text AS state, count(*) AS n

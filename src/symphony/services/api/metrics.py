@@ -150,6 +150,14 @@ class OutboxCollector(Collector):
         lookup.add_metric([], float(row["awaiting_lookup"]))
         yield lookup
 
+        review = GaugeMetricFamily(
+            "symphony_outbox_under_review_items",
+            "Pending items that may have executed and that the rail did not settle within the "
+            "retry ceiling: they wait for an operator's decision (alert on any)",
+        )
+        review.add_metric([], float(row["under_review"]))
+        yield review
+
         oldest = GaugeMetricFamily(
             "symphony_outbox_oldest_pending_age_seconds",
             "Age of the oldest pending item (0 when the queue is empty), by the database clock",

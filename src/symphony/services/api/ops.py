@@ -42,6 +42,11 @@ class OpsStatus(BaseModel):
     awaiting_lookup: int = Field(
         description="pending items whose last attempt may have executed (rail asked first)"
     )
+    under_review: int = Field(
+        description="pending items that may have executed and that the rail did not settle "
+                    "within the retry ceiling: no worker touches them until an operator "
+                    "records the rail's outcome (symphony review resolve)"
+    )
     pending_total: int
     dispatched_total: int
     failed_total: int
@@ -145,6 +150,7 @@ def ops_router() -> APIRouter:
             dispatching=s.dispatching,
             zombies=s.zombies,
             awaiting_lookup=s.awaiting_lookup,
+            under_review=s.under_review,
             pending_total=s.pending_total,
             dispatched_total=s.dispatched_total,
             failed_total=s.failed_total,

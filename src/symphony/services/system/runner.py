@@ -224,6 +224,13 @@ class SystemRunner:
                  "process stops")
         self.say("Submit a payment (run it twice: the second answer is the same payment, 200):")
         self.say(curl_example(url, token))
+        # The dashboard reads through the operator API: hand the newcomer its token too.
+        assert self.db is not None
+        operator = await AccessStore(self.db).issue_token(
+            TokenKind.OPERATOR, label="symphony run dashboard")
+        self._issued_tokens.append(operator.token_id)
+        self.say(f"  dashboard  {url}/  operator token {operator.token}")
+        self.say("             shown once, revoked when this process stops")
 
     async def _demo(self) -> None:
         assert self.worker is not None and self.api is not None

@@ -9,7 +9,8 @@
   const MINUTES = 30;
   const FAILURES_LIMIT = 20;
   const COUNT_FIELDS = [
-    "due", "scheduled", "dispatching", "zombies", "awaiting_lookup", "pending_total",
+    "due", "scheduled", "dispatching", "zombies", "awaiting_lookup", "under_review",
+    "pending_total",
     "dispatched_total", "failed_total",
   ];
   const SVG_NS = "http://www.w3.org/2000/svg";
