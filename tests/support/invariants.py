@@ -55,13 +55,17 @@ SELECT
         = EXISTS (SELECT 1 FROM symphony.payment_outbox_attempts t
                    WHERE t.outbox_id = r.outbox_id AND t.state IN ('DISPATCHED', 'FAILED'))
   ) AS i7,
-  -- I8: sequence_id unique per participant and increasing with the enqueue order.
-  (SELECT coalesce(array_agg(DISTINCT participant_id), '{}') FROM (
-      SELECT participant_id, sequence_id,
-             lag(sequence_id) OVER (PARTITION BY participant_id
-                                    ORDER BY created_at, sequence_id) AS previous
-        FROM symphony.payment_instruction_registry) x
-    WHERE previous IS NOT NULL AND sequence_id <= previous) AS i8,
+  -- I8: sequence_id unique per participant, and never beyond its allocator (a sequence
+  -- handed out again after the allocator moved back would collide). Enqueue order is the
+  -- allocation order under the allocator's row lock, not created_at (transaction start):
+  -- the model check asserts the order as it enqueues.
+  (SELECT coalesce(array_agg(DISTINCT r.participant_id), '{}')
+     FROM symphony.payment_instruction_registry r
+     LEFT JOIN symphony.participant_outbox_sequences s ON s.participant_id = r.participant_id
+    WHERE s.last_sequence_id IS NULL OR r.sequence_id > s.last_sequence_id OR r.sequence_id < 1
+       OR EXISTS (SELECT 1 FROM symphony.payment_instruction_registry o
+                   WHERE o.participant_id = r.participant_id AND o.sequence_id = r.sequence_id
+                     AND o.outbox_id <> r.outbox_id)) AS i8,
   -- A lease is all or nothing, and an item under review is not leased.
   (SELECT coalesce(array_agg(outbox_id::text), '{}') FROM symphony.payment_outbox_pending
     WHERE (lease_token IS NULL) <> (claimed_by IS NULL)
@@ -88,7 +92,7 @@ _NAMES = {
     "i6": "I6 at most one terminal row",
     "after_terminal": "I5 nothing follows a terminal row",
     "i7": "I7 pending iff not terminal",
-    "i8": "I8 sequence increasing per participant",
+    "i8": "I8 sequence unique per participant, within its allocator",
     "lease_shape": "lease and review shape",
     "failed_after_zombie": "no FAILED after a zombie requeue",
 }
