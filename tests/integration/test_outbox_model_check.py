@@ -66,7 +66,7 @@ WORKERS = ("worker-a", "worker-b", "worker-c")
 HOUR_MS = 3_600_000
 
 SOAK = os.environ.get("SYMPHONY_SOAK") == "1"
-EXAMPLES = int(os.environ.get("SYMPHONY_MODEL_EXAMPLES", "400" if SOAK else "25"))
+EXAMPLES = int(os.environ.get("SYMPHONY_MODEL_EXAMPLES", "200" if SOAK else "20"))
 STEPS = int(os.environ.get("SYMPHONY_MODEL_STEPS", "100" if SOAK else "40"))
 
 MODEL_SETTINGS = settings(
