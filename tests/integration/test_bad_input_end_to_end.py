@@ -38,7 +38,7 @@ SQL_INJECTIONS = [
     "' UNION SELECT lease_token FROM symphony.payment_outbox_pending --",
     "$$; SELECT pg_sleep(10); $$",
     "%(participant_id)s",
-    "\\'; SET ROLE symphony_owner; --",
+    "\\'; GRANT symphony_owner TO symphony_api_svc; --",
 ]
 
 # Fields with a strict format: an injection string is never a valid value.
