@@ -31,6 +31,10 @@ from symphony.services.rail_sim import RailSimBehaviour, RailSimConfig, RailSimS
 pytestmark = pytest.mark.integration
 
 THRESHOLD = 60
+# Error codes of outcomes that may have executed (the worker's and the rail client's).
+AMBIGUOUS = {"RAIL_TIMEOUT", "RAIL_TRANSPORT_ERROR", "RAIL_CLIENT_ERROR", "RAIL_UNKNOWN_OUTCOME",
+             "RAIL_AMBIGUOUS", "RAIL_SERVER_ERROR", "RAIL_MALFORMED_RESPONSE",
+             "RAIL_UNEXPECTED_STATUS", "LOOKUP_TIMEOUT", "LOOKUP_FAILED", "LOOKUP_UNKNOWN"}
 
 
 def _free_port() -> int:
@@ -157,10 +161,15 @@ async def test_rail_that_never_recovers_fails_only_what_surely_did_not_execute(
         review = {r["id"] for r in await test_only.query_no_role(
             admin, "SELECT outbox_id::text AS id FROM symphony.payment_outbox_pending "
                    " WHERE review_reason = 'UNSETTLED_AT_RETRY_LIMIT'")}
-        assert review == hanging, "the items that may have executed wait for an operator"
-        for i in clean:
-            assert states[i][-1] in ("FAILED:RETRY_LIMIT_EXCEEDED", "FAILED:RAIL_UNREACHABLE"), (
-                states[i])
+        # The items that may have executed wait for an operator. A clean item whose 503 came
+        # too late for the worker's timeout (a loaded machine) is ambiguous too, and held the
+        # same way: never FAILED on a guess.
+        assert hanging <= review, "a paid item is not in review"
+        for i in review:
+            assert any(s.split(":")[1] in AMBIGUOUS for s in states[i]), states[i]
+        for i in clean - review:
+            assert states[i][-1] == "FAILED:RETRY_LIMIT_EXCEEDED", states[i]
+            assert i not in executed
         for i in hanging:
             assert not any(s.startswith("FAILED") for s in states[i]), states[i]
         await check_invariants(store.db, admin)
