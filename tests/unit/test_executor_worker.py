@@ -19,7 +19,13 @@ import httpx
 import pytest
 from tests.support.database import DatabaseFactory, unique
 
-from symphony.db import ConfigurationError, Database, DatabaseSettings, test_only
+from symphony.db import (
+    ConfigurationError,
+    Database,
+    DatabaseSettings,
+    DatabaseUnavailableError,
+    test_only,
+)
 from symphony.outbox import ClaimedItem, Completion, OutboxStore, Outcome, PaymentInstruction
 from symphony.rails import (
     DispatchOutcome,
@@ -668,3 +674,46 @@ async def test_one_unstorable_outcome_does_not_hold_back_its_batch(h: Harness) -
     assert recorded[claimed[1].outbox_id]["rail_transaction_id"] == "tx-1\\udcff"
     assert recorded[claimed[1].outbox_id]["error_detail"] == "baddetail"
     assert recorded[claimed[2].outbox_id]["rail_transaction_id"] == "tx-2"
+
+
+async def test_an_outcome_waits_out_a_database_outage_instead_of_being_dropped(
+    h: Harness,
+) -> None:
+    # Failed before: a completion refused as DATABASE_UNAVAILABLE (a restart) was given up at
+    # once, and the executed payment stayed leased until the zombie repair and a lookup.
+    outbox_id = await h.enqueue()
+    failures = 2
+
+    class FlakyStore(OutboxStore):
+        async def complete_batch(self, completions: Any) -> Any:
+            nonlocal failures
+            if failures:
+                failures -= 1
+                raise DatabaseUnavailableError("the database connection failed",
+                                               code="DATABASE_UNAVAILABLE")
+            return await super().complete_batch(completions)
+
+    rail = FakeRail()
+    worker = ExecutorWorker(FlakyStore(h.db), rail, h.config())
+    result = await worker.run_once()
+    assert (result.claimed, result.dispatched, failures) == (1, 1, 0)
+    assert await h.states(outbox_id) == ["DISPATCHING", "DISPATCHED"]
+    assert rail.dispatched == [str(outbox_id)]
+
+
+async def test_an_outage_longer_than_the_lease_leaves_the_item_to_the_repair(
+    h: Harness,
+) -> None:
+    outbox_id = await h.enqueue()
+
+    class DownStore(OutboxStore):
+        async def complete_batch(self, completions: Any) -> Any:
+            raise DatabaseUnavailableError("the database connection failed",
+                                           code="DATABASE_UNAVAILABLE")
+
+    # A lease so short that its margin leaves no time to retry: given up, left leased.
+    worker = ExecutorWorker(DownStore(h.db), FakeRail(), h.config(
+        lease_seconds=3, dispatch_timeout_seconds=0.2, lookup_timeout_seconds=0.1))
+    with pytest.raises(DatabaseUnavailableError):
+        await worker.run_once()
+    assert await h.states(outbox_id) == ["DISPATCHING"]

@@ -436,6 +436,10 @@ async def test_stats_report_per_reference_counters_and_totals() -> None:
         "total_executions": 2,
         "total_calls": 5,
         "max_executions_per_reference": 1,
+        # The second call of "a" was answered from its stored result: a rail without
+        # deduplication would have paid it again.
+        "replays": {"a": 1},
+        "total_replays": 1,
         "in_flight": 0,
     }
 

@@ -69,6 +69,10 @@ _CURRENT_USER: LiteralString = "SELECT current_user AS role"
 # One simple-protocol message (no parameters): two results, the second one read.
 _RESET_AND_CHECK: LiteralString = "RESET ROLE; SELECT current_user = session_user AS roleless"
 _COMMIT: LiteralString = "COMMIT"
+# Refusals that describe the connection's session, not the request: such a connection is
+# closed rather than pooled again (25006: read-only; a database switched back to read-write
+# reaches only new sessions).
+_DISCARD_SQLSTATES = frozenset({"25006"})
 _ROLLBACK: LiteralString = "ROLLBACK"
 
 # What running a statement can raise besides SymphonyError: the driver's errors, and a
@@ -430,8 +434,13 @@ class Database:
                 tx = Transaction(conn, role, context)
                 try:
                     yield tx
-                except BaseException:
+                except BaseException as exc:
                     await _rollback(conn)
+                    if getattr(exc, "sqlstate", None) in _DISCARD_SQLSTATES:
+                        # The session keeps what it started with (a read-only default):
+                        # closed, the pool replaces it, and the next transaction sees the
+                        # server as it is now instead of failing until the connection ages out.
+                        await conn.close()
                     raise
                 finally:
                     tx._closed = True

@@ -240,6 +240,10 @@ _BY_SQLSTATE: dict[str, _Mapping] = {
                       "the database operation waited too long for a lock"),
     "25P03": _Mapping(QueryTimeoutError, "IDLE_IN_TRANSACTION_TIMEOUT",
                       "the transaction stayed idle too long and was ended"),
+    # read_only_sql_transaction: the server takes no writes (default_transaction_read_only,
+    # a standby after a failover, a disk-full guard). Nothing was written; retry later.
+    "25006": _Mapping(DatabaseUnavailableError, "DATABASE_READ_ONLY",
+                      "the database accepts no writes at the moment; nothing was written"),
     "28P01": _Mapping(DatabaseUnavailableError, "AUTHENTICATION_FAILED",
                       "the database refused the service's credentials"),
     "28000": _Mapping(DatabaseUnavailableError, "AUTHENTICATION_FAILED",

@@ -54,6 +54,17 @@ class OutboxStore:
                 "payload must be a JSON object of strings, numbers, booleans, lists and objects",
                 code="INVALID_PAYLOAD", context="enqueue",
             ) from None
+        if not body.isascii() or "\\ud" in body.lower():
+            try:
+                # json.dumps escapes a lone surrogate (text that came from undecodable bytes,
+                # such as a command-line argument) as \udcff, which the database would refuse
+                # as malformed JSON; say what it is instead.
+                json.dumps(instruction.payload, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidRequestError(
+                    "payload holds text that is not valid Unicode (undecodable bytes)",
+                    code="INVALID_TEXT_ENCODING", context="enqueue",
+                ) from None
         row = await self.db.fetch_one(
             Role.INGEST,
             "enqueue_payment_outbox",

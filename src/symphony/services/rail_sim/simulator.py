@@ -129,6 +129,9 @@ class _State:
     fingerprints: dict[str, str] = field(default_factory=dict)
     executions: dict[str, _Execution] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
+    # Calls for a reference already executed, answered from the stored result: a rail that
+    # did not deduplicate would have paid each of them again.
+    replays: dict[str, int] = field(default_factory=dict)
 
 
 def _error(status_code: int, code: str, message: str) -> SimReply:
@@ -226,7 +229,8 @@ class RailSimulator:
         )
 
     def stats(self) -> dict[str, Any]:
-        """Counters for tests and demos; ``in_flight`` counts dispatches not yet answered."""
+        """Counters for tests and demos; ``in_flight`` counts dispatches not yet answered,
+        ``replays`` the dispatches of an executed reference answered from its stored result."""
         executions = {ref: e.count for ref, e in self._state.executions.items()}
         calls = dict(self._state.calls)
         return {
@@ -235,6 +239,8 @@ class RailSimulator:
             "total_executions": sum(executions.values()),
             "total_calls": sum(calls.values()),
             "max_executions_per_reference": max(executions.values(), default=0),
+            "replays": dict(self._state.replays),
+            "total_replays": sum(self._state.replays.values()),
             "in_flight": self._in_flight,
         }
 
@@ -295,6 +301,7 @@ class RailSimulator:
         reference = request.reference
         execution = self._state.executions.get(reference)
         if execution is not None:
+            self._state.replays[reference] = self._state.replays.get(reference, 0) + 1
             return SimReply(
                 200,
                 {

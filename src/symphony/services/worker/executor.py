@@ -37,6 +37,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
@@ -54,6 +55,7 @@ from symphony.services.worker.config import (
     CALL_BOUND_FACTOR,
     CALL_BOUND_SLACK_SECONDS,
     WorkerConfig,
+    lease_margin_seconds,
 )
 from symphony.services.worker.metric import WorkerMetrics
 
@@ -73,6 +75,9 @@ _LISTEN_BACKOFF_FIRST: Final = 0.5
 _LISTEN_BACKOFF_MAX: Final = 30.0
 # Time the final completion statement gets after the grace period ran out.
 _COMPLETION_SLACK_SECONDS: Final = 15.0
+# Backoff of a completion retried while the database is unreachable.
+_RECORD_RETRY_FIRST: Final = 0.2
+_RECORD_RETRY_MAX: Final = 5.0
 
 
 def payload_problem(payload: Mapping[str, Any]) -> str | None:
@@ -330,7 +335,10 @@ class ExecutorWorker(LoopService[CycleResult]):
                     "%d item(s) still in flight after the shutdown grace period: left leased "
                     "for the zombie repair", abandoned,
                 )
-            results = await self._record([d.completion for d in decisions])
+            # Outcomes may wait for the database until shortly before the first lease ends.
+            deadline = min(i.lease_expires_at for i in items) - timedelta(
+                seconds=lease_margin_seconds(self.config.lease_seconds))
+            results = await self._record([d.completion for d in decisions], deadline)
         finally:
             self._items_in_flight -= len(items)
         result = self._tally(items, decisions, results, abandoned, limit)
@@ -350,13 +358,22 @@ class ExecutorWorker(LoopService[CycleResult]):
             return await self.store.complete_batch(completions)
         return await self.store.complete_batch(completions, buckets=self.config.buckets)
 
-    async def _record(self, completions: Sequence[Completion]) -> list[CompletionResult]:
+    async def _record(
+        self, completions: Sequence[Completion], deadline: datetime | None = None
+    ) -> list[CompletionResult]:
         """Record the outcomes in one statement; if it is refused, one by one (see the module
-        docstring). A stale lease never refuses the statement: it comes back fenced."""
+        docstring). A stale lease never refuses the statement: it comes back fenced.
+
+        While the database is unreachable (a restart, a failover) the statement is retried
+        with backoff until `deadline` (shortly before the leases end): the rail's answers are
+        known here and nowhere else, and giving up at once would leave the items leased until
+        the zombie repair, and a lookup, settle them a lease later. A retry after a commit
+        whose answer was lost comes back fenced (the lease is gone), never recorded twice.
+        """
         if not completions:
             return []
         try:
-            return await self._complete(completions)
+            return await self._complete_while_reachable(completions, deadline)
         except DatabaseUnavailableError:
             raise  # nothing item by item would fare better; the repair covers the leases
         except SymphonyError as exc:
@@ -368,6 +385,28 @@ class ExecutorWorker(LoopService[CycleResult]):
         for completion in completions:
             results.extend(await self._record_one(completion))
         return results
+
+    async def _complete_while_reachable(
+        self, completions: Sequence[Completion], deadline: datetime | None
+    ) -> list[CompletionResult]:
+        delay = _RECORD_RETRY_FIRST
+        while True:
+            try:
+                return await self._complete(completions)
+            except DatabaseUnavailableError as exc:
+                now = datetime.now(UTC)
+                if deadline is None or now + timedelta(seconds=delay) >= deadline or (
+                    self._grace_deadline is not None
+                    and asyncio.get_running_loop().time() + delay >= self._grace_deadline
+                ):
+                    raise
+                self.log.warning(
+                    "recording %d outcome(s) failed [%s, incident %s]; retrying in %.1fs "
+                    "(until %s, shortly before the leases end)", len(completions), exc.code,
+                    exc.incident_id, delay, deadline.isoformat(),
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RECORD_RETRY_MAX)
 
     async def _record_one(self, completion: Completion) -> list[CompletionResult]:
         for attempt in (completion, _escaped(completion)):
