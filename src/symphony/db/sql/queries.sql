@@ -242,3 +242,12 @@ SELECT EXISTS (
 -- name: schema_migrations
 -- The applied migrations and their checksums (any runtime role, from 0006).
 SELECT version, checksum FROM symphony_meta.schema_migrations ORDER BY version;
+
+-- name: enqueue_payment_outbox_batch
+-- Idempotent enqueue of many instructions in one transaction (role: ingest); one row per item
+-- in the order given, a refused item with its sqlstate and constraint instead of an id.
+SELECT item, outbox_id, sequence_id, state, created, created_at, error_sqlstate,
+       error_constraint
+  FROM symphony.enqueue_payment_outbox_batch(
+      %(instruction_ids)s::text[], %(idempotency_keys)s::text[], %(participant_ids)s::text[],
+      %(rail_types)s::text[], %(payloads)s::jsonb[]);
