@@ -135,7 +135,7 @@ async def test_the_batch_shape_is_checked(db: Database) -> None:
     with pytest.raises(SymphonyError) as info:
         await db.fetch_all(Role.INGEST, "enqueue_payment_outbox_batch", {
             "instruction_ids": ["a"], "idempotency_keys": [], "participant_ids": ["p"],
-            "rail_types": ["RTP"], "payloads": ["{}"]})
+            "rail_types": ["RTP"], "payloads": ["{}"], "wake_after_commit": False})
     assert (info.value.sqlstate, info.value.code) == ("SY021", "INVALID_BATCH_SIZE")
 
 
@@ -176,7 +176,7 @@ async def test_group_commit_raises_the_items_error(db: Database) -> None:
 
 BATCH_CALL = ("SELECT * FROM symphony.enqueue_payment_outbox_batch("
               "ARRAY['i'], ARRAY['k'], ARRAY['participant-test'], ARRAY['RTP'], "
-              "ARRAY['{}'::jsonb])")
+              "ARRAY['{}'::jsonb], false)")
 CHECK_CALL = ("SELECT symphony.enqueue_check_input('i', 'k', 'participant-test', 'RTP', "
               "'{}'::jsonb)")
 
@@ -194,3 +194,41 @@ async def test_no_other_role_runs_the_batch(db: Database, role: Role) -> None:
 @pytest.mark.parametrize("role", list(Role))
 async def test_no_role_runs_the_validation_itself(db: Database, role: Role) -> None:
     assert_sqlstate(await refused(db, role, CHECK_CALL), "42501")
+
+
+# -- waking the workers after the commit ----------------------------------------------------------
+
+async def test_a_batch_marked_wake_after_commit_notifies_only_when_asked(db: Database) -> None:
+    store = OutboxStore(db)
+    async with db.listen(Role.EXECUTOR, "symphony_outbox_pending") as listener:
+        results = await store.enqueue_batch([instruction()], wake_after_commit=True)
+        assert isinstance(results[0], EnqueueResult) and results[0].created
+        assert not await listener.wait(0.3)
+        await store.wake_workers()
+        assert await listener.wait(5.0)
+        # The mark ends with the batch function: a single enqueue in a later transaction
+        # still notifies from the trigger.
+        await store.enqueue(instruction())
+        assert await listener.wait(5.0)
+
+
+async def test_the_group_commit_wakes_listeners(db: Database) -> None:
+    store = OutboxStore(db, group_commit=True)
+    try:
+        async with db.listen(Role.EXECUTOR, "symphony_outbox_pending") as listener:
+            await asyncio.gather(*(store.enqueue(instruction()) for _ in range(10)))
+            assert await listener.wait(5.0)
+    finally:
+        await store.aclose()
+
+
+WAKE_CALL = "SELECT symphony.wake_outbox_workers()"
+
+
+async def test_ingest_may_wake_the_workers(db: Database) -> None:
+    assert await test_only.execute_as_role(db, Role.INGEST, WAKE_CALL) is not None
+
+
+@pytest.mark.parametrize("role", [r for r in Role if r is not Role.INGEST])
+async def test_no_other_role_wakes_the_workers(db: Database, role: Role) -> None:
+    assert_sqlstate(await refused(db, role, WAKE_CALL), "42501")

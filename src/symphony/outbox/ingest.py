@@ -6,18 +6,26 @@ call that arrives while `max_in_flight` batches are already committing waits for
 batch instead, and that batch carries everything that gathered meanwhile (up to `max_batch`):
 under load the batches grow by themselves, at low load a call goes alone and waits for
 nobody. There is no timer: the gathering window is the time the previous batch takes to
-commit (a millisecond or two).
+commit (a millisecond or two). One batch in flight measured best on a 2-core server (16
+callers: 1,500 items/s with one, 957 with two, 594 with four, in one run): a second batch
+in flight only halves the batches while the server's CPU, not the flush, is the limit.
 
 Every caller is answered only after the batch holding its item committed, with its own result
 or its own error (`OutboxStore.enqueue_batch` reports refusals per item, so one bad item never
 fails its neighbours). A caller that is cancelled while waiting may still have its item
 committed: enqueue is idempotent, so its retry gets the same item back.
+
+The workers are woken after the commit, not inside it: a NOTIFY in the batch's transaction
+would make every batch commit alone (PostgreSQL serialises notifying commits, flush
+included). One wake-up transaction (which writes nothing, so flushes nothing) follows the
+batches; wake-ups asked for while one is on its way are folded into the next one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 from typing import TYPE_CHECKING
 
 from symphony.db import SymphonyError
@@ -27,7 +35,9 @@ if TYPE_CHECKING:
     from symphony.outbox.store import OutboxStore
 
 DEFAULT_MAX_BATCH = 100
-DEFAULT_MAX_IN_FLIGHT = 2
+DEFAULT_MAX_IN_FLIGHT = 1
+
+log = logging.getLogger("symphony.outbox")
 
 _Waiter = tuple[PaymentInstruction, "asyncio.Future[EnqueueResult]"]
 
@@ -49,6 +59,8 @@ class EnqueueGroup:
         self._max_in_flight = max_in_flight
         self._queue: list[_Waiter] = []
         self._flushes: set[asyncio.Task[None]] = set()
+        self._waker: asyncio.Task[None] | None = None
+        self._wake_again = False
 
     async def submit(self, instruction: PaymentInstruction) -> EnqueueResult:
         """Enqueue one instruction in the next batch; its own result, or its own error."""
@@ -73,7 +85,8 @@ class EnqueueGroup:
 
     async def _flush(self, batch: list[_Waiter]) -> None:
         try:
-            results = await self._store.enqueue_batch([ins for ins, _ in batch])
+            results = await self._store.enqueue_batch([ins for ins, _ in batch],
+                                                      wake_after_commit=True)
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():
@@ -83,15 +96,40 @@ class EnqueueGroup:
             if not isinstance(exc, Exception):
                 raise
             return
+        created = False
         for (_, future), result in zip(batch, results, strict=True):
+            created = created or (isinstance(result, EnqueueResult) and result.created)
             if future.done():
                 continue
             if isinstance(result, SymphonyError):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+        if created:
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waker is not None:
+            self._wake_again = True
+            return
+        self._waker = asyncio.get_running_loop().create_task(
+            self._wake_loop(), context=contextvars.Context())
+
+    async def _wake_loop(self) -> None:
+        try:
+            while True:
+                self._wake_again = False
+                try:
+                    await self._store.wake_workers()
+                except SymphonyError:
+                    log.warning("waking the workers failed; they find the new work by polling")
+                if not self._wake_again:
+                    return
+        finally:
+            self._waker = None
 
     async def aclose(self) -> None:
         """Wait for the batches in flight (and those still gathered) to finish."""
-        while self._flushes:
-            await asyncio.gather(*self._flushes, return_exceptions=True)
+        while self._flushes or self._waker is not None:
+            await asyncio.gather(*self._flushes, *filter(None, [self._waker]),
+                                 return_exceptions=True)

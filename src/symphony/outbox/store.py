@@ -76,17 +76,21 @@ class OutboxStore:
         return _enqueue_result(row)
 
     async def enqueue_batch(
-        self, instructions: Sequence[PaymentInstruction]
+        self, instructions: Sequence[PaymentInstruction], *, wake_after_commit: bool = False
     ) -> list[EnqueueResult | SymphonyError]:
         """Many instructions in one transaction per 1,000 (`enqueue_payment_outbox_batch`), with
         the guarantees of `enqueue` for each. The answer is one entry per instruction, in
         order: its result, or the error `enqueue` would have raised for it alone. One refused
         item never fails the others; should the whole statement be refused (something the
-        function does not report per item), every item is tried again on its own."""
+        function does not report per item), every item is tried again on its own.
+
+        `wake_after_commit=True` keeps the NOTIFY out of the batch's commit (where it would
+        serialise the commits, see migration wake_after_commit): the caller then calls
+        `wake_workers()` once this returned."""
         results: list[EnqueueResult | SymphonyError | None] = [None] * len(instructions)
         for start in range(0, len(instructions), MAX_ENQUEUE_BATCH):
             chunk = range(start, min(start + MAX_ENQUEUE_BATCH, len(instructions)))
-            await self._enqueue_chunk(instructions, chunk, results)
+            await self._enqueue_chunk(instructions, chunk, results, wake_after_commit)
         return [r for r in results if r is not None]
 
     async def _enqueue_chunk(
@@ -94,6 +98,7 @@ class OutboxStore:
         instructions: Sequence[PaymentInstruction],
         chunk: range,
         results: list[EnqueueResult | SymphonyError | None],
+        wake_after_commit: bool,
     ) -> None:
         sent: list[int] = []
         bodies: list[str] = []
@@ -116,6 +121,7 @@ class OutboxStore:
                     "participant_ids": [instructions[k].participant_id for k in sent],
                     "rail_types": [instructions[k].rail_type for k in sent],
                     "payloads": bodies,
+                    "wake_after_commit": wake_after_commit,
                 },
             )
         except DatabaseUnavailableError as exc:
@@ -146,6 +152,10 @@ class OutboxStore:
             return await self.enqueue_one(instruction)
         except SymphonyError as exc:
             return exc
+
+    async def wake_workers(self) -> None:
+        """Wake the workers (NOTIFY, from a transaction that writes nothing)."""
+        await self.db.fetch_one(Role.INGEST, "wake_outbox_workers")
 
     async def aclose(self) -> None:
         """Let gathered enqueues finish (with `group_commit`). Safe to call more than once."""

@@ -250,4 +250,8 @@ SELECT item, outbox_id, sequence_id, state, created, created_at, error_sqlstate,
        error_constraint
   FROM symphony.enqueue_payment_outbox_batch(
       %(instruction_ids)s::text[], %(idempotency_keys)s::text[], %(participant_ids)s::text[],
-      %(rail_types)s::text[], %(payloads)s::jsonb[]);
+      %(rail_types)s::text[], %(payloads)s::jsonb[], %(wake_after_commit)s);
+
+-- name: wake_outbox_workers
+-- Wake the workers after a batch enqueued with wake_after_commit committed (role: ingest).
+SELECT symphony.wake_outbox_workers();
