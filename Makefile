@@ -27,7 +27,9 @@ run: $(STAMP)
 # `make -k test` (what .ci/run calls) runs every job even when one fails.
 test: guardrails build-prod lint pytest
 
+# The dashboard's browser test needs a Chromium (Debian's package; see the script).
 pytest: $(STAMP)
+	@scripts/ensure-chromium.sh
 	@scripts/ci-step pytest $(BIN)/python -m pytest
 
 guardrails: $(STAMP)

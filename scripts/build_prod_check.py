@@ -16,7 +16,8 @@ three subcommands, one per stage of the build check:
 ``import-all``
     Run inside the clean virtualenv with ``SYMPHONY_ENV=production``: import every shipped
     module (``pkgutil.walk_packages``), load every console-script entry point, and fail if
-    any import fails or if a test-only module ends up in ``sys.modules``. A module that
+    any import fails or if a test-only module ends up in ``sys.modules``; read the operator
+    dashboard's files (package data) the way the server does. A module that
     imports the (unshipped) test-only code fails here even if the static scan missed it.
     This subcommand uses the standard library only and is meant to run with ``python -I``,
     so that nothing but the installed wheel can be imported.
@@ -41,6 +42,7 @@ from types import ModuleType
 DISTRIBUTION = "symphony-outbox"
 PACKAGE = "symphony"
 TEST_ONLY_MODULES = ("symphony.db.test_only", "symphony.db.tests")
+DASHBOARD_MODULE = "symphony.services.api.dashboard"
 
 # A test-only path inside an artefact, wherever the package sits (wheel: symphony/...,
 # sdist: symphony_outbox-X/src/symphony/...). Compiled files and a package form count too.
@@ -235,6 +237,19 @@ def cmd_import_all() -> int:
                 + _describe_import_error(entry_point.value, error)
             )
 
+    # The dashboard's files are package data, read through importlib.resources: the page
+    # would be blank (and every asset a 500) if the wheel left them out.
+    dashboard_files: list[str] = []
+    try:
+        dashboard = importlib.import_module(DASHBOARD_MODULE)
+        for name in (dashboard.PAGE, *dashboard.ASSETS):
+            if not dashboard.asset(name):
+                failures.append(f"dashboard file {name} is empty in the installed package")
+            dashboard_files.append(name)
+    except Exception as error:  # a missing file or module is a finding
+        failures.append(f"the dashboard's files cannot be read from the installed package: "
+                        f"{type(error).__name__}: {error}")
+
     leaked = sorted(name for name in sys.modules if _is_test_only_module(name))
     for name in leaked:
         failures.append(f"test-only module {name} was imported by shipped code")
@@ -245,6 +260,7 @@ def cmd_import_all() -> int:
     if skipped:
         print(f"not imported (they run a program when imported): {', '.join(skipped)}")
     print(f"loaded {len(entry_points)} entry point(s): {', '.join(e.name for e in entry_points)}")
+    print(f"dashboard files readable from the installed package: {', '.join(dashboard_files)}")
     print(f"test-only modules in sys.modules: {leaked or 'none'}")
     for failure in failures:
         _fail(failure)

@@ -4,6 +4,7 @@
     symphony migrate [--[no-]provision]       apply migrations (and provision principals in dev)
     symphony worker [--once]                  executor worker and zombie repair
     symphony repair [--once]                  requeue items whose lease expired (executor role)
+    symphony api [--host H] [--port P]        the HTTP API (participant and operator)
     symphony enqueue ...                      submit one payment instruction
     symphony status                           queue counts and zombies
     symphony audit verify                     check the ledger's invariants (auditor role)
@@ -21,7 +22,8 @@ audit violations, ...); 2 the command cannot run as given (bad arguments, bad in
 missing configuration, schema not migrated). Logs go to stderr at `SYMPHONY_LOG_LEVEL`
 (default INFO), as JSON lines unless stderr is a terminal (see `symphony.log`).
 
-Each command logs in as one principal: `worker` and `repair` as symphony_executor_svc,
+Each command logs in as one principal: `api` as symphony_api_svc (ingest + readonly),
+`worker` and `repair` as symphony_executor_svc,
 `enqueue` as symphony_ingest_svc, `status` and `audit verify` as symphony_reader_svc. Given
 that principal's own DSN (`SYMPHONY_<PRINCIPAL>_DATABASE_URL`) a command needs neither the
 admin DSN nor the credentials file; without it, it uses the admin/embedded mode.
@@ -68,10 +70,12 @@ from symphony.outbox import (
     TokenKind,
 )
 from symphony.repair import ZombieRepairConfig, ZombieRepairWorker, zombie_threshold_from_env
+from symphony.services.api import ApiConfig
 from symphony.services.rail_sim import add_arguments as add_rail_sim_arguments
 from symphony.services.rail_sim import config_from_args as rail_sim_config_from_args
 from symphony.services.rail_sim import run_rail_sim
 from symphony.services.system import RunOptions, run_system
+from symphony.services.system.api import build_api_server
 from symphony.services.worker import WorkerConfig, WorkerProcess, stop_on_signals
 
 log = logging.getLogger("symphony.cli")
@@ -205,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="most items per cycle (default 500)")
     _json_flag(repair)
     repair.set_defaults(handler=cmd_repair)
+
+    api = commands.add_parser("api", help="run the HTTP API (Ctrl-C stops it)")
+    api.add_argument("--host", help="interface to bind (default SYMPHONY_API_HOST or 127.0.0.1)")
+    api.add_argument("--port", type=int,
+                     help="port to bind, 0 picks a free one (default SYMPHONY_API_PORT or 8080)")
+    _json_flag(api)
+    api.set_defaults(handler=cmd_api)
 
     enqueue = commands.add_parser("enqueue", help="submit one payment instruction")
     enqueue.add_argument("--instruction-id", required=True)
@@ -444,6 +455,29 @@ def cmd_repair(args: argparse.Namespace) -> int:
             for r in repaired
         ]
         emit(args, {"repaired": len(repaired), "items": repaired}, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    # Configuration first: a bad setting is reported before anything connects.
+    config = ApiConfig.load(host=args.host, port=args.port)
+    settings = database_settings()
+
+    async def go() -> None:
+        async with await Database.open_for_service(Service.API, settings) as db:
+            server = build_api_server(db, config)
+            stop = asyncio.Event()
+            with stop_on_signals(stop):
+                await server.start()
+                try:
+                    emit(args, {"url": server.url, "docs": f"{server.url}/docs"},
+                         f"API listening on {server.url} (docs at {server.url}/docs); "
+                         "Ctrl-C stops it")
+                    await stop.wait()
+                finally:
+                    await server.stop()
+
+    _run(go())
     return EXIT_OK
 
 

@@ -46,6 +46,7 @@ async def test_run_demo_settles_every_payment_then_stops_cleanly(
     text = out.getvalue()
     assert "rail       simulator at http://127.0.0.1:" in text
     assert "demo 9/9 settled" in text
+    assert "Demo: submitting 9 payments through http://127.0.0.1:" in text, "through the API"
     assert text.rstrip().endswith("Stopped.")
     async with await Database.open(own_settings) as db:
         status = await OutboxStore(db).status()

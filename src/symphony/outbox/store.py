@@ -36,6 +36,9 @@ from symphony.outbox.model import (
 
 # Most instructions one batch statement carries (the function's own bound).
 MAX_ENQUEUE_BATCH = 1000
+# Bounds of the operator's read queries: each answer is a bounded amount of work.
+MAX_FAILURES_LIMIT = 500
+MAX_THROUGHPUT_MINUTES = 240
 
 
 class OutboxStore:
@@ -368,6 +371,50 @@ class OutboxStore:
             {"participant_id": participant_id, "state": state, "after": after, "limit": limit},
         )
         return [_participant_payment(r) for r in rows]
+
+    async def item_with_ledger(
+        self, outbox_id: UUID, role: Role = Role.READONLY
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """The item's summary and its ledger from one snapshot (so they agree), or None."""
+        async with self.db.transaction(role, label="item_with_ledger", snapshot=True) as tx:
+            summary = await tx.fetch_one("item_summary", {"outbox_id": outbox_id})
+            if summary is None:
+                return None
+            ledger = await tx.fetch_all("item_ledger", {"outbox_id": outbox_id})
+        return summary, ledger
+
+    async def recent_failures(
+        self, limit: int, role: Role = Role.READONLY
+    ) -> list[dict[str, Any]]:
+        """The newest FAILED items (at most `limit`, 1..MAX_FAILURES_LIMIT), newest first."""
+        _check_bound("limit", limit, MAX_FAILURES_LIMIT, "INVALID_LIMIT")
+        return await self.db.fetch_all(role, "ops_recent_failures", {"limit": limit})
+
+    async def throughput(self, minutes: int, role: Role = Role.READONLY) -> list[dict[str, Any]]:
+        """Items that reached DISPATCHED or FAILED per minute, for each of the last `minutes`
+        minutes (1..MAX_THROUGHPUT_MINUTES), oldest first; the last one is in progress."""
+        _check_bound("minutes", minutes, MAX_THROUGHPUT_MINUTES, "INVALID_WINDOW")
+        return await self.db.fetch_all(role, "ops_throughput", {"minutes": minutes})
+
+    async def metrics_snapshot(
+        self, timeout_ms: int, role: Role = Role.READONLY
+    ) -> dict[str, Any]:
+        """The supervisor view and the ledger's rows by state, read in one statement that the
+        server cancels after `timeout_ms` (a metrics scrape must not outlive its scraper)."""
+        _check_bound("timeout_ms", timeout_ms, 60_000, "INVALID_TIMEOUT")
+        async with self.db.transaction(role, label="outbox_metrics") as tx:
+            await tx.fetch_one("set_local_statement_timeout", {"timeout_ms": timeout_ms})
+            row = await tx.fetch_one("outbox_metrics")
+        assert row is not None  # an aggregate over a view always returns one row
+        return row
+
+
+def _check_bound(name: str, value: int, maximum: int, code: str) -> None:
+    # bool is an int too; a caller that passes True meant something else.
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise InvalidRequestError(
+            f"{name} must be an integer from 1 to {maximum}", code=code, context=f"store:{name}"
+        )
 
 
 def _participant_payment(row: dict[str, Any]) -> ParticipantPayment:

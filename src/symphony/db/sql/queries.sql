@@ -155,11 +155,94 @@ SELECT p.outbox_id, p.participant_id, p.review_reason, p.review_since, p.attempt
  ORDER BY p.review_since, p.outbox_id
  LIMIT %(limit)s;
 
+-- name: login_identity
+-- Who a new connection logged in as, before any role switch (run by symphony.db on the probe
+-- of every pool): the login, whether it is more than a principal should be, and which of the
+-- given roles it may SET ROLE to (directly or through a chain of SET grants).
+SELECT session_user::text AS login,
+       r.rolsuper AS superuser,
+       r.rolcreaterole AS createrole,
+       r.rolbypassrls AS bypassrls,
+       ARRAY(SELECT m.rolname::text
+               FROM pg_catalog.pg_roles m
+              WHERE m.rolname = ANY(%(roles)s::text[])
+                AND pg_catalog.pg_has_role(session_user, m.oid, 'SET')
+              ORDER BY m.rolname) AS settable
+  FROM pg_catalog.pg_roles r
+ WHERE r.rolname = session_user;
+
 -- name: resolve_outbox_review
 -- An operator records the rail's confirmed outcome of an item under review (role: control).
 SELECT outbox_id, decision, state, attempt_no
   FROM symphony.resolve_outbox_review(
       %(outbox_id)s, %(decision)s, %(decided_by)s, %(reason)s, %(rail_transaction_id)s);
+
+-- name: schema_migrations_readable
+-- Whether the current role may read the migration record (granted to every runtime role by
+-- 0006; absent before the first migration). Catalog lookups only, so it never fails itself.
+SELECT EXISTS (
+           SELECT 1
+             FROM pg_catalog.pg_class c
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'symphony_meta' AND c.relname = 'schema_migrations'
+              AND pg_catalog.has_schema_privilege(n.oid, 'USAGE')
+              AND pg_catalog.has_table_privilege(c.oid, 'SELECT')) AS readable;
+
+-- name: schema_migrations
+-- The applied migrations and their checksums (any runtime role, from 0006).
+SELECT version, checksum FROM symphony_meta.schema_migrations ORDER BY version;
+
+-- name: ops_recent_failures
+-- The newest FAILED items, newest first, with the error the rail or the retry ceiling gave
+-- (roles: readonly, auditor, control). Reads the terminal-rows index backwards from its
+-- FAILED end and stops at the limit, so the cost is the limit, not the ledger. (No
+-- sequence_id: readonly may not read a participant's volume.)
+SELECT a.outbox_id, a.attempt_no, a.error_code, a.error_detail, a.worker_id,
+       a.recorded_at AS failed_at, r.participant_id, r.instruction_id, r.rail_type,
+       r.created_at
+  FROM symphony.payment_outbox_attempts a
+  JOIN symphony.payment_instruction_registry r ON r.outbox_id = a.outbox_id
+ WHERE a.state = 'FAILED'
+ ORDER BY a.recorded_at DESC, a.attempt_id DESC
+ LIMIT %(limit)s;
+
+-- name: ops_throughput
+-- Terminal ledger rows per minute over the last `minutes` minutes, oldest first, one row per
+-- minute (zero where nothing ended); the last minute is the one in progress (roles: readonly,
+-- auditor, control). The window's start is written out (not joined from a CTE) so that it is
+-- an index condition: only the window's rows of the terminal-rows index are read.
+SELECT m.minute, coalesce(c.dispatched, 0) AS dispatched, coalesce(c.failed, 0) AS failed
+  FROM generate_series(
+           date_trunc('minute', now()) - (%(minutes)s::integer - 1) * interval '1 minute',
+           date_trunc('minute', now()), interval '1 minute') AS m(minute)
+  LEFT JOIN (
+      SELECT date_trunc('minute', a.recorded_at) AS minute,
+             count(*) FILTER (WHERE a.state = 'DISPATCHED') AS dispatched,
+             count(*) FILTER (WHERE a.state = 'FAILED') AS failed
+        FROM symphony.payment_outbox_attempts a
+       WHERE a.state IN ('DISPATCHED', 'FAILED')
+         AND a.recorded_at >= date_trunc('minute', now())
+                              - (%(minutes)s::integer - 1) * interval '1 minute'
+       GROUP BY 1
+  ) c ON c.minute = m.minute
+ ORDER BY m.minute;
+
+-- name: set_local_statement_timeout
+-- Bound the rest of this transaction's statements (a scrape must not outlive its caller).
+SELECT set_config('statement_timeout', %(timeout_ms)s::text, true) AS statement_timeout;
+
+-- name: outbox_metrics
+-- Everything a metrics scrape reports, in one statement: the supervisor view and the ledger's
+-- rows by state (roles: readonly, auditor, control). The ledger count grows with the history;
+-- the caller bounds it with set_local_statement_timeout.
+SELECT s.due, s.scheduled, s.dispatching, s.zombies, s.awaiting_lookup, s.under_review,
+       s.pending_total,
+       s.oldest_pending_at, s.dispatched_total, s.failed_total, s.observed_at,
+       coalesce((SELECT jsonb_object_agg(x.state, x.n)
+                   FROM (SELECT a.state::text AS state, count(*) AS n
+                           FROM symphony.payment_outbox_attempts a
+                          GROUP BY a.state) x), '{}'::jsonb) AS ledger_rows_by_state
+  FROM symphony.outbox_supervisor_status s;
 
 -- participants and API tokens (role: control, except where noted) ----------------------------
 
@@ -211,37 +294,6 @@ SELECT outbox_id, instruction_id, idempotency_key, rail_type, payload, state, at
        next_attempt_at, last_error_code, created_at, updated_at, terminal_at
   FROM symphony.participant_payments(%(participant_id)s, %(state)s, %(after)s::uuid,
                                      %(limit)s);
-
--- name: login_identity
--- Who a new connection logged in as, before any role switch (run by symphony.db on the probe
--- of every pool): the login, whether it is more than a principal should be, and which of the
--- given roles it may SET ROLE to (directly or through a chain of SET grants).
-SELECT session_user::text AS login,
-       r.rolsuper AS superuser,
-       r.rolcreaterole AS createrole,
-       r.rolbypassrls AS bypassrls,
-       ARRAY(SELECT m.rolname::text
-               FROM pg_catalog.pg_roles m
-              WHERE m.rolname = ANY(%(roles)s::text[])
-                AND pg_catalog.pg_has_role(session_user, m.oid, 'SET')
-              ORDER BY m.rolname) AS settable
-  FROM pg_catalog.pg_roles r
- WHERE r.rolname = session_user;
-
--- name: schema_migrations_readable
--- Whether the current role may read the migration record (granted to every runtime role by
--- 0006; absent before the first migration). Catalog lookups only, so it never fails itself.
-SELECT EXISTS (
-           SELECT 1
-             FROM pg_catalog.pg_class c
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = 'symphony_meta' AND c.relname = 'schema_migrations'
-              AND pg_catalog.has_schema_privilege(n.oid, 'USAGE')
-              AND pg_catalog.has_table_privilege(c.oid, 'SELECT')) AS readable;
-
--- name: schema_migrations
--- The applied migrations and their checksums (any runtime role, from 0006).
-SELECT version, checksum FROM symphony_meta.schema_migrations ORDER BY version;
 
 -- name: enqueue_payment_outbox_batch
 -- Idempotent enqueue of many instructions in one transaction (role: ingest); one row per item

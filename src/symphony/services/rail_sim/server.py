@@ -11,19 +11,16 @@ import argparse
 import asyncio
 import contextlib
 import signal
-import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Final
 
-import uvicorn
 from pydantic import BaseModel, ConfigDict, Field
 
+from symphony.http_server import EmbeddedHttpServer
 from symphony.services.rail_sim.app import create_app
 from symphony.services.rail_sim.simulator import HangMode, RailSimBehaviour, RailSimulator
 
 DEFAULT_PORT: Final = 8765
-_STARTUP_TIMEOUT_SECONDS: Final = 10.0
-_STARTUP_POLL_SECONDS: Final = 0.005
 # Hangs are interrupted on stop, so this only bounds a handler that is stuck
 # for some other reason.
 _GRACEFUL_SHUTDOWN_SECONDS: Final = 2
@@ -39,23 +36,20 @@ class RailSimConfig(BaseModel):
     behaviour: RailSimBehaviour = Field(default_factory=RailSimBehaviour)
 
 
-class _EmbeddedUvicorn(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # The host process owns signals; uvicorn would otherwise swallow
-        # Ctrl-C/SIGTERM meant for the whole process and re-raise them later.
-        yield
-
-
-class RailSimServer:
+class RailSimServer(EmbeddedHttpServer):
     """The simulator's HTTP server; ``start``/``stop`` may be called repeatedly."""
+
+    name = "rail simulator"
 
     def __init__(self, config: RailSimConfig | None = None) -> None:
         self._config = config or RailSimConfig()
         self._simulator = RailSimulator(self._config.behaviour)
-        self._server: _EmbeddedUvicorn | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._url: str | None = None
+        super().__init__(
+            create_app(self._simulator),
+            host=self._config.host,
+            port=self._config.port,
+            graceful_shutdown_seconds=_GRACEFUL_SHUTDOWN_SECONDS,
+        )
 
     @property
     def config(self) -> RailSimConfig:
@@ -66,66 +60,12 @@ class RailSimServer:
         """The live state, for assertions that should not go through HTTP."""
         return self._simulator
 
-    @property
-    def url(self) -> str:
-        """Base URL with the real bound port; only valid while started."""
-        if self._url is None:
-            raise RuntimeError("rail simulator is not running")
-        return self._url
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    async def start(self) -> None:
-        """Bind and serve; returns once requests are accepted. A no-op if already running."""
-        if self.running:
-            return
-        # Binding here instead of inside uvicorn turns "port in use" into an
-        # OSError for the caller; uvicorn would call sys.exit inside a task.
-        sock = _bind(self._config.host, self._config.port)
-        port = sock.getsockname()[1]
-        uvicorn_config = uvicorn.Config(
-            create_app(self._simulator),
-            host=self._config.host,
-            port=port,
-            lifespan="off",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
-        )
-        server = _EmbeddedUvicorn(uvicorn_config)
+    def _before_serve(self) -> None:
         self._simulator.resume_waits()
-        task = asyncio.create_task(server.serve(sockets=[sock]), name="rail-sim")
-        try:
-            async with asyncio.timeout(_STARTUP_TIMEOUT_SECONDS):
-                while not server.started:
-                    if task.done():
-                        break
-                    await asyncio.sleep(_STARTUP_POLL_SECONDS)
-        except TimeoutError:
-            server.should_exit = True
-            await asyncio.gather(task, return_exceptions=True)
-            sock.close()
-            raise RuntimeError("rail simulator did not start in time") from None
-        if task.done():
-            sock.close()
-            exc = task.exception() if not task.cancelled() else None
-            raise RuntimeError("rail simulator exited during startup") from exc
-        self._server, self._task = server, task
-        self._url = f"http://{_url_host(self._config.host)}:{port}"
 
-    async def stop(self) -> None:
-        """Stop serving; in-flight hangs end at once. A no-op if not running."""
-        server, task = self._server, self._task
-        self._server = self._task = None
-        self._url = None
-        if server is None or task is None:
-            return
+    def _before_stop(self) -> None:
+        # In-flight hangs end at once.
         self._simulator.interrupt_waits()
-        server.should_exit = True
-        await task
 
     async def serve_forever(self) -> None:
         """Start, then serve until cancelled; always stops on the way out."""
@@ -134,13 +74,6 @@ class RailSimServer:
             await asyncio.Event().wait()
         finally:
             await self.stop()
-
-    async def __aenter__(self) -> RailSimServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
 
 async def run_rail_sim(
@@ -231,21 +164,3 @@ def config_from_args(args: argparse.Namespace) -> RailSimConfig:
         seed=args.seed,
     )
     return RailSimConfig(host=args.host, port=args.port, behaviour=behaviour)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family, _, _, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.create_server(address[:2], family=family)
-    # Inherited by every accepted connection. asyncio sets TCP_NODELAY itself only on sockets
-    # whose proto is IPPROTO_TCP, and socket.create_server makes them with proto 0: without
-    # it, every answer on a kept-alive connection waited ~40 ms (Nagle's algorithm holding
-    # the body back until the client's delayed ACK of the headers).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setblocking(False)
-    return sock
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host

@@ -4,20 +4,25 @@ The sample mixes payments the simulator executes at once with ones it fails retr
 (`RETRY:2`), declines (`FAIL:INSUFFICIENT_FUNDS`) or hangs on after executing (`HANG:1`), so
 the whole state machine shows within a minute: retries with backoff, terminal failures, and
 the ambiguous timeout that the next attempt settles with a lookup instead of a second send.
+
+The payments go in through the HTTP API (`submit_stream`), each with its participant's token
+and Idempotency-Key, exactly as a participant's system would send them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 from uuid import UUID
 
+import httpx
+
 from symphony.db import Database, Role
-from symphony.outbox import AccessStore, OutboxStore, PaymentInstruction
+from symphony.outbox import OutboxStore, PaymentInstruction
 
 # Fast retries so that every demo payment settles within a minute: 200 ms doubling to 2 s,
 # and a hung payment is looked up 2 s after its timeout (30 s outside the demo).
@@ -32,7 +37,8 @@ DEMO_DISPATCH_TIMEOUT_SECONDS: Final = 2.0
 DEMO_LOOKUP_TIMEOUT_SECONDS: Final = 1.0
 DEMO_ENQUEUE_PER_SECOND: Final = 10.0
 
-_PARTICIPANTS: Final = ("bank-alpha", "bank-bravo", "bank-charlie")
+DEMO_PARTICIPANTS: Final = ("bank-alpha", "bank-bravo", "bank-charlie")
+_SUBMIT_TRIES: Final = 3
 _RAILS: Final = ("RTP", "ACH", "FPS", "SEPA_CT")
 _CURRENCY_FOR_RAIL: Final = {"RTP": "USD", "ACH": "USD", "FPS": "GBP", "SEPA_CT": "EUR"}
 
@@ -60,7 +66,7 @@ def demo_instructions(count: int, *, run_id: str | None = None) -> list[PaymentI
             PaymentInstruction(
                 instruction_id=f"demo-{run}-{index:04d}",
                 idempotency_key=f"demo-{run}-{index:04d}",
-                participant_id=_PARTICIPANTS[index % len(_PARTICIPANTS)],
+                participant_id=DEMO_PARTICIPANTS[index % len(DEMO_PARTICIPANTS)],
                 rail_type=rail,
                 payload={
                     "amount": f"{10 + (index * 37) % 990}.{index % 100:02d}",
@@ -72,19 +78,6 @@ def demo_instructions(count: int, *, run_id: str | None = None) -> list[PaymentI
     return instructions
 
 
-async def register_demo_participants(db: Database) -> list[str]:
-    """Register the demo's participants (as the control role) unless they exist: enqueue
-    accepts registered, ACTIVE participants only. Returns the ids it added."""
-    access = AccessStore(db)
-    known = {p.participant_id for p in await access.list_participants()}
-    added = []
-    for participant_id in _PARTICIPANTS:
-        if participant_id not in known:
-            await access.add_participant(participant_id, f"Demo {participant_id}")
-            added.append(participant_id)
-    return added
-
-
 async def apply_retry_policy(db: Database, policy: dict[str, Any]) -> dict[str, Any]:
     """Set the retry policy (as the control role); returns the policy it replaced."""
     previous = await db.fetch_one(Role.CONTROL, "retry_policy")
@@ -93,21 +86,56 @@ async def apply_retry_policy(db: Database, policy: dict[str, Any]) -> dict[str, 
     return {key: previous[key] for key in DEMO_RETRY_POLICY}
 
 
-async def enqueue_stream(
-    store: OutboxStore,
+class DemoFeedError(Exception):
+    """The API refused a demo payment (it never should: the sample is valid)."""
+
+
+def payment_request(instruction: PaymentInstruction) -> dict[str, Any]:
+    """The `POST /v1/payments` body of an instruction (the participant is the token's)."""
+    return {
+        "instruction_id": instruction.instruction_id,
+        "rail_type": instruction.rail_type,
+        **instruction.payload,
+    }
+
+
+async def submit_stream(
+    client: httpx.AsyncClient,
+    tokens: Mapping[str, str],
     instructions: list[PaymentInstruction],
     *,
     per_second: float = DEMO_ENQUEUE_PER_SECOND,
     on_enqueued: Callable[[UUID], None] | None = None,
 ) -> list[UUID]:
-    """Enqueue at a steady pace (a stream, not one burst); returns the outbox ids."""
+    """Submit through the HTTP API at a steady pace (a stream, not one burst), each with its
+    participant's token and its own Idempotency-Key; returns the outbox ids.
+
+    A 503 is retried with the same key, which is what the key is for: the retry cannot
+    create a second payment.
+    """
     ids = []
     pause = 1.0 / per_second
     for instruction in instructions:
-        result = await store.enqueue(instruction)
-        ids.append(result.outbox_id)
+        headers = {
+            "Authorization": f"Bearer {tokens[instruction.participant_id]}",
+            "Idempotency-Key": instruction.idempotency_key,
+        }
+        for attempt in range(_SUBMIT_TRIES):
+            response = await client.post("/v1/payments", json=payment_request(instruction),
+                                         headers=headers)
+            if response.status_code != 503 or attempt == _SUBMIT_TRIES - 1:
+                break
+            await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+        if response.status_code not in (200, 201):
+            code = response.json().get("code") if response.content else None
+            raise DemoFeedError(
+                f"the API refused demo payment {instruction.instruction_id}: "
+                f"{response.status_code} {code} (request {response.headers.get('x-request-id')})"
+            )
+        outbox_id = UUID(response.json()["outbox_id"])
+        ids.append(outbox_id)
         if on_enqueued is not None:
-            on_enqueued(result.outbox_id)
+            on_enqueued(outbox_id)
         await asyncio.sleep(pause)
     return ids
 

@@ -1,37 +1,49 @@
 """`symphony run`: the whole system in one process, on the embedded PostgreSQL by default.
 
 Order of start: the database (embedded unless `DATABASE_URL` is set) with its migrations, the
-rail simulator (unless `SYMPHONY_RAIL_URL` names a rail), then the worker with its repair loop.
-Stop is the reverse, on SIGINT or SIGTERM: the worker drains first, while the rail it talks to
-is still up. An embedded server this command started is stopped on exit; one that was already
+rail simulator (unless `SYMPHONY_RAIL_URL` names a rail), the worker with its repair loop, then
+the HTTP API (`SYMPHONY_API_PORT`, default 8080, or any free port when that one is taken). On
+the embedded default it also makes sure a `demo` participant exists and issues it a fresh
+token, printed once with a ready-to-paste curl; `--demo` sends its sample payments through
+the API with tokens of their own. Tokens issued here are revoked on the way out.
+Stop is the reverse, on SIGINT or SIGTERM: the API stops taking requests, then the worker
+drains, while the rail it talks to is still up. An embedded server this command started is stopped on exit; one that was already
 running is left to whoever started it. The data stays, so the next start finds it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import shlex
 import shutil
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 from uuid import UUID
 
+import httpx
+
 from symphony.db import Database, DatabaseSettings, EmbeddedServer, bootstrap
 from symphony.outbox import OutboxStore
+from symphony.outbox.access import AccessStore, TokenKind
+from symphony.services.api import ApiConfig, ApiServer
 from symphony.services.rail_sim import RailSimBehaviour, RailSimConfig, RailSimServer
 from symphony.services.rail_sim.server import DEFAULT_PORT
+from symphony.services.system.api import build_api_server
 from symphony.services.system.demo import (
     DEMO_DISPATCH_TIMEOUT_SECONDS,
     DEMO_LOOKUP_TIMEOUT_SECONDS,
+    DEMO_PARTICIPANTS,
     DEMO_RETRY_POLICY,
     apply_retry_policy,
     demo_instructions,
-    enqueue_stream,
-    register_demo_participants,
     snapshot,
+    submit_stream,
 )
 from symphony.services.worker import WorkerConfig, WorkerProcess, stop_on_signals
 
@@ -40,6 +52,7 @@ log = logging.getLogger("symphony.run")
 # The simulator's hangs only need to outlast the demo's dispatch timeout.
 _DEMO_HANG_SECONDS = 5.0
 _DEMO_LATENCY_MS = 20
+DEMO_PARTICIPANT = "demo"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +82,8 @@ class SystemRunner:
         self.db: Database | None = None
         self.rail_sim: RailSimServer | None = None
         self.worker: WorkerProcess | None = None
+        self.api: ApiServer | None = None
+        self._issued_tokens: list[UUID] = []
         self._previous_policy: dict[str, Any] | None = None
         self._demo_task: asyncio.Task[None] | None = None
 
@@ -98,6 +113,7 @@ class SystemRunner:
                 lookup_timeout_seconds=DEMO_LOOKUP_TIMEOUT_SECONDS,
             )
         config = WorkerConfig.load(**config_overrides)
+        api_config = ApiConfig.load()
 
         if settings.database_url is None:
             self.say(f"  database   starting the embedded PostgreSQL, data in "
@@ -131,6 +147,12 @@ class SystemRunner:
                  f"{config.max_concurrency}, lease {config.lease_seconds}s, zombie repair on")
         if config.metrics_port is not None:
             self.say(f"  metrics    http://127.0.0.1:{config.metrics_port}/metrics")
+
+        self.api = await self._start_api(api_config)
+        url = self.api.url
+        self.say(f"  api        {url}  (docs {url}/docs, dashboard {url}/)")
+        if settings.database_url is None:
+            await self._demo_participant(url)
         where = ("from this directory" if settings.database_url is None
                  else "with the same DATABASE_URL")
         command = _symphony_command()
@@ -155,16 +177,80 @@ class SystemRunner:
             return server
         raise RuntimeError("the rail simulator could not bind any port")
 
+    async def _start_api(self, config: ApiConfig) -> ApiServer:
+        assert self.db is not None and self.worker is not None
+        # The configured port when it is free; any free port otherwise, unless the port was
+        # asked for explicitly (then a taken port is the operator's error to see).
+        candidates = [config]
+        if "port" not in config.model_fields_set:
+            candidates.append(config.model_copy(update={"port": 0}))
+        for index, candidate in enumerate(candidates):
+            server = build_api_server(
+                self.db, candidate, process_registries=[self.worker.metrics.registry]
+            )
+            try:
+                await server.start()
+            except OSError:
+                if index == len(candidates) - 1:
+                    raise
+                continue
+            return server
+        raise RuntimeError("unreachable")
+
+    async def _participant_token(self, participant_id: str, label: str) -> str | None:
+        """A fresh token of `participant_id` (created if it does not exist; None if it was
+        revoked). Remembered, so that it is revoked when this process stops."""
+        assert self.db is not None
+        access = AccessStore(self.db)
+        known = {p.participant_id: p for p in await access.list_participants()}
+        existing = known.get(participant_id)
+        if existing is None:
+            await access.add_participant(participant_id, f"{participant_id} (symphony run)")
+        elif existing.revoked_at is not None:
+            return None
+        issued = await access.issue_token(
+            TokenKind.PARTICIPANT, participant_id=participant_id, label=label
+        )
+        self._issued_tokens.append(issued.token_id)
+        return issued.token
+
+    async def _demo_participant(self, url: str) -> None:
+        token = await self._participant_token(DEMO_PARTICIPANT, "symphony run")
+        if token is None:
+            self.say(f"  token      participant {DEMO_PARTICIPANT!r} is revoked; no token issued")
+            return
+        self.say(f"  token      {token}")
+        self.say(f"             participant {DEMO_PARTICIPANT!r}; shown once, revoked when this "
+                 "process stops")
+        self.say("Submit a payment (run it twice: the second answer is the same payment, 200):")
+        self.say(curl_example(url, token))
+        # The dashboard reads through the operator API: hand the newcomer its token too.
+        assert self.db is not None
+        operator = await AccessStore(self.db).issue_token(
+            TokenKind.OPERATOR, label="symphony run dashboard")
+        self._issued_tokens.append(operator.token_id)
+        self.say(f"  dashboard  {url}/  operator token {operator.token}")
+        self.say("             shown once, revoked when this process stops")
+
     async def _demo(self) -> None:
-        assert self.worker is not None
+        assert self.worker is not None and self.api is not None
         store: OutboxStore = self.worker.store
         ids: list[UUID] = []
         instructions = demo_instructions(self.options.demo_count)
-        await register_demo_participants(store.db)
-        self.say(f"Demo: enqueuing {len(instructions)} payments (every 10th: RETRY:2, "
-                 "FAIL:INSUFFICIENT_FUNDS, HANG:1) ...")
+        tokens: dict[str, str] = {}
+        for participant_id in DEMO_PARTICIPANTS:
+            token = await self._participant_token(participant_id, "symphony run --demo")
+            if token is None:
+                self.say(f"Demo: participant {participant_id!r} is revoked; no demo.")
+                return
+            tokens[participant_id] = token
+        self.say(f"Demo: submitting {len(instructions)} payments through {self.api.url} "
+                 "(every 10th: RETRY:2, FAIL:INSUFFICIENT_FUNDS, HANG:1) ...")
         started = time.monotonic()
-        feed = asyncio.create_task(enqueue_stream(store, instructions, on_enqueued=ids.append))
+        client = httpx.AsyncClient(base_url=self.api.url, trust_env=False, timeout=30.0)
+        feed = asyncio.create_task(
+            submit_stream(client, tokens, instructions, on_enqueued=ids.append)
+        )
         try:
             while True:
                 await asyncio.sleep(1.0)
@@ -182,6 +268,7 @@ class SystemRunner:
         finally:
             feed.cancel()
             await asyncio.gather(feed, return_exceptions=True)
+            await client.aclose()
 
     async def shutdown(self) -> None:
         """Stop what was started, in reverse order. Safe after a partial start."""
@@ -189,6 +276,9 @@ class SystemRunner:
             self._demo_task.cancel()
             await asyncio.gather(self._demo_task, return_exceptions=True)
             self._demo_task = None
+        if self.api is not None:
+            await self.api.stop()
+            self.api = None
         if self.worker is not None:
             await self.worker.stop()
             self.worker = None
@@ -198,6 +288,15 @@ class SystemRunner:
             except Exception:
                 log.exception("could not restore the retry policy after the demo")
             self._previous_policy = None
+        if self._issued_tokens and self.db is not None:
+            access = AccessStore(self.db)
+            for token_id in self._issued_tokens:
+                try:
+                    await access.revoke_token(token_id)
+                except Exception:
+                    log.exception("could not revoke a token issued by symphony run; "
+                                  "`symphony tokens revoke` does it")
+            self._issued_tokens = []
         if self.rail_sim is not None:
             await self.rail_sim.stop()
             self.rail_sim = None
@@ -226,6 +325,22 @@ async def run_system(
 ) -> None:
     """Run the whole system until SIGINT or SIGTERM."""
     await SystemRunner(settings, options, out=out).run()
+
+
+def curl_example(url: str, token: str) -> str:
+    """A ready-to-paste curl that submits one payment with a fixed Idempotency-Key."""
+    key = f"curl-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    body = json.dumps({
+        "instruction_id": key, "rail_type": "SEPA_CT", "amount": "12.50",
+        "currency": "EUR", "destination": "DE89370400440532013000",
+    })
+    return " \\\n".join([
+        f"  curl -sS -X POST {url}/v1/payments",
+        f"    -H {shlex.quote('Authorization: Bearer ' + token)}",
+        "    -H 'Content-Type: application/json'",
+        f"    -H {shlex.quote('Idempotency-Key: ' + key)}",
+        f"    -d {shlex.quote(body)}",
+    ])
 
 
 def _symphony_command() -> str:

@@ -2,6 +2,9 @@
 
 Each `WorkerMetrics` has its own registry, so several workers in one process (tests, `symphony
 run`) never collide on metric names, and the endpoint shows exactly one worker's numbers.
+Every name starts with `symphony_worker_`: these are what this process did. What the database
+holds (queue depth, ledger rows) is `symphony_outbox_*`, read at scrape time by the API's
+`/metrics` (symphony.services.api.metrics), so no number is counted twice.
 """
 
 from __future__ import annotations
@@ -23,38 +26,44 @@ class WorkerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.claimed = Counter("symphony_items_claimed", "Items leased by claim", registry=r)
+        self.claimed = Counter(
+            "symphony_worker_items_claimed", "Items leased by claim", registry=r
+        )
         self.dispatched = Counter(
-            "symphony_items_dispatched", "Items recorded as DISPATCHED", registry=r
+            "symphony_worker_items_dispatched", "Items recorded as DISPATCHED", registry=r
         )
         self.retried = Counter(
-            "symphony_items_retried", "Items rescheduled after a RETRYABLE attempt", registry=r
+            "symphony_worker_items_retried",
+            "Items rescheduled after a RETRYABLE attempt",
+            registry=r,
         )
-        self.failed = Counter("symphony_items_failed", "Items recorded as FAILED", registry=r)
+        self.failed = Counter(
+            "symphony_worker_items_failed", "Items recorded as FAILED", registry=r
+        )
         self.fenced = Counter(
-            "symphony_completions_fenced",
+            "symphony_worker_completions_fenced",
             "Completions refused because the lease was no longer held",
             registry=r,
         )
         self.lookups = Counter(
-            "symphony_rail_lookups", "Rail lookups before a re-dispatch", registry=r
+            "symphony_worker_rail_lookups", "Rail lookups before a re-dispatch", registry=r
         )
         self.skipped_sends = Counter(
-            "symphony_sends_skipped",
+            "symphony_worker_sends_skipped",
             "Re-dispatches avoided because a lookup showed the rail had executed the item",
             registry=r,
         )
         self.zombies_repaired = Counter(
-            "symphony_zombies_repaired", "Expired leases returned to PENDING", registry=r
+            "symphony_worker_zombies_repaired", "Expired leases returned to PENDING", registry=r
         )
         self.cycle_failures = Counter(
             "symphony_worker_cycle_failures", "Worker cycles that raised", registry=r
         )
         self.in_flight = Gauge(
-            "symphony_dispatches_in_flight", "Rail calls currently in flight", registry=r
+            "symphony_worker_dispatches_in_flight", "Rail calls currently in flight", registry=r
         )
         self.dispatch_seconds = Histogram(
-            "symphony_dispatch_seconds",
+            "symphony_worker_dispatch_seconds",
             "Duration of one rail dispatch call",
             buckets=_LATENCY_BUCKETS,
             registry=r,
