@@ -51,6 +51,9 @@ class Profile:
         self.reps = reps or (1 if quick else 3)
         self.seconds = 0.5 if quick else 2.0          # one enqueue / pgbench measurement
         self.drain_items = 1_000 if quick else 20_000
+        # The HTTP rail (a Python simulator on the same 2 cores) and procrastinate move a few
+        # hundred items a second here: fewer items keep `make bench` within 20 minutes.
+        self.slow_drain_items = 300 if quick else 3_000
         self.latency_seconds = 2.0 if quick else 10.0
         self.latency_rate = 200
         self.growth = [1_000, 10_000] if quick else [10_000, 100_000, 1_000_000]
@@ -646,15 +649,19 @@ async def main(argv: list[str]) -> int:
         }
         rss: list[float] = []
         for key, (batch, conc, rail, procs) in dispatch_configs.items():
-            async def one(b: int = batch, c: int = conc, r: str = rail, n: int = procs) -> float:
-                await ours.fill_due(prof.drain_items)
+            count = prof.drain_items if rail == "noop" else prof.slow_drain_items
+
+            async def one(b: int = batch, c: int = conc, r: str = rail, n: int = procs,
+                          items: int = count) -> float:
+                await ours.fill_due(items)
                 elapsed, children = await ours.drain(b, c, r, url, n)
                 if await ours.pending():
                     raise RuntimeError("our drain left items pending")
                 rss.extend(ch["rss_mb"] for ch in children)
-                return prof.drain_items / elapsed
+                return items / elapsed
             o[key] = await repeat(progress, f"ours {key}", R, one)
-            o[key]["settings"] = {"batch_size": batch, "max_concurrency": conc, "processes": procs}
+            o[key]["settings"] = {"batch_size": batch, "max_concurrency": conc,
+                                  "processes": procs, "items": count}
         o["worker_peak_rss_mb"] = max(rss) if rss else None
 
         if peers_ok:
@@ -667,16 +674,19 @@ async def main(argv: list[str]) -> int:
             for (name, key), (peer, setting, procs) in peer_drains.items():
                 await peer.purge()
 
-                async def pone(p: Any = peer, s: int = setting, n: int = procs) -> float:
-                    await p.fill(prof.drain_items)
+                count = prof.drain_items if name == "pgqueuer" else prof.slow_drain_items
+
+                async def pone(p: Any = peer, s: int = setting, n: int = procs,
+                               items: int = count) -> float:
+                    await p.fill(items)
                     elapsed, _ = await p.drain(s, n)
                     left = p.left()
                     if left:
                         raise RuntimeError(f"{p} drain left {left} jobs")
-                    return prof.drain_items / elapsed
+                    return items / elapsed
                 results["peers"][name][key] = await repeat(progress, f"{name} {key}", R, pone)
                 results["peers"][name][key]["settings"] = {"batch_or_concurrency": setting,
-                                                           "processes": procs}
+                                                           "processes": procs, "items": count}
 
         # latency at a steady rate
         lat: dict[str, list[dict[str, Any]]] = {"ours": [], "pgqueuer": [], "procrastinate": []}
