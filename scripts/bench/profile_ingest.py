@@ -40,6 +40,8 @@ async def main(mode: str, clients: int, seconds: float) -> None:
             return await original(instructions, **kw)
 
         import os
+        if os.environ.get("WAKE_AFTER"):
+            ours.grouped._group._wake_after_commit = os.environ["WAKE_AFTER"] == "1"  # type: ignore[union-attr]
         if os.environ.get("IN_FLIGHT"):
             ours.grouped._group._max_in_flight = int(os.environ["IN_FLIGHT"])  # type: ignore[union-attr]
         ours.store.enqueue_batch = counted  # type: ignore[method-assign]

@@ -593,45 +593,53 @@ async def main(argv: list[str]) -> int:
             settle_repaired(bench)
 
 
-        # the limit
+        # the limit, our enqueue and the peers' enqueue: every short throughput figure, taken
+        # round-robin (repetition 1 of each, then 2, ...) so that a change of the machine's
+        # load during the run spreads over all of them instead of skewing one against another
         prepare_pgbench(bench)
-        for script in ("insert", "insert_delete"):
-            for clients in (1, 4, 16):
-                key = f"{script}_c{clients}"
-                results["limit"][key] = await repeat(
-                    progress, f"pgbench {key}", R,
-                    lambda s=script, c=clients: _in_thread(run_pgbench, bench, s, c, S))
-
-        # our enqueue
         o = results["ours"]
         ps = ours.participants
         solo = [f"bench-{ours.run}-solo"]
+        figures: list[tuple[dict[str, Any], str, str, Any]] = []
+        for script in ("insert", "insert_delete"):
+            for clients in (1, 4, 16):
+                key = f"{script}_c{clients}"
+                figures.append((results["limit"], key, f"pgbench {key}",
+                                lambda s=script, c=clients: _in_thread(
+                                    run_pgbench, bench, s, c, S)))
         for clients in (1, 4, 16):
-            o[f"enqueue_c{clients}"] = await repeat(
-                progress, f"ours enqueue {clients} clients", R,
-                lambda c=clients: ours.enqueue_rate(c, S, "single", ps))
-        o["enqueue_c16_one_participant"] = await repeat(
-            progress, "ours enqueue 16 clients, one participant", R,
-            lambda: ours.enqueue_rate(16, S, "single", solo))
+            figures.append((o, f"enqueue_c{clients}", f"ours enqueue {clients} clients",
+                            lambda c=clients: ours.enqueue_rate(c, S, "single", ps)))
+        figures.append((o, "enqueue_c16_one_participant",
+                        "ours enqueue 16 clients, one participant",
+                        lambda: ours.enqueue_rate(16, S, "single", solo)))
         for clients in (1, 4, 16):
-            o[f"enqueue_api_c{clients}"] = await repeat(
-                progress, f"ours enqueue {clients} callers, API path (group commit)", R,
-                lambda c=clients: ours.enqueue_rate(c, S, "group", ps))
-        o["enqueue_batch100_c1"] = await repeat(
-            progress, "ours enqueue batched 100", R,
-            lambda: ours.enqueue_rate(1, S, "batch", ps))
-
-        # peers' enqueue
+            figures.append((o, f"enqueue_api_c{clients}",
+                            f"ours enqueue {clients} callers, API path",
+                            lambda c=clients: ours.enqueue_rate(c, S, "group", ps)))
+        figures.append((o, "enqueue_batch100_c1", "ours enqueue batched 100",
+                        lambda: ours.enqueue_rate(1, S, "batch", ps)))
         if peers_ok:
             for name, peer in (("pgqueuer", pgq), ("procrastinate", proc)):
                 pr = results["peers"][name]
                 for clients in (1, 16):
-                    pr[f"enqueue_c{clients}"] = await repeat(
-                        progress, f"{name} enqueue {clients}", R,
-                        lambda p=peer, c=clients: p.enqueue_rate(c, S, False))
-                pr["enqueue_batch100_c1"] = await repeat(
-                    progress, f"{name} enqueue batched 100", R,
-                    lambda p=peer: p.enqueue_rate(1, S, True))
+                    figures.append((pr, f"enqueue_c{clients}", f"{name} enqueue {clients}",
+                                    lambda p=peer, c=clients: p.enqueue_rate(c, S, False)))
+                figures.append((pr, "enqueue_batch100_c1", f"{name} enqueue batched 100",
+                                lambda p=peer: p.enqueue_rate(1, S, True)))
+        # One untimed round first: every pooled connection's server process plans the
+        # functions' statements on its first calls (PL/pgSQL caches them per session).
+        for _, _, label, fn in figures:
+            progress.step(f"warming up: {label}")
+            await fn()
+        runs: dict[tuple[int, str], list[float]] = {}
+        for r in range(R):
+            for target, key, label, fn in figures:
+                progress.step(f"{label} ({r + 1}/{R})")
+                runs.setdefault((id(target), key), []).append(await fn())
+                if r == R - 1:
+                    target[key] = stats(runs[(id(target), key)])
+                    progress.advance(label)
 
         # drain what the enqueue runs left (not measured), then 20,000 at a time
         progress.step("draining the enqueue runs' items (not measured)")

@@ -51,12 +51,14 @@ class EnqueueGroup:
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        wake_after_commit: bool = False,
     ) -> None:
         if not 1 <= max_batch <= 1000 or max_in_flight < 1:
             raise ValueError("max_batch must be 1-1000 and max_in_flight at least 1")
         self._store = store
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
+        self._wake_after_commit = wake_after_commit
         self._queue: list[_Waiter] = []
         self._flushes: set[asyncio.Task[None]] = set()
         self._waker: asyncio.Task[None] | None = None
@@ -85,8 +87,8 @@ class EnqueueGroup:
 
     async def _flush(self, batch: list[_Waiter]) -> None:
         try:
-            results = await self._store.enqueue_batch([ins for ins, _ in batch],
-                                                      wake_after_commit=True)
+            results = await self._store.enqueue_batch(
+                [ins for ins, _ in batch], wake_after_commit=self._wake_after_commit)
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():
@@ -105,7 +107,7 @@ class EnqueueGroup:
                 future.set_exception(result)
             else:
                 future.set_result(result)
-        if created:
+        if created and self._wake_after_commit:
             self._wake()
 
     def _wake(self) -> None:
