@@ -4,9 +4,10 @@
 -- commit record is flushed, so every notifying transaction commits alone, one WAL flush each:
 -- on a disk with a 4 ms flush, 16 enqueuers that each notify top out near 250 commits/s
 -- whatever else is done, and PostgreSQL's group commit (many commits per flush) never sets
--- in. The notification is only a wake-up hint (workers also poll), so it may as well be sent
--- right after the data committed, from a transaction that writes nothing: such a transaction
--- flushes no WAL, so it holds the lock for microseconds.
+-- in. The notification is only a wake-up hint (workers also poll), so a caller that commits
+-- many batches at once may send it right after the data committed, from a transaction of its
+-- own (which still takes a transaction id and a flush: PostgreSQL gives every notifying
+-- transaction one), so that its data commits do not queue behind each other.
 --
 -- * enqueue_payment_outbox_batch gains p_wake_after_commit (default false: the trigger
 --   notifies in the commit, as before). With true, the batch marks its transaction so the
