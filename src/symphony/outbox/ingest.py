@@ -88,8 +88,13 @@ class EnqueueGroup:
 
     async def _flush(self, batch: list[_Waiter]) -> None:
         try:
-            results = await self._store.enqueue_batch(
-                [ins for ins, _ in batch], wake_after_commit=self._wake_after_commit)
+            if len(batch) == 1 and not self._wake_after_commit:
+                # Alone (no load): the one-item function is the shorter statement.
+                results: list[EnqueueResult | SymphonyError] = [
+                    await self._store.enqueue_or_error(batch[0][0])]
+            else:
+                results = await self._store.enqueue_batch(
+                    [ins for ins, _ in batch], wake_after_commit=self._wake_after_commit)
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():

@@ -135,7 +135,7 @@ class OutboxStore:
             # Refused as a whole (a character the server cannot store, say): each on its own,
             # so each caller gets its own answer.
             for k in sent:
-                results[k] = await self._enqueue_or_error(instructions[k])
+                results[k] = await self.enqueue_or_error(instructions[k])
             return
         for row in rows:
             k = sent[int(row["item"]) - 1]
@@ -145,12 +145,13 @@ class OutboxStore:
                 continue
             error = refusal(str(sqlstate), row["error_constraint"], "enqueue")
             # A refusal the mapping does not know: ask in the form that raises.
-            results[k] = error if error is not None else await self._enqueue_or_error(
+            results[k] = error if error is not None else await self.enqueue_or_error(
                 instructions[k])
 
-    async def _enqueue_or_error(
+    async def enqueue_or_error(
         self, instruction: PaymentInstruction
     ) -> EnqueueResult | SymphonyError:
+        """`enqueue_one`, its refusal returned instead of raised."""
         try:
             return await self.enqueue_one(instruction)
         except SymphonyError as exc:
