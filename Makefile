@@ -41,9 +41,16 @@ build-prod: $(STAMP)
 lint: $(STAMP)
 	@scripts/ci-step lint sh -c '$(BIN)/ruff check src tests scripts conftest.py && $(BIN)/mypy'
 
-# Throughput of enqueue and claim/complete on a throwaway embedded server (not part of CI).
-bench: $(STAMP)
-	$(BIN)/python scripts/bench/outbox_throughput.py $(BENCH_ARGS)
+# Side by side with pgbench, pgqueuer and procrastinate on one throwaway embedded server
+# (not part of CI): `make bench` (under 20 minutes), `make bench QUICK=1` (a one-minute smoke).
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python scripts/bench/run.py $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache

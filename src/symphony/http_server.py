@@ -133,5 +133,10 @@ def _bind(host: str, port: int) -> socket.socket:
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     sock = socket.create_server(address[:2], family=family)
+    # Inherited by every accepted connection. asyncio sets TCP_NODELAY itself only on sockets
+    # whose proto is IPPROTO_TCP, and socket.create_server makes them with proto 0: without
+    # it, every answer on a kept-alive connection waited ~40 ms (Nagle's algorithm holding
+    # the body back until the client's delayed ACK of the headers).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setblocking(False)
     return sock

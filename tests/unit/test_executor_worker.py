@@ -717,3 +717,33 @@ async def test_an_outage_longer_than_the_lease_leaves_the_item_to_the_repair(
     with pytest.raises(DatabaseUnavailableError):
         await worker.run_once()
     assert await h.states(outbox_id) == ["DISPATCHING"]
+
+
+# -- completions as the calls finish --------------------------------------------------------
+
+
+async def test_one_slow_call_does_not_hold_back_its_batchs_finished_items(h: Harness) -> None:
+    slow_id = await h.enqueue("SLOW-1")
+    fast_ids = [await h.enqueue(f"FAST-{n}") for n in range(5)]
+    release = asyncio.Event()
+
+    async def hold_the_slow_one(reference: str) -> DispatchResult | None:
+        if reference == str(slow_id):
+            await release.wait()
+        return None
+
+    rail = FakeRail(on_dispatch=hold_the_slow_one)
+    cycle = asyncio.create_task(ExecutorWorker(h.store, rail, h.config()).run_once())
+    try:
+        async def fast_ones_recorded() -> bool:
+            return [(await h.states(i))[-1:] for i in fast_ids] == [["DISPATCHED"]] * 5
+
+        # The fast items are DISPATCHED in the ledger while the slow call still runs.
+        await eventually(fast_ones_recorded)
+        assert await h.states(slow_id) == ["DISPATCHING"]
+        assert not cycle.done()
+    finally:
+        release.set()
+    result = await cycle
+    assert (result.claimed, result.dispatched) == (6, 6)
+    assert await h.states(slow_id) == ["DISPATCHING", "DISPATCHED"]

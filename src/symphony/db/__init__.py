@@ -25,6 +25,7 @@ from symphony.db.error import (
     RoleError,
     SymphonyError,
     UnsupportedServerError,
+    refusal,
 )
 from symphony.db.migration import MigrationReport, SchemaStatus, migrate, pending_migrations
 from symphony.db.role import Principal, Role, Service
@@ -68,5 +69,6 @@ __all__ = [
     "check_service",
     "migrate",
     "pending_migrations",
+    "refusal",
     "resolve_endpoint",
 ]

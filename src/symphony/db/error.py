@@ -362,3 +362,20 @@ def _fallback(exc: BaseException, sqlstate: str | None) -> _Mapping:
         return _Mapping(DatabaseUnavailableError, "DATABASE_UNAVAILABLE",
                         "the database connection failed")
     return _Mapping(SymphonyError, "DATABASE_ERROR", "the database operation failed")
+
+
+def refusal(sqlstate: str, constraint: str | None, context: str) -> SymphonyError | None:
+    """The error a refusal reported as data (a batch function's per-item sqlstate and
+    constraint) stands for: the same class, code and message `translate` gives the raised
+    form. None when the pair is not one of the mapped refusals (the caller then asks again in
+    a form that raises)."""
+    mapping = (_BY_CONSTRAINT.get(constraint) if constraint else None) or _BY_SQLSTATE.get(
+        sqlstate)
+    if mapping is None:
+        return None
+    incident_id = uuid.uuid4().hex
+    level = logging.WARNING if mapping.kind in _EXPECTED else logging.ERROR
+    log.log(level, "database refusal: incident=%s context=%s sqlstate=%s constraint=%s",
+            incident_id, context, sqlstate, constraint, extra={"incident_id": incident_id})
+    return mapping.kind(mapping.message, code=mapping.code, sqlstate=sqlstate, context=context,
+                        incident_id=incident_id)

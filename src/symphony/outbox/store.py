@@ -11,7 +11,14 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from symphony.db import Database, InvalidRequestError, Role
+from symphony.db import (
+    Database,
+    DatabaseUnavailableError,
+    InvalidRequestError,
+    Role,
+    SymphonyError,
+    refusal,
+)
 from symphony.outbox.model import (
     BucketRange,
     ClaimedItem,
@@ -28,6 +35,8 @@ from symphony.outbox.model import (
     SupervisorStatus,
 )
 
+# Most instructions one batch statement carries (the function's own bound).
+MAX_ENQUEUE_BATCH = 1000
 # Bounds of the operator's read queries: each answer is a bounded amount of work.
 MAX_FAILURES_LIMIT = 500
 MAX_THROUGHPUT_MINUTES = 240
@@ -36,35 +45,26 @@ MAX_THROUGHPUT_MINUTES = 240
 class OutboxStore:
     """Typed access to the outbox functions and views."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, group_commit: bool = False) -> None:
         self.db = db
+        # Imported here: the group commit module uses this class.
+        from symphony.outbox.ingest import EnqueueGroup
+
+        self._group = EnqueueGroup(self) if group_commit else None
 
     async def enqueue(self, instruction: PaymentInstruction) -> EnqueueResult:
-        """Idempotent for ever on (participant_id, instruction_id, idempotency_key) — I1."""
-        try:
-            body = json.dumps(instruction.payload, separators=(",", ":"), allow_nan=False)
-        except RecursionError:
-            # Nested past Python's own limit: far beyond the database's 32 levels anyway.
-            raise InvalidRequestError(
-                "payload must not be nested deeper than 32 levels",
-                code="PAYLOAD_TOO_COMPLEX", context="enqueue",
-            ) from None
-        except (TypeError, ValueError):
-            raise InvalidRequestError(
-                "payload must be a JSON object of strings, numbers, booleans, lists and objects",
-                code="INVALID_PAYLOAD", context="enqueue",
-            ) from None
-        if not body.isascii() or "\\ud" in body.lower():
-            try:
-                # json.dumps escapes a lone surrogate (text that came from undecodable bytes,
-                # such as a command-line argument) as \udcff, which the database would refuse
-                # as malformed JSON; say what it is instead.
-                json.dumps(instruction.payload, ensure_ascii=False).encode("utf-8")
-            except UnicodeEncodeError:
-                raise InvalidRequestError(
-                    "payload holds text that is not valid Unicode (undecodable bytes)",
-                    code="INVALID_TEXT_ENCODING", context="enqueue",
-                ) from None
+        """Idempotent for ever on (participant_id, instruction_id, idempotency_key) — I1.
+
+        Answers only once the item is committed. With `group_commit`, calls that arrive while
+        an earlier group commits are gathered into one batch transaction (see
+        `symphony.outbox.ingest`); each caller still gets its own result or its own error.
+        """
+        if self._group is not None:
+            return await self._group.submit(instruction)
+        return await self.enqueue_one(instruction)
+
+    async def enqueue_one(self, instruction: PaymentInstruction) -> EnqueueResult:
+        """One instruction in its own transaction (`enqueue_payment_outbox`)."""
         row = await self.db.fetch_one(
             Role.INGEST,
             "enqueue_payment_outbox",
@@ -73,17 +73,99 @@ class OutboxStore:
                 "idempotency_key": instruction.idempotency_key,
                 "participant_id": instruction.participant_id,
                 "rail_type": instruction.rail_type,
-                "payload": body,
+                "payload": _payload_body(instruction),
             },
         )
         assert row is not None  # the function always returns one row or raises
-        return EnqueueResult(
-            outbox_id=row["outbox_id"],
-            sequence_id=int(row["sequence_id"]),
-            state=str(row["state"]),
-            created=bool(row["created"]),
-            created_at=row["created_at"],
-        )
+        return _enqueue_result(row)
+
+    async def enqueue_batch(
+        self, instructions: Sequence[PaymentInstruction], *, wake_after_commit: bool = False
+    ) -> list[EnqueueResult | SymphonyError]:
+        """Many instructions in one transaction per 1,000 (`enqueue_payment_outbox_batch`), with
+        the guarantees of `enqueue` for each. The answer is one entry per instruction, in
+        order: its result, or the error `enqueue` would have raised for it alone. One refused
+        item never fails the others; should the whole statement be refused (something the
+        function does not report per item), every item is tried again on its own.
+
+        `wake_after_commit=True` keeps the NOTIFY out of the batch's commit (where it would
+        serialise the commits, see migration wake_after_commit): the caller then calls
+        `wake_workers()` once this returned."""
+        results: list[EnqueueResult | SymphonyError | None] = [None] * len(instructions)
+        for start in range(0, len(instructions), MAX_ENQUEUE_BATCH):
+            chunk = range(start, min(start + MAX_ENQUEUE_BATCH, len(instructions)))
+            await self._enqueue_chunk(instructions, chunk, results, wake_after_commit)
+        return [r for r in results if r is not None]
+
+    async def _enqueue_chunk(
+        self,
+        instructions: Sequence[PaymentInstruction],
+        chunk: range,
+        results: list[EnqueueResult | SymphonyError | None],
+        wake_after_commit: bool,
+    ) -> None:
+        sent: list[int] = []
+        bodies: list[str] = []
+        for k in chunk:
+            try:
+                bodies.append(_payload_body(instructions[k]))
+            except SymphonyError as exc:
+                results[k] = exc
+                continue
+            sent.append(k)
+        if not sent:
+            return
+        try:
+            rows = await self.db.fetch_all(
+                Role.INGEST,
+                "enqueue_payment_outbox_batch",
+                {
+                    "instruction_ids": [instructions[k].instruction_id for k in sent],
+                    "idempotency_keys": [instructions[k].idempotency_key for k in sent],
+                    "participant_ids": [instructions[k].participant_id for k in sent],
+                    "rail_types": [instructions[k].rail_type for k in sent],
+                    "payloads": bodies,
+                    "wake_after_commit": wake_after_commit,
+                },
+            )
+        except DatabaseUnavailableError as exc:
+            for k in sent:
+                results[k] = exc  # nothing was written; one by one would fare no better
+            return
+        except SymphonyError:
+            # Refused as a whole (a character the server cannot store, say): each on its own,
+            # so each caller gets its own answer.
+            for k in sent:
+                results[k] = await self.enqueue_or_error(instructions[k])
+            return
+        for row in rows:
+            k = sent[int(row["item"]) - 1]
+            sqlstate = row["error_sqlstate"]
+            if sqlstate is None:
+                results[k] = _enqueue_result(row)
+                continue
+            error = refusal(str(sqlstate), row["error_constraint"], "enqueue")
+            # A refusal the mapping does not know: ask in the form that raises.
+            results[k] = error if error is not None else await self.enqueue_or_error(
+                instructions[k])
+
+    async def enqueue_or_error(
+        self, instruction: PaymentInstruction
+    ) -> EnqueueResult | SymphonyError:
+        """`enqueue_one`, its refusal returned instead of raised."""
+        try:
+            return await self.enqueue_one(instruction)
+        except SymphonyError as exc:
+            return exc
+
+    async def wake_workers(self) -> None:
+        """Wake the workers (NOTIFY, from a transaction that writes nothing)."""
+        await self.db.fetch_one(Role.INGEST, "wake_outbox_workers")
+
+    async def aclose(self) -> None:
+        """Let gathered enqueues finish (with `group_commit`). Safe to call more than once."""
+        if self._group is not None:
+            await self._group.aclose()
 
     async def claim(
         self, worker_id: str, batch_size: int, lease_seconds: int,
@@ -384,4 +466,42 @@ def _completion_result(row: dict[str, Any]) -> CompletionResult:
         state=row["state"],
         attempt_no=row["attempt_no"],
         next_attempt_at=row["next_attempt_at"],
+    )
+
+
+def _payload_body(instruction: PaymentInstruction) -> str:
+    try:
+        body = json.dumps(instruction.payload, separators=(",", ":"), allow_nan=False)
+    except RecursionError:
+        # Nested past Python's own limit: far beyond the database's 32 levels anyway.
+        raise InvalidRequestError(
+            "payload must not be nested deeper than 32 levels",
+            code="PAYLOAD_TOO_COMPLEX", context="enqueue",
+        ) from None
+    except (TypeError, ValueError):
+        raise InvalidRequestError(
+            "payload must be a JSON object of strings, numbers, booleans, lists and objects",
+            code="INVALID_PAYLOAD", context="enqueue",
+        ) from None
+    if not body.isascii() or "\\ud" in body.lower():
+        try:
+            # json.dumps escapes a lone surrogate (text that came from undecodable bytes,
+            # such as a command-line argument) as \udcff, which the database would refuse
+            # as malformed JSON; say what it is instead.
+            json.dumps(instruction.payload, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequestError(
+                "payload holds text that is not valid Unicode (undecodable bytes)",
+                code="INVALID_TEXT_ENCODING", context="enqueue",
+            ) from None
+    return body
+
+
+def _enqueue_result(row: dict[str, Any]) -> EnqueueResult:
+    return EnqueueResult(
+        outbox_id=row["outbox_id"],
+        sequence_id=int(row["sequence_id"]),
+        state=str(row["state"]),
+        created=bool(row["created"]),
+        created_at=row["created_at"],
     )

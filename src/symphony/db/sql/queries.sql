@@ -1010,3 +1010,16 @@ SELECT checkpoint_id, taken_at, up_to_attempt_id, row_count, item_count, heads_d
        previous_digest, checkpoint_digest, taken_by
   FROM symphony.ledger_checkpoints
  ORDER BY checkpoint_id;
+
+-- name: enqueue_payment_outbox_batch
+-- Idempotent enqueue of many instructions in one transaction (role: ingest); one row per item
+-- in the order given, a refused item with its sqlstate and constraint instead of an id.
+SELECT item, outbox_id, sequence_id, state, created, created_at, error_sqlstate,
+       error_constraint
+  FROM symphony.enqueue_payment_outbox_batch(
+      %(instruction_ids)s::text[], %(idempotency_keys)s::text[], %(participant_ids)s::text[],
+      %(rail_types)s::text[], %(payloads)s::jsonb[], %(wake_after_commit)s);
+
+-- name: wake_outbox_workers
+-- Wake the workers after a batch enqueued with wake_after_commit committed (role: ingest).
+SELECT symphony.wake_outbox_workers();

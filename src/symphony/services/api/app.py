@@ -74,7 +74,9 @@ def create_app(
     )
     app.state.symphony = ApiContext(
         db=db,
-        store=OutboxStore(db),
+        # Group commit: concurrent POST /v1/payments share one batch transaction, each still
+        # answered only after its own item committed, with its own result or error.
+        store=OutboxStore(db, group_commit=True),
         authenticator=CachedAuthenticator(
             authenticator if authenticator is not None else AccessStore(db),
             config.auth_cache_seconds,

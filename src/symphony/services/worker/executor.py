@@ -1,7 +1,9 @@
 """The executor worker: claims due items, sends them to the rail, records the outcomes.
 
 One cycle (`run_once`) is: claim one batch, dispatch its items with bounded concurrency, and
-record every outcome with ONE `complete_outbox_batch` call. Should that statement be refused
+record the outcomes with `complete_outbox_batch` as the calls finish, in small groups (one
+statement per group of up to 64, written at most 5 ms after its first outcome), so a slow call
+holds back only itself. Should that statement be refused
 (an answer the database cannot store, say), the outcomes are recorded one by one, and an
 outcome refused on its own is recorded once more with its texts escaped to plain ASCII, so one
 bad item never keeps its neighbours, which the rail executed, from being recorded. The running loop (`start`) lets
@@ -73,6 +75,10 @@ _OUTER_TIMEOUT_SLACK: Final = CALL_BOUND_SLACK_SECONDS
 _LISTEN_WAIT_SECONDS: Final = 30.0
 _LISTEN_BACKOFF_FIRST: Final = 0.5
 _LISTEN_BACKOFF_MAX: Final = 30.0
+# Outcomes are recorded as the rail calls finish, in groups of at most this many, written at
+# the latest this long after the group's first outcome (see _settle_and_record).
+_COMPLETION_GROUP_MAX: Final = 64
+_COMPLETION_GROUP_WAIT_SECONDS: Final = 0.005
 # Time the final completion statement gets after the grace period ran out.
 _COMPLETION_SLACK_SECONDS: Final = 15.0
 # Backoff of a completion retried while the database is unreachable.
@@ -321,26 +327,33 @@ class ExecutorWorker(LoopService[CycleResult]):
             return CycleResult()
         self.metrics.claimed.inc(len(items))
         self._items_in_flight += len(items)
+        released = [0]  # slots given back as their outcomes are recorded
+        # Outcomes may wait for the database until shortly before the first lease ends.
+        deadline = min(i.lease_expires_at for i in items) - timedelta(
+            seconds=lease_margin_seconds(self.config.lease_seconds))
         try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(self._decide(item), name=f"dispatch-{item.reference}")
-                    for item in items
-                ]
-                await self._settle(tasks)
-            decisions = [t.result() for t in tasks if not t.cancelled()]
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [
+                        group.create_task(self._decide(item), name=f"dispatch-{item.reference}")
+                        for item in items
+                    ]
+                    decisions, results = await self._settle_and_record(tasks, released,
+                                                                       deadline)
+            except BaseExceptionGroup as failed:
+                # Recording runs inside the group, which wraps what ended the cycle (say, the
+                # database lost for longer than the leases allow): raise that itself.
+                if len(failed.exceptions) == 1:
+                    raise failed.exceptions[0] from None
+                raise
             abandoned = len(items) - len(decisions)
             if abandoned:
                 self.log.warning(
                     "%d item(s) still in flight after the shutdown grace period: left leased "
                     "for the zombie repair", abandoned,
                 )
-            # Outcomes may wait for the database until shortly before the first lease ends.
-            deadline = min(i.lease_expires_at for i in items) - timedelta(
-                seconds=lease_margin_seconds(self.config.lease_seconds))
-            results = await self._record([d.completion for d in decisions], deadline)
         finally:
-            self._items_in_flight -= len(items)
+            self._items_in_flight -= len(items) - released[0]
         result = self._tally(items, decisions, results, abandoned, limit)
         self.log.debug("cycle: %s", result)
         return result
@@ -357,6 +370,69 @@ class ExecutorWorker(LoopService[CycleResult]):
         if self.config.buckets is None:
             return await self.store.complete_batch(completions)
         return await self.store.complete_batch(completions, buckets=self.config.buckets)
+
+    async def _settle_and_record(
+        self, tasks: Sequence[asyncio.Task[_Decision]], released: list[int],
+        record_deadline: datetime | None = None,
+    ) -> tuple[list[_Decision], list[CompletionResult]]:
+        """Record outcomes as the calls finish, in small groups: a group is written when it
+        holds `_COMPLETION_GROUP_MAX` outcomes, when its first outcome has waited
+        `_COMPLETION_GROUP_WAIT_SECONDS`, or when no call is left. One slow rail call thus
+        holds back only itself, never its batch's finished items (whose completions would
+        otherwise wait for it, their leases running). Once a stop is requested, calls still
+        running get the grace period, then are cancelled and left leased for the repair.
+        A recorded group gives its slots back at once (`released`), and the loop may claim
+        for them while slower calls of this cycle still run. `record_deadline` bounds how long a
+        group may wait for an unreachable database (see `_record`)."""
+        loop = asyncio.get_running_loop()
+        pending: set[asyncio.Task[Any]] = set(tasks)
+        decisions: list[_Decision] = []
+        results: list[CompletionResult] = []
+        group: list[_Decision] = []
+        first_at: float | None = None
+        stop = asyncio.create_task(self._stop_requested.wait())
+        try:
+            while pending:
+                timeout: float | None = None
+                if first_at is not None:
+                    timeout = max(0.0, first_at + _COMPLETION_GROUP_WAIT_SECONDS - loop.time())
+                if stop.done():
+                    deadline = self._grace_deadline or loop.time()
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    timeout = left if timeout is None else min(timeout, left)
+                    waiting = pending
+                else:
+                    waiting = pending | {stop}
+                done, _ = await asyncio.wait(
+                    waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task is stop:
+                        continue
+                    pending.discard(task)
+                    decision = task.result()
+                    decisions.append(decision)
+                    group.append(decision)
+                    if first_at is None:
+                        first_at = loop.time()
+                due = first_at is not None and (
+                    loop.time() - first_at >= _COMPLETION_GROUP_WAIT_SECONDS)
+                if group and (len(group) >= _COMPLETION_GROUP_MAX or not pending or due):
+                    results.extend(await self._record([d.completion for d in group], record_deadline))
+                    if pending:
+                        self._items_in_flight -= len(group)
+                        released[0] += len(group)
+                        self.wake()
+                    group, first_at = [], None
+        finally:
+            stop.cancel()
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if group:
+            results.extend(await self._record([d.completion for d in group], record_deadline))
+        return decisions, results
 
     async def _record(
         self, completions: Sequence[Completion], deadline: datetime | None = None
@@ -426,29 +502,6 @@ class ExecutorWorker(LoopService[CycleResult]):
             extra=self._context(completion.outbox_id),
         )
         return []
-
-    async def _settle(self, tasks: Sequence[asyncio.Task[_Decision]]) -> None:
-        """Wait for every task, or, once a stop is requested, until the grace period ends;
-        then cancel what is left."""
-        pending: set[asyncio.Task[Any]] = set(tasks)
-        stop = asyncio.create_task(self._stop_requested.wait())
-        try:
-            while pending and not stop.done():
-                done, _ = await asyncio.wait(
-                    pending | {stop}, return_when=asyncio.FIRST_COMPLETED
-                )
-                pending -= done
-        finally:
-            stop.cancel()
-        if not pending:
-            return
-        deadline = self._grace_deadline or asyncio.get_running_loop().time()
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining > 0:
-            _, pending = await asyncio.wait(pending, timeout=remaining)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
 
     def _tally(
         self,

@@ -1,0 +1,143 @@
+"""Application-level group commit for enqueue: many callers, one transaction, own answers.
+
+A commit (a WAL flush) is the dominant cost of a one-item transaction; with one transaction per
+call, 16 concurrent callers spend most of their time waiting for each other's flushes. Here a
+call that arrives while `max_in_flight` batches are already committing waits for the next
+batch instead, and that batch carries everything that gathered meanwhile (up to `max_batch`):
+under load the batches grow by themselves, at low load a call goes alone and waits for
+nobody. There is no timer: the gathering window is the time the previous batch takes to
+commit (a millisecond or two). One batch in flight measured best on a 2-core server (16
+callers: 1,500 items/s with one, 957 with two, 594 with four, in one run): a second batch
+in flight only halves the batches while the server's CPU, not the flush, is the limit.
+
+Every caller is answered only after the batch holding its item committed, with its own result
+or its own error (`OutboxStore.enqueue_batch` reports refusals per item, so one bad item never
+fails its neighbours). A caller that is cancelled while waiting may still have its item
+committed: enqueue is idempotent, so its retry gets the same item back.
+
+The workers are woken by the pending table's NOTIFY trigger, once per batch, inside the
+batch's commit. PostgreSQL serialises notifying commits (flush included), which costs nothing
+here while one batch is in flight at a time. `wake_after_commit=True` sends the NOTIFY from a
+transaction of its own after the batch committed instead; it measured slightly slower (a NOTIFY
+gives its transaction an id, so the wake-up transaction flushes the WAL too) and stays off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from typing import TYPE_CHECKING
+
+from symphony.db import SymphonyError
+from symphony.outbox.model import EnqueueResult, PaymentInstruction
+
+if TYPE_CHECKING:
+    from symphony.outbox.store import OutboxStore
+
+DEFAULT_MAX_BATCH = 100
+DEFAULT_MAX_IN_FLIGHT = 1
+
+log = logging.getLogger("symphony.outbox")
+
+_Waiter = tuple[PaymentInstruction, "asyncio.Future[EnqueueResult]"]
+
+
+class EnqueueGroup:
+    """Gathers concurrent `enqueue` calls into batches (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: OutboxStore,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        wake_after_commit: bool = False,
+    ) -> None:
+        if not 1 <= max_batch <= 1000 or max_in_flight < 1:
+            raise ValueError("max_batch must be 1-1000 and max_in_flight at least 1")
+        self._store = store
+        self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
+        self._wake_after_commit = wake_after_commit
+        self._queue: list[_Waiter] = []
+        self._flushes: set[asyncio.Task[None]] = set()
+        self._waker: asyncio.Task[None] | None = None
+        self._wake_again = False
+
+    async def submit(self, instruction: PaymentInstruction) -> EnqueueResult:
+        """Enqueue one instruction in the next batch; its own result, or its own error."""
+        future: asyncio.Future[EnqueueResult] = asyncio.get_running_loop().create_future()
+        self._queue.append((instruction, future))
+        self._kick()
+        # Shielded: a cancelled caller must not cancel the batch its neighbours are in.
+        return await asyncio.shield(future)
+
+    def _kick(self) -> None:
+        while self._queue and len(self._flushes) < self._max_in_flight:
+            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch:]
+            # A context of its own: the batch is no part of any caller's transaction.
+            task = asyncio.get_running_loop().create_task(
+                self._flush(batch), context=contextvars.Context())
+            self._flushes.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        self._kick()
+
+    async def _flush(self, batch: list[_Waiter]) -> None:
+        try:
+            if len(batch) == 1 and not self._wake_after_commit:
+                # Alone (no load): the one-item function is the shorter statement.
+                results: list[EnqueueResult | SymphonyError] = [
+                    await self._store.enqueue_or_error(batch[0][0])]
+            else:
+                results = await self._store.enqueue_batch(
+                    [ins for ins, _ in batch], wake_after_commit=self._wake_after_commit)
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else SymphonyError(
+                        "the enqueue was interrupted", code="ENQUEUE_INTERRUPTED",
+                        context="enqueue"))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        created = False
+        for (_, future), result in zip(batch, results, strict=True):
+            created = created or (isinstance(result, EnqueueResult) and result.created)
+            if future.done():
+                continue
+            if isinstance(result, SymphonyError):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        if created and self._wake_after_commit:
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waker is not None:
+            self._wake_again = True
+            return
+        self._waker = asyncio.get_running_loop().create_task(
+            self._wake_loop(), context=contextvars.Context())
+
+    async def _wake_loop(self) -> None:
+        try:
+            while True:
+                self._wake_again = False
+                try:
+                    await self._store.wake_workers()
+                except SymphonyError:
+                    log.warning("waking the workers failed; they find the new work by polling")
+                if not self._wake_again:
+                    return
+        finally:
+            self._waker = None
+
+    async def aclose(self) -> None:
+        """Wait for the batches in flight (and those still gathered) to finish."""
+        while self._flushes or self._waker is not None:
+            await asyncio.gather(*self._flushes, *filter(None, [self._waker]),
+                                 return_exceptions=True)
