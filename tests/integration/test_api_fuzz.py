@@ -122,8 +122,17 @@ def test_the_fuzzed_document_is_the_served_one(fuzz_target: FuzzTarget) -> None:
     assert served == SPEC
 
 
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "host", "connection"})
+
+
 @schema.parametrize()
 def test_no_input_makes_a_5xx_or_leaves_a_trace(case: Any, fuzz_target: FuzzTarget) -> None:
+    # Message framing is the HTTP client's, not API input: a generated Content-Length or
+    # Transfer-Encoding makes a request the server's HTTP parser refuses (400) before any
+    # application code, and so before any request id, could see it.
+    if case.headers:
+        case.headers = {name: value for name, value in case.headers.items()
+                        if name.lower() not in _FRAMING_HEADERS}
     generated = dict(case.headers or {})
     headers: dict[str, str] = {}
     # Mostly a valid token of the kind the route wants, so the cases reach the handlers;
