@@ -71,6 +71,9 @@ def create_app(
         redoc_url=None,
         openapi_url="/openapi.json",
         responses={500: {"model": ErrorBody, "description": "unexpected failure"}},
+        # No redirect from `/path/` to `/path`: Starlette builds its Location from the
+        # request's Host header. A trailing slash is a miss like any other (404 envelope).
+        redirect_slashes=False,
     )
     app.state.symphony = ApiContext(
         db=db,
