@@ -31,8 +31,8 @@ from symphony.db import (
     SymphonyError,
 )
 from symphony.outbox import OutboxStore
-from symphony.outbox.access import AccessStore
-from symphony.services.api.auth import Authenticator, CachedAuthenticator
+from symphony.outbox.access import AccessStore, Authenticator
+from symphony.services.api.auth import CachedAuthenticator
 from symphony.services.api.config import ApiConfig
 from symphony.services.api.context import ApiContext, get_context
 from symphony.services.api.error import (

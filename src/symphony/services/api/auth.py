@@ -20,24 +20,18 @@ import hashlib
 import re
 import time
 from collections.abc import Callable
-from typing import Annotated, Final, Protocol
+from typing import Annotated, Final
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from symphony.outbox.access import Caller, TokenKind
+from symphony.outbox.access import Authenticator, Caller, TokenKind
 from symphony.services.api.context import ApiContext, get_context
 from symphony.services.api.error import ApiError
 
 # RFC 6750 token68 characters, bounded: anything else is refused before the database is asked.
 _TOKEN: Final = re.compile(r"[A-Za-z0-9._~+/-]{1,512}=*")
 _MAX_CACHE_ENTRIES: Final = 10_000
-
-
-class Authenticator(Protocol):
-    """Turns a presented token into its caller, or None when it is not (or no longer) valid."""
-
-    async def authenticate(self, token: str) -> Caller | None: ...
 
 
 class CachedAuthenticator:
