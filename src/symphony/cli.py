@@ -24,7 +24,7 @@ audit violations, ...); 2 the command cannot run as given (bad arguments, bad in
 missing configuration, schema not migrated). Logs go to stderr at `SYMPHONY_LOG_LEVEL`
 (default INFO), as JSON lines unless stderr is a terminal (see `symphony.log`).
 
-Each command logs in as one principal: `api` as symphony_api_svc (ingest + readonly),
+Each command logs in as one principal: `api` as symphony_api_svc (ingest, readonly, operator),
 `worker` and `repair` as symphony_executor_svc, `enqueue` as symphony_ingest_svc, `status`,
 `audit verify` and `audit export-checkpoints` as symphony_reader_svc, `audit checkpoint` as
 symphony_control_svc. Given
