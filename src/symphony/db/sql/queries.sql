@@ -1088,8 +1088,10 @@ WITH w AS MATERIALIZED (
            r.created_at
       FROM symphony.payment_instruction_registry r
      WHERE r.participant_id = %(participant)s::text
+       AND r.created_at <= %(after_at)s::timestamptz
        AND (r.created_at, r.outbox_id) < (%(after_at)s::timestamptz, %(after_id)s::uuid)
-     ORDER BY r.created_at DESC, r.outbox_id DESC
+     -- participant_id leads the order as it leads the index (one value: the same order).
+     ORDER BY r.participant_id DESC, r.created_at DESC, r.outbox_id DESC
      LIMIT %(window)s
 ),
 hits AS (
