@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from symphony.db import Database, Role
@@ -90,6 +90,13 @@ class Caller:
     def may_act(self) -> bool:
         """Whether this caller holds an operator token of OPERATOR scope."""
         return self.kind == TokenKind.OPERATOR and self.scope == TokenScope.OPERATOR
+
+
+class Authenticator(Protocol):
+    """Turns a presented token into its caller, or None when it is not (or no longer) valid.
+    `AccessStore` is the one that asks the database; the API wraps it in a cache."""
+
+    async def authenticate(self, token: str) -> Caller | None: ...
 
 
 def _secret_hash(salt: bytes, secret: str) -> bytes:
