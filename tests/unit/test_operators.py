@@ -1,5 +1,5 @@
 """Operators in the database: scoped tokens, the accountable actions, the fleet's heartbeats,
-one participant's view and the queue browse (migration 0013, symphony.outbox.operators).
+one participant's view and the queue browse (the operators migration, symphony.outbox.operators).
 
 Every new function is executed by the role it is granted to and refused (42501) for another;
 each action records who acted (the token's id and label) and why, append-only, or writes

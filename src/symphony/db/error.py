@@ -231,7 +231,7 @@ _BY_SQLSTATE: dict[str, _Mapping] = {
                       "FAILED or RETRY, the operator's name and a reason"),
     "SY050": _Mapping(InvalidRequestError, "CHECKPOINT_NEEDS_READ_COMMITTED",
                       "a ledger checkpoint must be taken in a READ COMMITTED transaction"),
-    # Operator actions (0013).
+    # Operator actions (the operators migration).
     "SY060": _Mapping(PermissionDeniedError, "OPERATOR_TOKEN_INVALID",
                       "the acting token is not a live operator token"),
     "SY061": _Mapping(PermissionDeniedError, "INSUFFICIENT_SCOPE",

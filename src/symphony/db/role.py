@@ -16,7 +16,7 @@ from enum import StrEnum
 class Role(StrEnum):
     """The runtime roles. Values are the PostgreSQL role names (part of the contract).
 
-    OPERATOR (0013) may only execute the operator actions, each of which verifies the acting
+    OPERATOR (the operators migration) may only execute the operator actions, each of which verifies the acting
     operator token itself; the API's login may become it."""
 
     CONTROL = "symphony_control"

@@ -1,4 +1,4 @@
--- 0013 — operators act, accountably: scoped operator tokens, operator actions, the worker
+-- 0014 — operators act, accountably: scoped operator tokens, operator actions, the worker
 -- fleet's heartbeats, and the reads of the operator's views.
 --
 -- Why:
