@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(p_list)
     p_list.set_defaults(handler=cmd_participants_list)
     p_revoke = participant_commands.add_parser(
-        "revoke", help="revoke a participant and all its tokens (for good)")
+        "revoke", help="revoke a participant and all its tokens (for good); its payments "
+                       "already accepted still go on (obligations)")
     p_revoke.add_argument("participant_id", metavar="ID")
     _json_flag(p_revoke)
     p_revoke.set_defaults(handler=cmd_participants_revoke)
@@ -726,16 +727,30 @@ def cmd_participants_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+REVOCATION_NOTE = (
+    "accepted payments are obligations: the participant's pending payments are still "
+    "dispatched and retried as usual; revoking stops new payments and its tokens, and only "
+    "an operator's cancellation of a payment stops that payment"
+)
+
+
 def cmd_participants_revoke(args: argparse.Namespace) -> int:
     settings = database_settings()
 
-    async def go() -> Participant:
+    async def go() -> tuple[Participant, int]:
         async with await Database.open(settings) as db:
-            return await AccessStore(db).revoke_participant(args.participant_id)
+            access = AccessStore(db)
+            revoked = await access.revoke_participant(args.participant_id)
+            # Counted after the revocation committed: no new payment of it can join them.
+            return revoked, await access.pending_payment_count(args.participant_id)
 
-    revoked = _run(go())
-    emit(args, _participant_dict(revoked),
-         f"revoked participant {_participant_line(revoked)}; its tokens no longer work")
+    revoked, pending = _run(go())
+    payments = "payment" if pending == 1 else "payments"
+    emit(args,
+         {**_participant_dict(revoked), "pending_payments": pending,
+          "pending_payments_continue": True, "note": REVOCATION_NOTE},
+         f"revoked participant {_participant_line(revoked)}; its tokens no longer work\n"
+         f"{pending} pending {payments} of it go on: {REVOCATION_NOTE}")
     return EXIT_OK
 
 

@@ -367,6 +367,27 @@ def test_participants_add_list_revoke(
     assert code == 1 and body["error"]["code"] == "PARTICIPANT_NOT_ACTIVE"
 
 
+def test_participants_revoke_says_its_pending_payments_go_on(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Accepted payments are obligations: revoking stops new ones, not these, and says so.
+    pid = unique("cli-revoked")
+    assert main(["participants", "add", pid, "--name", "Revoked Bank"]) == 0
+    for _ in range(2):
+        assert main(enqueue_args(unique("cli"), unique("key"), participant=pid)) == 0
+    capsys.readouterr()
+    code, revoked = run_json(capsys, "participants", "revoke", pid)
+    assert code == 0 and revoked["status"] == "REVOKED"
+    assert revoked["pending_payments"] == 2 and revoked["pending_payments_continue"] is True
+    assert "obligations" in revoked["note"] and "still dispatched" in revoked["note"]
+    # Again (harmless), as text.
+    assert main(["participants", "revoke", pid]) == 0
+    out = capsys.readouterr().out
+    assert f"revoked participant {pid}  REVOKED" in out
+    assert "2 pending payments of it go on: accepted payments are obligations" in out
+    assert "only an operator's cancellation of a payment stops that payment" in out
+
+
 def test_participants_text_output(
     cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str]
 ) -> None:

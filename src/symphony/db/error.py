@@ -491,5 +491,9 @@ def format_exception(exc: BaseException) -> str:
             parts.append(f"{name}: {describe_error(item)}\n")
         else:
             parts.append("".join(traceback.format_exception_only(item)))
+        if isinstance(item, BaseExceptionGroup):  # a task group's failures, each rendered so
+            for number, sub in enumerate(item.exceptions, 1):
+                inner = format_exception(sub).replace("\n", "\n  | ")
+                parts.append(f"  +---------------- {number} ----------------\n  | {inner}\n")
         parts.append(link)
     return "".join(parts).rstrip("\n")

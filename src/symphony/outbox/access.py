@@ -133,12 +133,24 @@ class AccessStore:
         return [_participant(r) for r in rows]
 
     async def revoke_participant(self, participant_id: str) -> Participant:
-        """Revoke the participant and every token of it, at once; repeating is harmless."""
+        """Revoke the participant and every token of it, at once; repeating is harmless.
+
+        Its payments already accepted are not touched: accepted payments are obligations and
+        go on (dispatched, retried, repaired) until each is settled or an operator cancels
+        it. Revoking stops new payments and the participant's tokens only."""
         row = await self.db.fetch_one(
             Role.CONTROL, "revoke_participant", {"participant_id": participant_id}
         )
         assert row is not None
         return _participant(row)
+
+    async def pending_payment_count(self, participant_id: str) -> int:
+        """How many of the participant's payments are still pending (queued, retrying,
+        leased or under review): after a revocation, those that still go on."""
+        row = await self.db.fetch_one(
+            Role.CONTROL, "participant_pending_count", {"participant_id": participant_id}
+        )
+        return int(row["pending"]) if row else 0
 
     async def issue_token(
         self,

@@ -288,6 +288,14 @@ SELECT participant_id, display_name, status, created_at, revoked_at
 SELECT participant_id, display_name, status, created_at, revoked_at
   FROM symphony.revoke_participant(%(participant_id)s);
 
+-- name: participant_pending_count
+-- How many of the participant's payments are still pending (queued, waiting out a retry,
+-- leased or under review): what a revocation leaves to go on (role: control). Run once per
+-- revocation, not a hot query.
+SELECT count(*) AS pending
+  FROM symphony.payment_outbox_pending
+ WHERE participant_id = %(participant_id)s;
+
 -- name: issue_api_token
 -- The application sends only the salt and sha256(salt || secret); the secret stays with it.
 -- scope: VIEWER or OPERATOR for an operator token, NULL for a participant's.
