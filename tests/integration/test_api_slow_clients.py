@@ -43,6 +43,10 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 BODY_TIMEOUT = 4.0
 HEADER_TIMEOUT = 4.0
 ANSWER_BOUND = 2.0
+# Once accept() has failed for want of descriptors, asyncio tries again a second later
+# (asyncio.constants.ACCEPT_RETRY_DELAY): a connection in the listen queue then waits that
+# second, however fast the server answers (measured here: 0.8-1.0 s).
+FD_ANSWER_BOUND = ANSWER_BOUND + 1.0
 CUT_OFF_SLACK = 3.0
 
 
@@ -243,26 +247,31 @@ def _limit_descriptors() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
 
 
+@pytest.mark.parametrize("with_token", [False, True], ids=["anonymous", "authenticated"])
 async def test_at_the_descriptor_limit_health_checks_are_answered_not_starved(
-    isolated_settings: DatabaseSettings, isolated_db: Database, tmp_path: Path
+    isolated_settings: DatabaseSettings, isolated_db: Database, tmp_path: Path,
+    with_token: bool,
 ) -> None:
-    """`ulimit -n 128` and 130 authenticated stalled bodies: the API serves at most
-    128 - 64 connections at once, answers the rest 503 at once (never leaving them in the
-    backlog behind the stalled ones), and is whole again once the stalled are cut off."""
+    """`ulimit -n 128` and 130 stalled bodies (the issue's case had no token: those are
+    answered 401 at once; with a token they are waited for until their deadline): the API
+    serves at most 128 - 64 connections at once, answers the rest at once (never leaving them
+    in the backlog behind the stalled ones), and is whole again once the stalled are cut
+    off."""
     member = await new_member(isolated_db, "fd")
     valid = await new_member(isolated_db, "fd-valid")
     body = json.dumps(payment_body()).encode()
     async with api_process(isolated_settings, tmp_path, preexec_fn=_limit_descriptors) as (
         url, log,
     ):
-        stalled = [await Stalled.open(url, _post_head(member, len(body)) + body[:10])
-                   for _ in range(130)]
+        stalled = [await Stalled.open(
+            url, _post_head(member if with_token else None, len(body)) + body[:10])
+            for _ in range(130)]
         async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=30) as client:
             started = time.monotonic()
             during, took = await _timed(lambda: client.get("/healthz"))
             assert during.status_code in (200, 503), during.text
             print(f"at the descriptor limit: /healthz {during.status_code} in {took * 1000:.0f} ms")
-            assert took < ANSWER_BOUND, (took, log)
+            assert took < FD_ANSWER_BOUND, (took, log)
             # Answered 503 at once while at the limit, then 200 once the stalled bodies were
             # cut off at their deadline.
             while (health := await client.get("/healthz")).status_code != 200:
@@ -277,6 +286,7 @@ async def test_at_the_descriptor_limit_health_checks_are_answered_not_starved(
             answer, _ = await connection.outcome(BODY_TIMEOUT + CUT_OFF_SLACK)
             statuses.append(answer[:12])
             connection.close()
-        assert set(statuses) <= {b"HTTP/1.1 408", b"HTTP/1.1 503"}, set(statuses)
-        assert b"HTTP/1.1 408" in statuses
+        refused = b"HTTP/1.1 408" if with_token else b"HTTP/1.1 401"
+        assert set(statuses) <= {refused, b"HTTP/1.1 503"}, set(statuses)
+        assert refused in statuses
     assert any("serves at most 64 connections" in line for line in log), log
