@@ -289,6 +289,10 @@ _BY_CONSTRAINT: dict[str, _Mapping] = {
     "payment_outbox_pending_pkey": _Mapping(
         InvariantViolationError, "DUPLICATE_PENDING",
         "an outbox item can be pending only once"),
+    "payment_outbox_attempts_dispatched_transaction_id": _Mapping(
+        InvariantViolationError, "DISPATCHED_WITHOUT_TRANSACTION_ID",
+        "a payment is recorded DISPATCHED only with the rail's transaction id (1-200 "
+        "characters, not blank, without control characters)"),
     "payment_outbox_attempts_append_only": _Mapping(
         InvariantViolationError, "HISTORY_IS_APPEND_ONLY",
         "the attempt ledger is append-only: rows cannot be changed or removed"),
