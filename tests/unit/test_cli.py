@@ -248,6 +248,12 @@ def test_worker_once_dispatches_and_the_audit_passes(
     code, audit = run_json(capsys, "audit", "verify", "--since", "2000-01-01T00:00:00+00:00",
                            "--limit", "5")
     assert code == 0 and audit["ok"] is True and audit["limit"] == 5
+    code, audit = run_json(capsys, "audit", "verify", "--since-checkpoint")
+    assert code == 0 and audit["ok"] is True
+    assert (audit["mode"], audit["checkpoint_id"]) == ("since-checkpoint", 1)
+    assert main(["audit", "verify", "--since-checkpoint", "--since",
+                 "2000-01-01T00:00:00+00:00"]) == 2  # one scope or the other
+    capsys.readouterr()
     assert main(["audit", "verify", "--since", "2000-01-01T00:00:00"]) == 2  # no time zone
     capsys.readouterr()
     assert main(["audit", "verify", "--limit", "10001"]) == 2

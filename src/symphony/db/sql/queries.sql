@@ -337,6 +337,19 @@ SELECT outbox_id, instruction_id, idempotency_key, rail_type, payload, state, at
 -- then sorts in memory instead of spilling to disk (role: auditor).
 SELECT set_config('work_mem', %(work_mem)s, true) AS work_mem;
 
+-- name: audit_checkpoint_scope
+-- Where an audit from the latest checkpoint starts: the checkpoint's time, or the earliest
+-- recorded_at of a ledger row numbered above it if earlier (a row's recorded_at is its
+-- transaction's start, which may precede the checkpoint it committed after). Reads only the
+-- rows above the checkpoint (the primary key's range): the cost follows what was written since,
+-- not the ledger's size (role: auditor). No row: no checkpoint yet.
+SELECT c.checkpoint_id, c.up_to_attempt_id, c.taken_at,
+       least(c.taken_at, (SELECT min(a.recorded_at) FROM symphony.payment_outbox_attempts a
+                           WHERE a.attempt_id > c.up_to_attempt_id)) AS since
+  FROM symphony.ledger_checkpoints c
+ ORDER BY c.checkpoint_id DESC
+ LIMIT 1;
+
 -- name: audit_scope_counts
 WITH scope AS (
     SELECT r.outbox_id FROM symphony.payment_instruction_registry r
@@ -344,6 +357,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 )
 SELECT (SELECT count(*) FROM symphony.payment_instruction_registry r
          WHERE %(since)s::timestamptz IS NULL
@@ -367,6 +384,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 problems AS (
     -- Hash aggregates over the registry, then back to the few rows of a duplicated key.
@@ -418,6 +439,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 )
 SELECT p.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
        'DUPLICATE_PENDING_ROW' AS problem, count(*) OVER () AS total
@@ -519,6 +544,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 numbered AS (
     SELECT a.outbox_id, a.attempt_no,
@@ -570,6 +599,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 ordered AS (
     SELECT a.outbox_id, a.attempt_no, a.state::text AS state,
@@ -600,6 +633,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 )
 SELECT a.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
        CASE WHEN count(*) FILTER (WHERE a.state = 'DISPATCHED') > 1 THEN 'DUPLICATE_DISPATCHED'
@@ -622,6 +659,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 items AS (
     SELECT r.outbox_id FROM symphony.payment_instruction_registry r
@@ -685,6 +726,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 ambiguous AS (
     SELECT x.outbox_id, min(x.attempt_no) AS first_no
@@ -726,6 +771,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 problems AS (
     SELECT p.outbox_id, NULL::integer AS attempt_no,
@@ -767,6 +816,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 recomputed AS (
     SELECT r.outbox_id, r.instruction_digest,
@@ -815,6 +868,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 linked AS (
     SELECT a.outbox_id, a.attempt_no, a.row_digest,
@@ -914,6 +971,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 heads AS (
     SELECT h.checkpoint_id, h.outbox_id, h.attempt_no, h.row_digest

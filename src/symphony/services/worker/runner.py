@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from symphony.db import ConfigurationError, Database
+from symphony.db import ConfigurationError, Database, Role
 from symphony.outbox import OutboxStore
 from symphony.rails import HttpRailClient, RailClient
 from symphony.repair import RepairResult, ZombieRepairConfig, ZombieRepairWorker
+from symphony.services.checkpoint import CheckpointService
 from symphony.services.worker.config import WorkerConfig
 from symphony.services.worker.executor import CycleResult, ExecutorWorker
 from symphony.services.worker.metric import WorkerMetrics
@@ -63,6 +64,10 @@ class WorkerProcess:
                                                buckets=config.buckets),
             self.metrics,
         )
+        # Scheduled checkpoints, where this handle can become the control role.
+        self.checkpoints: CheckpointService | None = None
+        if config.checkpoint_interval_minutes > 0 and Role.CONTROL in db.roles:
+            self.checkpoints = CheckpointService(db, config.checkpoint_interval_minutes)
         self._started = False
 
     async def start(self) -> None:
@@ -75,6 +80,8 @@ class WorkerProcess:
             self.metrics.serve(self.config.metrics_port)
         await self.repair.start()
         await self.executor.start()
+        if self.checkpoints is not None:
+            await self.checkpoints.start()
         log.info(
             "worker %s started: rail %s, batch %d, concurrency %d, lease %ds, buckets %s",
             self.config.worker_id, self.config.rail_url, self.config.batch_size,
@@ -92,6 +99,8 @@ class WorkerProcess:
         log.info("worker %s stopping (grace %.1fs)", self.config.worker_id,
                  self.config.shutdown_grace_seconds, extra={"worker_id": self.config.worker_id})
         try:
+            if self.checkpoints is not None:
+                await self.checkpoints.stop()
             await self.executor.stop()
             await self.repair.stop()
         finally:
