@@ -18,6 +18,7 @@ from uuid import UUID
 import httpx
 import pytest
 from tests.support.database import DatabaseFactory, unique
+from tests.support.outbox import register_participant
 
 from symphony.db import (
     ConfigurationError,
@@ -26,7 +27,14 @@ from symphony.db import (
     DatabaseUnavailableError,
     test_only,
 )
-from symphony.outbox import ClaimedItem, Completion, OutboxStore, Outcome, PaymentInstruction
+from symphony.outbox import (
+    AccessStore,
+    ClaimedItem,
+    Completion,
+    OutboxStore,
+    Outcome,
+    PaymentInstruction,
+)
 from symphony.rails import (
     DispatchOutcome,
     DispatchResult,
@@ -187,6 +195,39 @@ async def test_success_is_recorded_dispatched_with_the_rail_transaction_id(h: Ha
     assert [r["state"] for r in ledger] == ["DISPATCHING", "DISPATCHED"]
     assert ledger[-1]["rail_transaction_id"] == "rail-tx-1"
     assert await h.pending_row(outbox_id) is None
+
+
+async def test_a_revoked_participants_queued_and_retrying_payments_still_dispatch(
+    h: Harness,
+) -> None:
+    # Accepted payments are obligations (revoking stops new payments and tokens only): a
+    # payment queued before the revocation, and one waiting out a retry, are still sent.
+    participant = await register_participant(h.db)
+
+    async def enqueue() -> UUID:
+        result = await h.store.enqueue(PaymentInstruction(
+            instruction_id=unique("instr"), idempotency_key=unique("key"),
+            participant_id=participant, rail_type="SEPA_CT",
+            payload={"amount": "12.50", "currency": "EUR", "destination": "ACCT-R"}))
+        return result.outbox_id
+
+    retrying = await enqueue()
+    busy = FakeRail(answer=DispatchResult(DispatchOutcome.RETRYABLE, "RAIL_UNAVAILABLE", "503"))
+    await ExecutorWorker(h.store, busy, h.config()).run_once()
+    assert await h.states(retrying) == ["DISPATCHING", "RETRYABLE"]
+    queued = await enqueue()
+
+    await AccessStore(h.db).revoke_participant(participant)
+    assert await AccessStore(h.db).pending_payment_count(participant) == 2
+    await h.make_due(retrying)
+    rail = FakeRail()
+    result = await ExecutorWorker(h.store, rail, h.config()).run_once()
+
+    assert result.dispatched == 2
+    assert sorted(rail.dispatched) == sorted([str(retrying), str(queued)])
+    assert await h.states(queued) == ["DISPATCHING", "DISPATCHED"]
+    assert await h.states(retrying) == ["DISPATCHING", "RETRYABLE", "DISPATCHING", "DISPATCHED"]
+    assert await AccessStore(h.db).pending_payment_count(participant) == 0
 
 
 async def test_retryable_answer_reschedules_without_a_lookup_flag(h: Harness) -> None:
@@ -625,10 +666,19 @@ async def test_invalid_payload_after_an_ambiguous_attempt_is_looked_up_first(h: 
     assert await h.pending_row(other) is not None
 
 
-async def test_rail_text_with_nul_and_lone_surrogate_is_recorded(h: Harness) -> None:
+@pytest.mark.parametrize(
+    ("transaction_id", "recorded"),
+    [("tx-1", "DISPATCHED"), ("tx-\x00-\ud800-1", "RETRYABLE")],
+    ids=["clean-id", "unstorable-id"],
+)
+async def test_rail_text_with_nul_and_lone_surrogate_is_recorded(
+    h: Harness, transaction_id: str, recorded: str,
+) -> None:
     # A NUL or a lone surrogate in what the rail sends back made the driver refuse the whole
     # completion statement on main: the rail had executed every item of the batch and none
-    # reached DISPATCHED. The answer is cleaned where it is parsed; all three are recorded.
+    # reached DISPATCHED. Free text (the message) is cleaned where it is parsed; the
+    # transaction id is proof and is never cleaned: with one the ledger cannot hold as it is,
+    # the items stay open (ambiguous, looked up next). Either way all three are recorded.
     ids = [await h.enqueue() for _ in range(3)]
 
     def answer(request: httpx.Request) -> httpx.Response:
@@ -637,7 +687,7 @@ async def test_rail_text_with_nul_and_lone_surrogate_is_recorded(h: Harness) -> 
             reference = json.loads(request.content)["reference"]
         # JSON escapes: the parser turns them into a real NUL and lone surrogates.
         body = json.dumps({"reference": reference, "status": "EXECUTED",
-                           "rail_transaction_id": "tx-\x00-\ud800-1",
+                           "rail_transaction_id": transaction_id,
                            "message": "ok\x00\udfff"})
         return httpx.Response(201, content=body.encode(),
                               headers={"Content-Type": "application/json"})
@@ -646,11 +696,99 @@ async def test_rail_text_with_nul_and_lone_surrogate_is_recorded(h: Harness) -> 
     result = await ExecutorWorker(h.store, rail, h.config()).run_once()
     await rail.aclose()
 
-    assert (result.claimed, result.dispatched, result.unrecorded) == (3, 3, 0)
+    assert (result.claimed, result.unrecorded) == (3, 0)
     for outbox_id in ids:
         ledger = await h.store.ledger(outbox_id)
-        assert ledger[-1]["state"] == "DISPATCHED"
-        assert ledger[-1]["rail_transaction_id"] == "tx--\ufffd-1"
+        assert ledger[-1]["state"] == recorded
+        if recorded == "DISPATCHED":
+            assert ledger[-1]["rail_transaction_id"] == transaction_id
+        else:
+            assert ledger[-1]["error_code"] == "RAIL_MALFORMED_RESPONSE"
+            assert ledger[-1]["rail_transaction_id"] is None
+            pending = await h.pending_row(outbox_id)
+            assert pending is not None and pending["needs_lookup"] is True
+
+
+@pytest.mark.parametrize(
+    "lookup_body",
+    [
+        {"status": "EXECUTED"},
+        {"reference": "someone-elses-payment", "status": "EXECUTED",
+         "rail_transaction_id": "rtx-other"},
+        {"status": "EXECUTED", "rail_transaction_id": "rtx-cached"},
+        "REFERENCE:EXECUTED:",
+        "REFERENCE:EXECUTED:   ",
+        "REFERENCE:EXECUTED:int",
+    ],
+    ids=["bare-executed", "other-reference", "no-reference", "empty-id", "blank-id", "int-id"],
+)
+async def test_bare_503_then_a_lookup_that_proves_nothing_leaves_the_item_open(
+    h: Harness, lookup_body: Any,
+) -> None:
+    # Failed on main: the rail (or a proxy) answers the dispatch with a bare 503 and the
+    # lookup with 200 {"status": "EXECUTED"}; the item was recorded DISPATCHED "confirmed by
+    # lookup" with rail_transaction_id NULL, closed on the word of a generic page. Through the
+    # real HTTP client: the lookup is UNKNOWN, the item stays open for the next lookup, and
+    # nothing is sent twice.
+    outbox_id = await h.enqueue()
+    calls: list[str] = []
+
+    def rail(request: httpx.Request) -> httpx.Response:
+        calls.append(request.method)
+        if request.method == "POST":
+            return httpx.Response(503)
+        body: Any = lookup_body
+        if isinstance(body, str):
+            _, _, kind = body.split(":", 2)
+            transaction_id: Any = 7 if kind == "int" else kind
+            body = {"reference": str(outbox_id), "status": "EXECUTED",
+                    "rail_transaction_id": transaction_id}
+        return httpx.Response(200, json=body)
+
+    client = HttpRailClient("http://rail.test", transport=httpx.MockTransport(rail))
+    worker = ExecutorWorker(h.store, client, h.config())
+    try:
+        first = await worker.run_once()
+        assert (first.claimed, first.retried, first.dispatched) == (1, 1, 0)
+        await h.make_due(outbox_id)  # the settle time passes, in the database
+        second = await worker.run_once()
+    finally:
+        await client.aclose()
+
+    assert (second.claimed, second.looked_up, second.dispatched, second.skipped_send) == (
+        1, 1, 0, 0)
+    assert calls == ["POST", "GET"], "an unproven lookup must lead to neither a close nor a send"
+    ledger = await h.store.ledger(outbox_id)
+    assert [(r["state"], r["error_code"]) for r in ledger] == [
+        ("DISPATCHING", None), ("RETRYABLE", "RAIL_UNCONFIRMED_503"),
+        ("DISPATCHING", None), ("RETRYABLE", "LOOKUP_UNKNOWN")]
+    pending = await h.pending_row(outbox_id)
+    assert pending is not None and pending["needs_lookup"] is True
+
+
+async def test_bare_503_then_a_proper_lookup_is_recorded_with_its_transaction_id(
+    h: Harness,
+) -> None:
+    outbox_id = await h.enqueue()
+
+    def rail(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(503)
+        return httpx.Response(200, json={"reference": str(outbox_id), "status": "EXECUTED",
+                                         "rail_transaction_id": "rtx-proper"})
+
+    client = HttpRailClient("http://rail.test", transport=httpx.MockTransport(rail))
+    worker = ExecutorWorker(h.store, client, h.config())
+    try:
+        await worker.run_once()
+        await h.make_due(outbox_id)
+        second = await worker.run_once()
+    finally:
+        await client.aclose()
+    assert (second.dispatched, second.skipped_send) == (1, 1)
+    ledger = await h.store.ledger(outbox_id)
+    assert (ledger[-1]["state"], ledger[-1]["rail_transaction_id"]) == ("DISPATCHED",
+                                                                        "rtx-proper")
 
 
 async def test_one_unstorable_outcome_does_not_hold_back_its_batch(h: Harness) -> None:
