@@ -556,7 +556,7 @@ async def test_the_command_names_the_invariant_and_the_item(
 async def test_audit_since_the_checkpoint_passes_and_reads_only_the_live_items(
     planted: tuple[Database, History],
 ) -> None:
-    db, h = planted
+    db, _ = planted
     full = await verify(db)
     report = await verify(db, since_checkpoint=True)
     assert report.ok, [c.as_dict() for c in report.failed()]
