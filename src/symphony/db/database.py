@@ -500,28 +500,28 @@ class Database:
         self, role: Role, query: str, params: Params = None, *, label: str | None = None
     ) -> list[Row]:
         """Run one named query in its own transaction as `role` (two round trips)."""
-        cur = await self._single(role, query, params, label)
-        return list(await cur.fetchall())
+        rows, _ = await self._single(role, query, params, label)
+        return rows
 
     async def fetch_one(
         self, role: Role, query: str, params: Params = None, *, label: str | None = None
     ) -> Row | None:
-        cur = await self._single(role, query, params, label)
-        return await cur.fetchone()
+        rows, _ = await self._single(role, query, params, label)
+        return rows[0] if rows else None
 
     async def execute(
         self, role: Role, query: str, params: Params = None, *, label: str | None = None
     ) -> int:
-        cur = await self._single(role, query, params, label)
-        return cur.rowcount
+        _, count = await self._single(role, query, params, label)
+        return count
 
     async def _single(
         self, role: Role, query: str, params: Params, label: str | None
-    ) -> psycopg.AsyncCursor[DictRow]:
+    ) -> tuple[list[Row], int]:
         """One named query in a transaction of its own, pipelined: BEGIN, the role switch,
         its check and the statement go in one flush; COMMIT goes only after the check's answer
-        named the role (otherwise everything is rolled back). The answer's rows stay in the
-        returned cursor (read them after the commit; nothing is fetched from the server)."""
+        named the role (otherwise everything is rolled back). Its rows (read before the
+        connection goes back to the pool) and the number of rows it touched."""
         role = check_role(role)
         context = label or query
         if _ACTIVE_ROLE.get() is not None:
@@ -563,9 +563,10 @@ class Database:
                         code="ROLE_MISMATCH",
                         context=context,
                     )
+                rows = list(await cur.fetchall()) if cur.description is not None else []
                 await conn.execute(_COMMIT)
                 _mark_if_ended(conn)
-                return cur
+                return rows, cur.rowcount
         except SymphonyError:
             raise
         except (psycopg.Error, UnicodeError, psycopg_pool.PoolTimeout, OSError) as exc:
