@@ -218,6 +218,11 @@ _BY_SQLSTATE: dict[str, _Mapping] = {
                       "FAILED or RETRY, the operator's name and a reason"),
     "SY050": _Mapping(InvalidRequestError, "CHECKPOINT_NEEDS_READ_COMMITTED",
                       "a ledger checkpoint must be taken in a READ COMMITTED transaction"),
+    "SY060": _Mapping(InvalidRequestError, "INVALID_EVENT_CURSOR",
+                      "after must be an event sequence number, 0 or more"),
+    "SY061": _Mapping(InvalidRequestError, "INVALID_EVENT_TYPE",
+                      "type must be payment.created, payment.dispatched, payment.failed, "
+                      "payment.canceled or payment.under_review"),
     "SY100": _Mapping(IdempotencyConflictError, "IDEMPOTENCY_KEY_REUSED",
                       "the idempotency key was already used with a different request"),
     "SY200": _Mapping(LeaseFencedError, "LEASE_NOT_HELD",
