@@ -231,9 +231,21 @@ _BY_SQLSTATE: dict[str, _Mapping] = {
                       "FAILED or RETRY, the operator's name and a reason"),
     "SY050": _Mapping(InvalidRequestError, "CHECKPOINT_NEEDS_READ_COMMITTED",
                       "a ledger checkpoint must be taken in a READ COMMITTED transaction"),
-    "SY060": _Mapping(InvalidRequestError, "INVALID_EVENT_CURSOR",
+    # Operator actions (the operators migration).
+    "SY060": _Mapping(PermissionDeniedError, "OPERATOR_TOKEN_INVALID",
+                      "the acting token is not a live operator token"),
+    "SY061": _Mapping(PermissionDeniedError, "INSUFFICIENT_SCOPE",
+                      "only an operator token of OPERATOR scope may act (this one may read)"),
+    "SY062": _Mapping(ConflictError, "ALREADY_REVOKED",
+                      "the participant or token is already revoked"),
+    "SY063": _Mapping(InvalidRequestError, "INVALID_ACTION_REASON",
+                      "an operator action needs a reason of 1-500 printable characters"),
+    "SY064": _Mapping(InvalidRequestError, "INVALID_HEARTBEAT",
+                      "a heartbeat needs a version, a start time, an in-flight count >= 0 and "
+                      "a staleness of 1-3600 s"),
+    "SY080": _Mapping(InvalidRequestError, "INVALID_EVENT_CURSOR",
                       "after must be an event sequence number, 0 or more"),
-    "SY061": _Mapping(InvalidRequestError, "INVALID_EVENT_TYPE",
+    "SY081": _Mapping(InvalidRequestError, "INVALID_EVENT_TYPE",
                       "type must be payment.created, payment.dispatched, payment.failed, "
                       "payment.canceled or payment.under_review"),
     "SY100": _Mapping(IdempotencyConflictError, "IDEMPOTENCY_KEY_REUSED",
@@ -294,7 +306,8 @@ _BY_CONSTRAINT: dict[str, _Mapping] = {
         "payload.amount has more decimals than the currency has minor units"),
     "enqueue_payload_destination_characters": _Mapping(
         InvalidRequestError, "INVALID_DESTINATION",
-        "payload.destination must not contain control or bidirectional formatting characters"),
+        "payload.destination must not contain control, format (such as bidirectional or "
+        "zero-width), line or paragraph separator, private-use or unassigned characters"),
     "enqueue_payload_depth": _Mapping(
         InvalidRequestError, "PAYLOAD_TOO_COMPLEX",
         "payload must not be nested deeper than 32 levels"),
@@ -483,5 +496,9 @@ def format_exception(exc: BaseException) -> str:
             parts.append(f"{name}: {describe_error(item)}\n")
         else:
             parts.append("".join(traceback.format_exception_only(item)))
+        if isinstance(item, BaseExceptionGroup):  # a task group's failures, each rendered so
+            for number, sub in enumerate(item.exceptions, 1):
+                inner = format_exception(sub).replace("\n", "\n  | ")
+                parts.append(f"  +---------------- {number} ----------------\n  | {inner}\n")
         parts.append(link)
     return "".join(parts).rstrip("\n")

@@ -342,7 +342,7 @@ BEGIN
     END IF;
     IF p_after IS NULL OR p_after < 0 THEN
         RAISE EXCEPTION 'after must be an event sequence number, 0 or more'
-            USING ERRCODE = 'SY060', CONSTRAINT = 'participant_events_cursor';
+            USING ERRCODE = 'SY080', CONSTRAINT = 'participant_events_cursor';
     END IF;
     IF p_event_type IS NULL THEN
         RETURN QUERY
@@ -365,7 +365,7 @@ BEGIN
     ELSE
         RAISE EXCEPTION 'type must be payment.created, payment.dispatched, payment.failed, '
                         'payment.canceled or payment.under_review'
-            USING ERRCODE = 'SY061', CONSTRAINT = 'participant_events_type';
+            USING ERRCODE = 'SY081', CONSTRAINT = 'participant_events_type';
     END IF;
 END
 $$;
