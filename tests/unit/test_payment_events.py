@@ -208,7 +208,8 @@ async def test_completion_batches_in_opposite_orders_do_not_deadlock(
 
         async def complete(ids: list[UUID], leases: dict[UUID, ClaimedItem]) -> None:
             await store.complete_batch([
-                Completion(i, leases[i].lease_token, Outcome.DISPATCHED) for i in ids])
+                Completion(i, leases[i].lease_token, Outcome.DISPATCHED,
+                           rail_transaction_id=f"rtx-{i}") for i in ids])
 
         await asyncio.gather(complete(forward, claimed), complete(backward, claimed))
     for pid in pids:
@@ -288,7 +289,8 @@ async def test_a_participant_reads_only_its_own_events_by_cursor_and_type(
     mine = [(await store.enqueue(instruction(participant_id=a))).outbox_id for _ in range(5)]
     await store.enqueue(instruction(participant_id=b))
     claimed = await _claim_all(store, mine[1])
-    await store.complete(Completion(mine[1], claimed[mine[1]].lease_token, Outcome.DISPATCHED))
+    await store.complete(Completion(mine[1], claimed[mine[1]].lease_token, Outcome.DISPATCHED,
+                                    rail_transaction_id="rtx-1"))
     page = await events.events_for(a, after=2, limit=2)
     assert [e.event_seq for e in page] == [3, 4]
     assert {e.outbox_id for e in await events.events_for(a, limit=200)} == set(mine)
@@ -337,9 +339,10 @@ def seeded_events(isolated_settings: Any) -> str:
                 "  FROM symphony.payment_instruction_registry WHERE participant_id LIKE 'ev-%'")
             # One item in twenty is dispatched: a rare type among the participant's events.
             conn.execute(
-                "INSERT INTO symphony.payment_outbox_attempts (outbox_id, attempt_no, state) "
+                "INSERT INTO symphony.payment_outbox_attempts "
+                "  (outbox_id, attempt_no, state, rail_transaction_id) "
                 "SELECT r.outbox_id, n, CASE n WHEN 1 THEN 'DISPATCHING' ELSE 'DISPATCHED' END"
-                "       ::symphony.attempt_state "
+                "       ::symphony.attempt_state, CASE n WHEN 2 THEN 'rtx-' || n END "
                 "  FROM symphony.payment_instruction_registry r, generate_series(1, 2) n "
                 " WHERE r.participant_id LIKE 'ev-%' AND r.sequence_id % 20 = 0 "
                 " ORDER BY r.outbox_id, n")
