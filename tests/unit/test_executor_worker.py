@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 import httpx
+import psycopg
 import pytest
 from tests.support.database import DatabaseFactory, unique
 from tests.support.outbox import register_participant
@@ -25,6 +26,7 @@ from symphony.db import (
     Database,
     DatabaseSettings,
     DatabaseUnavailableError,
+    SymphonyError,
     test_only,
 )
 from symphony.outbox import (
@@ -43,6 +45,7 @@ from symphony.rails import (
     LookupStatus,
 )
 from symphony.services.worker import ExecutorWorker, WorkerConfig, payload_problem
+from symphony.services.worker import executor as executor_module
 from symphony.services.worker.config import lease_margin_seconds, worst_case_call_seconds
 
 SUCCESS = DispatchResult(DispatchOutcome.SUCCESS, rail_transaction_id="rail-tx-1")
@@ -885,3 +888,78 @@ async def test_one_slow_call_does_not_hold_back_its_batchs_finished_items(h: Har
     result = await cycle
     assert (result.claimed, result.dispatched) == (6, 6)
     assert await h.states(slow_id) == ["DISPATCHING", "DISPATCHED"]
+
+
+# -- completions that meet a lock or statement timeout (issue 14, item 4a) --------------------
+
+
+# More refusals than main ever made before it gave up (one batch statement, then two tries
+# per item for the three items): the lock is held across all of them.
+_REFUSALS_BEFORE_RELEASE = 8
+
+
+@pytest.mark.parametrize(
+    ("timeouts", "code"),
+    [({"lock_timeout_ms": 100}, "LOCK_TIMEOUT"),
+     ({"lock_timeout_ms": 60_000, "statement_timeout_ms": 300}, "QUERY_TIMEOUT")],
+    ids=["lock-timeout", "statement-timeout"],
+)
+async def test_completions_wait_out_a_lock_on_the_ledger_instead_of_being_dropped(
+    h: Harness, module_settings: DatabaseSettings, timeouts: dict[str, int], code: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Failed on main: a completion cancelled for its lock (55P03) or statement (57014) timeout
+    # was not retried like an unreachable database: two tries per item, then the items the
+    # rail had executed were left leased for a whole lease plus a lookup. Here a session holds
+    # a lock that blocks every ledger insert (what a long checkpoint did) across many
+    # timeouts; once it lets go, every executed item is recorded DISPATCHED. (The retry's
+    # backoff is shortened so the test needs no long waits; the lease is the usual 60 s.)
+    monkeypatch.setattr(executor_module, "_RECORD_RETRY_FIRST", 0.01)
+    monkeypatch.setattr(executor_module, "_RECORD_RETRY_MAX", 0.02)
+    ids = [await h.enqueue() for _ in range(3)]
+    locked = asyncio.Event()
+    refused: list[str] = []
+    refused_enough = asyncio.Event()
+
+    async def after_the_lock_is_taken(reference: str) -> DispatchResult | None:
+        await locked.wait()
+        return None  # SUCCESS, with its transaction id
+
+    class CountingStore(OutboxStore):
+        async def complete_batch(self, completions: Any, **kwargs: Any) -> Any:
+            try:
+                return await super().complete_batch(completions, **kwargs)
+            except SymphonyError as exc:
+                refused.append(exc.code)
+                if len(refused) >= _REFUSALS_BEFORE_RELEASE:
+                    refused_enough.set()
+                raise
+
+    busy_db = await Database.open(module_settings.model_copy(update=timeouts))
+    rail = FakeRail(on_dispatch=after_the_lock_is_taken)
+    worker = ExecutorWorker(CountingStore(busy_db), rail, h.config())
+    cycle = asyncio.create_task(worker.run_once())
+    try:
+        await eventually(lambda: _true(len(rail.dispatched) == 3))
+        holder = await psycopg.AsyncConnection.connect(h.admin_dsn)
+        async with holder, holder.transaction():
+            await holder.execute("LOCK TABLE symphony.payment_outbox_attempts IN SHARE MODE")
+            locked.set()
+            enough = asyncio.create_task(refused_enough.wait())
+            await asyncio.wait({enough, cycle}, timeout=60,
+                               return_when=asyncio.FIRST_COMPLETED)
+            enough.cancel()
+            assert not cycle.done(), "the worker gave up while the lock was held"
+            assert all(s == ["DISPATCHING"] for s in [await h.states(i) for i in ids])
+        result = await cycle
+    finally:
+        locked.set()
+        if not cycle.done():
+            cycle.cancel()
+        await busy_db.close()
+
+    assert set(refused) == {code}
+    assert (result.claimed, result.dispatched, result.unrecorded) == (3, 3, 0)
+    for outbox_id in ids:
+        assert await h.states(outbox_id) == ["DISPATCHING", "DISPATCHED"]
+        assert await h.pending_row(outbox_id) is None

@@ -80,7 +80,19 @@ class ConfigurationError(SymphonyError):
     default_code = "CONFIGURATION_ERROR"
 
 
-class DatabaseUnavailableError(SymphonyError):
+class TransientDatabaseError(SymphonyError):
+    """Nothing was written, and the same statement may well succeed a little later.
+
+    The base of the failures a caller that must not lose what it holds (the worker holding a
+    rail's answer) retries: the database unreachable (`DatabaseUnavailableError`), or a
+    statement cancelled for its lock or statement timeout (`QueryTimeoutError`: 55P03,
+    57014), e.g. while a long maintenance statement holds a lock it needs.
+    """
+
+    default_code = "DATABASE_BUSY"
+
+
+class DatabaseUnavailableError(TransientDatabaseError):
     """The server cannot be reached, or the connection broke."""
 
     default_code = "DATABASE_UNAVAILABLE"
@@ -152,8 +164,9 @@ class InvariantViolationError(SymphonyError):
     default_code = "INVARIANT_VIOLATION"
 
 
-class QueryTimeoutError(SymphonyError):
-    """A statement ran past its timeout and was cancelled."""
+class QueryTimeoutError(TransientDatabaseError):
+    """A statement ran past its timeout, or waited past the lock timeout, and was cancelled
+    (its transaction rolled back: nothing of it was written)."""
 
     default_code = "QUERY_TIMEOUT"
 
@@ -243,6 +256,11 @@ _BY_SQLSTATE: dict[str, _Mapping] = {
     "SY064": _Mapping(InvalidRequestError, "INVALID_HEARTBEAT",
                       "a heartbeat needs a version, a start time, an in-flight count >= 0 and "
                       "a staleness of 1-3600 s"),
+    "SY080": _Mapping(InvalidRequestError, "INVALID_EVENT_CURSOR",
+                      "after must be an event sequence number, 0 or more"),
+    "SY081": _Mapping(InvalidRequestError, "INVALID_EVENT_TYPE",
+                      "type must be payment.created, payment.dispatched, payment.failed, "
+                      "payment.canceled or payment.under_review"),
     "SY100": _Mapping(IdempotencyConflictError, "IDEMPOTENCY_KEY_REUSED",
                       "the idempotency key was already used with a different request"),
     "SY200": _Mapping(LeaseFencedError, "LEASE_NOT_HELD",
