@@ -24,7 +24,7 @@ audit violations, ...); 2 the command cannot run as given (bad arguments, bad in
 missing configuration, schema not migrated). Logs go to stderr at `SYMPHONY_LOG_LEVEL`
 (default INFO), as JSON lines unless stderr is a terminal (see `symphony.log`).
 
-Each command logs in as one principal: `api` as symphony_api_svc (ingest + readonly),
+Each command logs in as one principal: `api` as symphony_api_svc (ingest, readonly, operator),
 `worker` and `repair` as symphony_executor_svc, `enqueue` as symphony_ingest_svc, `status`,
 `audit verify` and `audit export-checkpoints` as symphony_reader_svc, `audit checkpoint` as
 symphony_control_svc. Given
@@ -74,6 +74,7 @@ from symphony.outbox import (
     PaymentInstruction,
     ReviewDecision,
     TokenKind,
+    TokenScope,
 )
 from symphony.repair import ZombieRepairConfig, ZombieRepairWorker, zombie_threshold_from_env
 from symphony.services.api import ApiConfig
@@ -313,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     t_issue.add_argument("--participant", metavar="ID",
                          help="the participant a participant token speaks for")
     t_issue.add_argument("--label", default="", help="what the token is for")
+    t_issue.add_argument(
+        "--scope", choices=["viewer", "operator"],
+        help="an operator token's scope: viewer reads (the default), operator also acts "
+             "(resolve, cancel, replay, revoke)")
     _json_flag(t_issue)
     t_issue.set_defaults(handler=cmd_tokens_issue)
     t_revoke = token_commands.add_parser("revoke", help="revoke a token")
@@ -755,18 +760,24 @@ _TOKEN_WARNING = ("this token is shown only now: Symphony stores a salted hash o
 
 def cmd_tokens_issue(args: argparse.Namespace) -> int:
     kind = TokenKind(args.kind.upper())
+    if args.scope is not None and kind != TokenKind.OPERATOR:
+        raise UsageError("--scope is for operator tokens (a participant token acts for its "
+                         "participant only)", code="INVALID_TOKEN_REQUEST")
+    scope = TokenScope(args.scope.upper()) if args.scope else None
     settings = database_settings()
 
     async def go() -> Any:
         async with await Database.open(settings) as db:
             return await AccessStore(db).issue_token(
-                kind, participant_id=args.participant, label=args.label)
+                kind, participant_id=args.participant, label=args.label, scope=scope)
 
     issued = _run(go())
     data = {"token_id": issued.token_id, "kind": issued.kind.value,
             "participant_id": issued.participant_id, "label": issued.label,
+            "scope": issued.scope.value if issued.scope else None,
             "created_at": issued.created_at, "token": issued.token, "warning": _TOKEN_WARNING}
-    whom = f"participant {issued.participant_id}" if issued.participant_id else "the operator"
+    whom = (f"participant {issued.participant_id}" if issued.participant_id
+            else f"the operator (scope {issued.scope.value if issued.scope else '-'})")
     if not getattr(args, "json", False):
         print(f"warning: {_TOKEN_WARNING}", file=sys.stderr, flush=True)
     emit(args, data, f"issued token {issued.token_id} for {whom}:\n{issued.token}")

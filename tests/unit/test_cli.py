@@ -451,3 +451,27 @@ def test_tokens_issue_text_output_warns_on_stderr(
     token = captured.out.strip().splitlines()[-1]
     assert token.startswith("sy_op_") and len(token) == len("sy_op_") + 32 + 1 + 43
     assert token not in captured.err
+
+
+@pytest.mark.parametrize(("argv", "scope"), [
+    ([], "VIEWER"), (["--scope", "viewer"], "VIEWER"), (["--scope", "operator"], "OPERATOR")])
+def test_tokens_issue_operator_scope(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str], argv: list[str], scope: str
+) -> None:
+    code, issued = run_json(capsys, "tokens", "issue", "--kind", "operator", *argv)
+    assert code == 0 and issued["scope"] == scope
+
+    async def who(token: str) -> Any:
+        async with await Database.open(cli_env) as db:
+            return await AccessStore(db).authenticate(token)
+
+    caller = asyncio.run(who(issued["token"]))
+    assert caller is not None and caller.scope.value == scope
+
+
+def test_tokens_issue_scope_is_for_operator_tokens_only(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, body = run_json(capsys, "tokens", "issue", "--kind", "participant", "--participant",
+                          "participant-cli", "--scope", "operator")
+    assert code == 2 and body["error"]["code"] == "INVALID_TOKEN_REQUEST"
