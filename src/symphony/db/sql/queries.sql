@@ -88,6 +88,7 @@ SELECT r.outbox_id, r.instruction_id, r.idempotency_key, r.participant_id,
        r.rail_type, r.payload, r.created_at,
        p.outbox_id IS NOT NULL AS pending,
        p.attempt_count, p.next_attempt_at, p.lease_expires_at, p.claimed_by,
+       p.review_reason, p.review_since,
        (SELECT t.state::text FROM symphony.payment_outbox_attempts t
          WHERE t.outbox_id = r.outbox_id AND t.state IN ('DISPATCHED', 'FAILED')) AS terminal_state
   FROM symphony.payment_instruction_registry r
