@@ -28,9 +28,10 @@ from symphony.db import (
 from symphony.outbox.access import Caller, TokenScope
 from symphony.outbox.operators import BROWSE_STATES, MAX_BROWSE_LIMIT, OperatorStore
 from symphony.services.api.auth import require_operator
+from symphony.services.api.body import read_json
 from symphony.services.api.context import ApiContext, get_context
 from symphony.services.api.error import ApiError, ErrorBody, validation_field_error
-from symphony.services.api.participant import _parse_json, _require_json
+from symphony.services.api.participant import _require_json
 
 _NO_STORE = {"Cache-Control": "no-store"}
 _PARTICIPANT_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
@@ -79,7 +80,7 @@ def _acting(caller: Caller) -> Caller:
 
 async def _body(request: Request, model: type[BaseModel]) -> Any:
     _require_json(request)
-    raw = _parse_json(await request.body())
+    raw = await read_json(request)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
