@@ -1,4 +1,5 @@
-"""A whole worker process: the executor loop, the zombie repair loop and the metrics endpoint.
+"""A whole worker process: the executor loop, the zombie repair loop, the heartbeat and the
+metrics endpoint.
 
 `WorkerProcess` is what `symphony worker` runs and what `symphony run` embeds. It owns the rail
 client it creates (and closes it), never the database handle it is given.
@@ -16,10 +17,12 @@ from typing import Any
 
 from symphony.db import ConfigurationError, Database
 from symphony.outbox import OutboxStore
+from symphony.outbox.operators import OperatorStore
 from symphony.rails import HttpRailClient, RailClient
 from symphony.repair import RepairResult, ZombieRepairConfig, ZombieRepairWorker
 from symphony.services.worker.config import WorkerConfig
 from symphony.services.worker.executor import CycleResult, ExecutorWorker
+from symphony.services.worker.heartbeat import HeartbeatService
 from symphony.services.worker.metric import WorkerMetrics
 
 log = logging.getLogger("symphony.worker")
@@ -63,6 +66,7 @@ class WorkerProcess:
                                                buckets=config.buckets),
             self.metrics,
         )
+        self.heartbeat = HeartbeatService(OperatorStore(db), config, self.executor)
         self._started = False
 
     async def start(self) -> None:
@@ -75,6 +79,7 @@ class WorkerProcess:
             self.metrics.serve(self.config.metrics_port)
         await self.repair.start()
         await self.executor.start()
+        await self.heartbeat.start()
         log.info(
             "worker %s started: rail %s, batch %d, concurrency %d, lease %ds, buckets %s",
             self.config.worker_id, self.config.rail_url, self.config.batch_size,
@@ -94,6 +99,7 @@ class WorkerProcess:
         try:
             await self.executor.stop()
             await self.repair.stop()
+            await self.heartbeat.stop()
         finally:
             if self._owns_rail:
                 await self.rail.aclose()
