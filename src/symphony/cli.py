@@ -56,6 +56,7 @@ from symphony.db import (
     EmbeddedServer,
     InvalidRequestError,
     MigrationError,
+    NotFoundError,
     Principal,
     Role,
     Service,
@@ -76,6 +77,7 @@ from symphony.outbox import (
     TokenKind,
     TokenScope,
 )
+from symphony.outbox.operators import OperatorStore
 from symphony.repair import ZombieRepairConfig, ZombieRepairWorker, zombie_threshold_from_env
 from symphony.services.api import ApiConfig
 from symphony.services.rail_sim import add_arguments as add_rail_sim_arguments
@@ -265,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the rail's transaction id (required for dispatched)")
     _json_flag(resolve)
     resolve.set_defaults(handler=cmd_review_resolve)
+
+    history = commands.add_parser(
+        "history", help="one item's ledger and the operator actions on it (who, why)")
+    history.add_argument("outbox_id", type=_outbox_id, help="the item's outbox_id")
+    _json_flag(history)
+    history.set_defaults(handler=cmd_history)
 
     audit = commands.add_parser("audit", help="auditor checks")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
@@ -574,9 +582,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     async def go() -> dict[str, Any]:
         async with await Database.open_as(Principal.READER, settings) as db:
             status = await OutboxStore(db).status()
-        return {**status.as_dict(), "zombie_threshold_seconds": threshold}
+            fleet = await OperatorStore(db).fleet(Role.READONLY)
+        return {**status.as_dict(), "zombie_threshold_seconds": threshold,
+                "fleet": fleet.as_dict()}
 
     s = _run(go())
+    fleet = s["fleet"]
+    uncovered = ", ".join(f"{r['bucket_from']}-{r['bucket_to']}"
+                          for r in fleet["uncovered_buckets"])
+    workers = [
+        f"  {'STALE' if w['stale'] else 'live '}  {w['worker_id']}  buckets "
+        f"{w['bucket_from']}-{w['bucket_to']}  v{w['version']}  in flight {w['in_flight']}  "
+        f"heartbeat {w['heartbeat_age_seconds']:.0f}s ago"
+        for w in fleet["workers"]]
     text = "\n".join([
         f"due              {s['due']}",
         f"retry-scheduled  {s['scheduled']}",
@@ -590,8 +608,46 @@ def cmd_status(args: argparse.Namespace) -> int:
         + (f" (oldest since {s['oldest_pending_at']})" if s["oldest_pending_at"] else ""),
         f"dispatched       {s['dispatched_total']}",
         f"failed           {s['failed_total']}",
+        f"workers          {fleet['live_workers']} live, {fleet['stale_workers']} stale",
+        *workers,
+        (f"ALERT uncovered  buckets {uncovered}: no live worker claims their items"
+         if uncovered else "buckets          every bucket 0-255 has a live worker"),
     ])
     emit(args, s, text)
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> dict[str, Any] | None:
+        async with await Database.open_as(Principal.READER, settings) as db:
+            found = await OutboxStore(db).item_with_ledger(args.outbox_id, Role.READONLY)
+            if found is None:
+                return None
+            actions = await OperatorStore(db).item_actions(args.outbox_id, Role.READONLY)
+        summary, ledger = found
+        return {"outbox_id": args.outbox_id, "participant_id": summary["participant_id"],
+                "instruction_id": summary["instruction_id"],
+                "terminal_state": summary["terminal_state"],
+                "review_reason": summary["review_reason"], "ledger": ledger,
+                "actions": actions}
+
+    found = _run(go())
+    if found is None:
+        raise NotFoundError("no item with this outbox id", code="UNKNOWN_OUTBOX_ID")
+    lines = [f"item {found['outbox_id']}  participant {found['participant_id']}  "
+             f"instruction {found['instruction_id']}"]
+    lines += [f"  #{r['attempt_no']:<3} {r['state']:<15} {r['recorded_at']}  "
+              f"{r['worker_id'] or '-'}  {r['error_code'] or ''}  "
+              f"{r['rail_transaction_id'] or ''}".rstrip()
+              for r in found["ledger"]]
+    lines.append(f"operator actions: {len(found['actions'])}")
+    lines += [f"  {a['recorded_at']}  {a['action']}  by {a['actor_label'] or '-'}"
+              f"{' (token ' + str(a['actor_token_id']) + ')' if a['actor_token_id'] else ''}"
+              f"  via {a['recorded_by']}: {a['reason']}"
+              for a in found["actions"]]
+    emit(args, found, "\n".join(lines))
     return EXIT_OK
 
 

@@ -88,6 +88,7 @@ SELECT r.outbox_id, r.instruction_id, r.idempotency_key, r.participant_id,
        r.rail_type, r.payload, r.created_at,
        p.outbox_id IS NOT NULL AS pending,
        p.attempt_count, p.next_attempt_at, p.lease_expires_at, p.claimed_by,
+       p.review_reason, p.review_since,
        (SELECT t.state::text FROM symphony.payment_outbox_attempts t
          WHERE t.outbox_id = r.outbox_id AND t.state IN ('DISPATCHED', 'FAILED')) AS terminal_state
   FROM symphony.payment_instruction_registry r
@@ -260,8 +261,9 @@ SELECT m.minute, coalesce(c.dispatched, 0) AS dispatched, coalesce(c.failed, 0) 
 SELECT set_config('statement_timeout', %(timeout_ms)s::text, true) AS statement_timeout;
 
 -- name: outbox_metrics
--- Everything a metrics scrape reports, in one statement: the supervisor view and the ledger's
--- rows by state (roles: readonly, auditor, control). The ledger count grows with the history;
+-- Everything a metrics scrape reports, in one statement: the supervisor view, the ledger's
+-- rows by state and the worker fleet (live, stale, buckets no live worker covers) (roles:
+-- readonly, auditor, control). The ledger count grows with the history;
 -- the caller bounds it with set_local_statement_timeout.
 SELECT s.due, s.scheduled, s.dispatching, s.zombies, s.awaiting_lookup, s.under_review,
        s.pending_total,
@@ -269,7 +271,18 @@ SELECT s.due, s.scheduled, s.dispatching, s.zombies, s.awaiting_lookup, s.under_
        coalesce((SELECT jsonb_object_agg(x.state, x.n)
                    FROM (SELECT a.state::text AS state, count(*) AS n
                            FROM symphony.payment_outbox_attempts a
-                          GROUP BY a.state) x), '{}'::jsonb) AS ledger_rows_by_state
+                          GROUP BY a.state) x), '{}'::jsonb) AS ledger_rows_by_state,
+       (SELECT count(*) FROM symphony_ops.worker_heartbeats h
+         WHERE h.heartbeat_at + make_interval(secs => h.stale_after_seconds) >= now())
+           AS fleet_live_workers,
+       (SELECT count(*) FROM symphony_ops.worker_heartbeats h
+         WHERE h.heartbeat_at + make_interval(secs => h.stale_after_seconds) < now())
+           AS fleet_stale_workers,
+       (SELECT count(*) FROM generate_series(0, 255) AS b(bucket)
+         WHERE NOT EXISTS (
+             SELECT 1 FROM symphony_ops.worker_heartbeats h
+              WHERE h.heartbeat_at + make_interval(secs => h.stale_after_seconds) >= now()
+                AND b.bucket BETWEEN h.bucket_from AND h.bucket_to)) AS fleet_uncovered_buckets
   FROM symphony.outbox_supervisor_status s;
 
 -- participants and API tokens (role: control, except where noted) ----------------------------
