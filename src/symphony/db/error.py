@@ -256,6 +256,11 @@ _BY_SQLSTATE: dict[str, _Mapping] = {
     "SY064": _Mapping(InvalidRequestError, "INVALID_HEARTBEAT",
                       "a heartbeat needs a version, a start time, an in-flight count >= 0 and "
                       "a staleness of 1-3600 s"),
+    "SY080": _Mapping(InvalidRequestError, "INVALID_EVENT_CURSOR",
+                      "after must be an event sequence number, 0 or more"),
+    "SY081": _Mapping(InvalidRequestError, "INVALID_EVENT_TYPE",
+                      "type must be payment.created, payment.dispatched, payment.failed, "
+                      "payment.canceled or payment.under_review"),
     "SY100": _Mapping(IdempotencyConflictError, "IDEMPOTENCY_KEY_REUSED",
                       "the idempotency key was already used with a different request"),
     "SY200": _Mapping(LeaseFencedError, "LEASE_NOT_HELD",
