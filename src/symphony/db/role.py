@@ -3,7 +3,8 @@
 A role is an enum, never a string from the outside: an unknown role is refused here, before
 any SQL is built. Each principal is a login that holds no privilege of its own and may
 `SET ROLE` only to the runtime roles listed for it (granted WITH INHERIT FALSE, SET TRUE).
-`ROLES_OF_PRINCIPAL` mirrors those grants (migrations 0001 and 0006); a `Database` routes
+`ROLES_OF_PRINCIPAL` mirrors those grants (migrations 0001, 0006 and the webhooks'); a
+`Database` routes
 each role only to a principal it holds whose grants include that role.
 """
 
@@ -14,13 +15,20 @@ from enum import StrEnum
 
 
 class Role(StrEnum):
-    """The five runtime roles. Values are the PostgreSQL role names (part of the contract)."""
+    """The runtime roles. Values are the PostgreSQL role names (part of the contract).
+
+    WEBHOOKS manages a participant's webhook endpoints and the operator's disable/enable/
+    replay (the API's); DELIVERY fans events out, claims and completes deliveries (the
+    delivery service's). Neither reads a table directly.
+    """
 
     CONTROL = "symphony_control"
     INGEST = "symphony_ingest"
     EXECUTOR = "symphony_executor"
     READONLY = "symphony_readonly"
     AUDITOR = "symphony_auditor"
+    WEBHOOKS = "symphony_webhooks"
+    DELIVERY = "symphony_delivery"
 
 
 class Principal(StrEnum):
@@ -31,6 +39,7 @@ class Principal(StrEnum):
     EXECUTOR = "symphony_executor_svc"
     READER = "symphony_reader_svc"
     API = "symphony_api_svc"
+    DELIVERY = "symphony_delivery_svc"
 
 
 ROLES_OF_PRINCIPAL: dict[Principal, frozenset[Role]] = {
@@ -38,13 +47,15 @@ ROLES_OF_PRINCIPAL: dict[Principal, frozenset[Role]] = {
     Principal.INGEST: frozenset({Role.INGEST}),
     Principal.EXECUTOR: frozenset({Role.EXECUTOR}),
     Principal.READER: frozenset({Role.READONLY, Role.AUDITOR}),
-    Principal.API: frozenset({Role.INGEST, Role.READONLY}),
+    Principal.API: frozenset({Role.INGEST, Role.READONLY, Role.WEBHOOKS}),
+    Principal.DELIVERY: frozenset({Role.DELIVERY}),
 }
 
 # Which principal serves a role when a Database holds several that could: the single-purpose
 # principal first (what `Database.open` has always used), the API's shared login after it.
 _PREFERENCE: tuple[Principal, ...] = (
     Principal.CONTROL, Principal.INGEST, Principal.EXECUTOR, Principal.READER, Principal.API,
+    Principal.DELIVERY,
 )
 
 
@@ -72,13 +83,16 @@ class Service(StrEnum):
     API = "api"
     WORKER = "worker"
     REPAIR = "repair"
+    DELIVERY = "delivery"
 
 
 SERVICE_PRINCIPAL: dict[Service, Principal] = {
     Service.API: Principal.API,
     Service.WORKER: Principal.EXECUTOR,
     Service.REPAIR: Principal.EXECUTOR,
+    Service.DELIVERY: Principal.DELIVERY,
 }
-"""The only principal each service logs in as (the API: ingest + readonly; the rest: executor)."""
+"""The only principal each service logs in as (the API: ingest + readonly + webhooks; the
+worker and the repair: executor; the webhook delivery service: delivery)."""
 
 OWNER_ROLE = "symphony_owner"
