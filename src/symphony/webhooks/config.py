@@ -9,10 +9,10 @@ SYMPHONY_WEBHOOK_ALLOWED_NETWORKS: CIDR blocks whose addresses are admitted what
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from symphony.db import ConfigurationError
 from symphony.webhooks.urlsafety import IPNetwork, UrlPolicy, parse_networks
@@ -22,7 +22,8 @@ class WebhookSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
     allow_loopback: bool = Field(default=False, validation_alias="SYMPHONY_WEBHOOK_ALLOW_LOOPBACK")
-    allowed_networks: tuple[IPNetwork, ...] = Field(
+    # NoDecode: the variable is a comma-separated list, not JSON.
+    allowed_networks: Annotated[tuple[IPNetwork, ...], NoDecode] = Field(
         default=(), validation_alias="SYMPHONY_WEBHOOK_ALLOWED_NETWORKS"
     )
 

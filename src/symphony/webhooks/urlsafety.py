@@ -50,6 +50,8 @@ METADATA_ADDRESSES: Final[frozenset[IPAddress]] = frozenset(
 )
 
 _CGNAT: Final = ipaddress.ip_network("100.64.0.0/10")
+_PRIVATE: Final = tuple(ipaddress.ip_network(n) for n in
+                        ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 _UNIQUE_LOCAL: Final = ipaddress.ip_network("fc00::/7")
 _NAT64: Final = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 _SIX_TO_FOUR: Final = ipaddress.ip_network("2002::/16")
@@ -151,9 +153,11 @@ def address_problem(address: IPAddress, policy: UrlPolicy) -> UrlRefused | None:
     if address.version == 6 and address in _UNIQUE_LOCAL:
         return UrlRefused("address_unique_local",
                           "the URL resolves to a unique-local IPv6 address")
-    if address.is_private:
+    if address.version == 4 and any(address in network for network in _PRIVATE):
         return UrlRefused("address_private", "the URL resolves to a private address")
-    if address.is_reserved or not address.is_global:
+    # Everything else that is not public unicast: reserved, documentation, benchmarking,
+    # protocol assignments, broadcast (Python's registry of special-purpose addresses).
+    if address.is_reserved or address.is_private or not address.is_global:
         return UrlRefused("address_reserved",
                           "the URL resolves to a reserved or special-purpose address")
     return None
