@@ -86,7 +86,7 @@ from symphony.services.rail_sim import run_rail_sim
 from symphony.services.system import RunOptions, run_system
 from symphony.services.system.api import build_api_server
 from symphony.services.worker import WorkerConfig, WorkerProcess, stop_on_signals
-from symphony.webhooks import WebhookSettings, WebhookStore, load_secret_box
+from symphony.webhooks import WebhookSettings, WebhookStore, configured_secret_box
 
 log = logging.getLogger("symphony.cli")
 
@@ -897,10 +897,14 @@ def cmd_delivery(args: argparse.Namespace) -> int:
                                  metrics_port=args.metrics_port)
     hooks = WebhookSettings.load()
     settings = database_settings()
-    box = load_secret_box(settings.home)
 
     async def go() -> dict[str, Any] | None:
         async with await Database.open_for_service(Service.DELIVERY, settings) as db:
+            box = configured_secret_box(settings.home, manages_home=db.endpoint is not None)
+            if box is None:
+                raise ConfigurationError(
+                    "the delivery service signs with secrets sealed under the webhook key: "
+                    "set SYMPHONY_WEBHOOK_KEY (the API's key)", code="WEBHOOK_KEY_MISSING")
             process = DeliveryProcess(db, config, box, hooks.policy)
             if not args.once:
                 await process.run_until_signalled()

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from symphony.webhooks.config import WebhookSettings
 from symphony.webhooks.schedule import RetrySchedule
-from symphony.webhooks.secretbox import SecretBox, SecretUnavailableError, load_secret_box
+from symphony.webhooks.secretbox import (
+    SecretBox,
+    SecretUnavailableError,
+    configured_secret_box,
+    load_secret_box,
+)
 from symphony.webhooks.sender import SenderLimits, SendResult, WebhookSender
 from symphony.webhooks.store import (
     EVENT_TYPES,
@@ -46,5 +51,6 @@ __all__ = [
     "WebhookSettings",
     "WebhookStore",
     "check_url",
+    "configured_secret_box",
     "load_secret_box",
 ]

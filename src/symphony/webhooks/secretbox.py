@@ -7,10 +7,13 @@ it). The associated data binds a sealed secret to its endpoint, so a ciphertext 
 another endpoint's row does not open.
 
 The key (`SYMPHONY_WEBHOOK_KEY`: 32 bytes in base64) is needed by the API (which seals new
-secrets) and by the delivery service (which opens them to sign). Unset, a key file
-`webhook.key` under `SYMPHONY_HOME` is used, created (mode 0600) on first use: what the
-embedded default and a single host need. Deployments that run the API and the delivery
-service apart give both the same `SYMPHONY_WEBHOOK_KEY`.
+secrets) and by the delivery service (which opens them to sign). Unset, a process in the
+admin or embedded mode (it manages `SYMPHONY_HOME`, like the principals' credentials) uses a
+key file `webhook.key` there, created (mode 0600) on first use: what the embedded default and
+a single host need. A service started with only its own principal's DSN writes nothing to
+`SYMPHONY_HOME`: it needs `SYMPHONY_WEBHOOK_KEY` (the API then answers 503
+`webhook_key_missing` to a request that must seal a secret; the delivery service does not
+start). Deployments that run the API and the delivery service apart give both the same key.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import os
 import secrets
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -93,7 +97,18 @@ def _aad(participant_id: str, endpoint_id: UUID) -> bytes:
     return f"symphony-webhook-secret:{participant_id}:{endpoint_id}".encode()
 
 
-def load_secret_box(home: Path, *, environ: dict[str, str] | None = None) -> SecretBox:
+def configured_secret_box(
+    home: Path, *, manages_home: bool, environ: Mapping[str, str] | None = None
+) -> SecretBox | None:
+    """`SYMPHONY_WEBHOOK_KEY`; else, for a process that manages `home` (admin or embedded
+    mode), the key file there (created); else None: no key is configured."""
+    env = os.environ if environ is None else environ
+    if env.get(KEY_VARIABLE):
+        return load_secret_box(home, environ=env)
+    return load_secret_box(home, environ=env) if manages_home else None
+
+
+def load_secret_box(home: Path, *, environ: Mapping[str, str] | None = None) -> SecretBox:
     """The deployment's box: `SYMPHONY_WEBHOOK_KEY`, else `<home>/webhook.key` (created)."""
     env = os.environ if environ is None else environ
     text = env.get(KEY_VARIABLE)

@@ -130,19 +130,32 @@ class EndpointDeleted(BaseModel):
     abandoned_deliveries: int
 
 
+# Module level: the routes' annotations are strings (postponed), resolved in this module.
+CallerDep = Annotated[Caller, Depends(require_participant)]
+OperatorDep = Annotated[Caller, Depends(require_operator)]
+ContextDep = Annotated[ApiContext, Depends(get_context)]
+
+
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorBody} for status in statuses}
 
 
-def webhook_routers(box: SecretBox, policy: UrlPolicy) -> list[APIRouter]:
-    """The participant's and the operator's webhook routes."""
+def webhook_routers(box: SecretBox | None, policy: UrlPolicy) -> list[APIRouter]:
+    """The participant's and the operator's webhook routes. Without a key (`box` None) the
+    routes that seal a secret answer 503 `webhook_key_missing`; the others work."""
     return [_participant_router(box, policy), _operator_router()]
 
 
-def _participant_router(box: SecretBox, policy: UrlPolicy) -> APIRouter:
+def _sealing(box: SecretBox | None) -> SecretBox:
+    if box is None:
+        raise ApiError(503, "webhook_key_missing",
+                       "webhook endpoints cannot be registered or rotated: the service has no "
+                       "webhook key (SYMPHONY_WEBHOOK_KEY)")
+    return box
+
+
+def _participant_router(box: SecretBox | None, policy: UrlPolicy) -> APIRouter:
     router = APIRouter(prefix=PREFIX, tags=["webhooks"])
-    CallerDep = Annotated[Caller, Depends(require_participant)]
-    ContextDep = Annotated[ApiContext, Depends(get_context)]
 
     @router.post("", status_code=201, response_model=EndpointCreated,
                  summary="register a webhook endpoint (the signing secret is shown once)",
@@ -156,7 +169,7 @@ def _participant_router(box: SecretBox, policy: UrlPolicy) -> APIRouter:
             await check_url(body.url, policy)
         except UrlRefused as refused:
             raise _invalid("url", refused.code, refused.message) from None
-        store = WebhookStore(context.db, box)
+        store = WebhookStore(context.db, _sealing(box))
         try:
             made = await store.create_endpoint(_pid(caller), body.url, body.event_types,
                                                body.description)
@@ -200,7 +213,7 @@ def _participant_router(box: SecretBox, policy: UrlPolicy) -> APIRouter:
         else:
             body = RotateRequest()
         try:
-            rotated = await WebhookStore(context.db, box).rotate_secret(
+            rotated = await WebhookStore(context.db, _sealing(box)).rotate_secret(
                 _pid(caller), wanted, body.overlap_seconds)
         except SymphonyError as exc:
             raise _refusal(exc) from None
@@ -213,8 +226,6 @@ def _participant_router(box: SecretBox, policy: UrlPolicy) -> APIRouter:
 
 def _operator_router() -> APIRouter:
     router = APIRouter(prefix="/v1/ops", tags=["operator"])
-    OperatorDep = Annotated[Caller, Depends(require_operator)]
-    ContextDep = Annotated[ApiContext, Depends(get_context)]
 
     @router.get("/webhook_endpoints", summary="every webhook endpoint, failing first",
                 responses=_errors(401, 422, 503))
@@ -280,9 +291,7 @@ def _add_toggle(router: APIRouter, action: str, enabled: bool) -> None:
                  summary=f"{action} a webhook endpoint (a reason is required)",
                  responses=_errors(401, 404, 409, 415, 422, 503), name=f"ops_{action}")
     async def toggle(
-        endpoint_id: str, request: Request,
-        _caller: Annotated[Caller, Depends(require_operator)],
-        context: Annotated[ApiContext, Depends(get_context)],
+        endpoint_id: str, request: Request, _caller: OperatorDep, context: ContextDep,
     ) -> JSONResponse:
         wanted = _uuid(endpoint_id)
         _require_json(request)

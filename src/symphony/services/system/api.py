@@ -18,13 +18,13 @@ from symphony.db import Database
 from symphony.services.api import ApiConfig, ApiServer
 from symphony.services.api.ops import operator_routers
 from symphony.services.api.webhooks import webhook_routers
-from symphony.webhooks import SecretBox, UrlPolicy, WebhookSettings, load_secret_box
+from symphony.webhooks import SecretBox, UrlPolicy, WebhookSettings, configured_secret_box
 
 
 def product_routers(
     *,
     process_registries: Sequence[CollectorRegistry] = (),
-    webhooks: tuple[SecretBox, UrlPolicy] | None = None,
+    webhooks: tuple[SecretBox | None, UrlPolicy] | None = None,
 ) -> Sequence[APIRouter]:
     """The routers mounted beside the participant API. `process_registries` are this
     process's own metrics (a worker running in it), exported at `/metrics`; `webhooks` the key
@@ -44,7 +44,9 @@ def build_api_server(
 ) -> ApiServer:
     """The API on `db`, tokens checked against the database's token store."""
     settings = webhook_settings or WebhookSettings.load()
-    box = load_secret_box(db.settings.home)
+    # A service on its own principal's DSN (no endpoint: it manages no SYMPHONY_HOME) takes
+    # the key from SYMPHONY_WEBHOOK_KEY only.
+    box = configured_secret_box(db.settings.home, manages_home=db.endpoint is not None)
     return ApiServer(
         db, config, routers=product_routers(process_registries=process_registries,
                                             webhooks=(box, settings.policy))
