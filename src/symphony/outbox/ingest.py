@@ -32,6 +32,7 @@ from typing import Protocol
 
 from symphony.db import SymphonyError
 from symphony.outbox.model import EnqueueResult, PaymentInstruction
+from symphony.outbox.storable import check_storable
 
 DEFAULT_MAX_BATCH = 100
 DEFAULT_MAX_IN_FLIGHT = 1
@@ -79,7 +80,11 @@ class EnqueueGroup:
         self._wake_again = False
 
     async def submit(self, instruction: PaymentInstruction) -> EnqueueResult:
-        """Enqueue one instruction in the next batch; its own result, or its own error."""
+        """Enqueue one instruction in the next batch; its own result, or its own error.
+
+        What the database cannot store at all (`check_storable`) is refused here, before the
+        instruction joins a batch: in one, it would make the server refuse the whole batch."""
+        check_storable(instruction)
         future: asyncio.Future[EnqueueResult] = asyncio.get_running_loop().create_future()
         self._queue.append((instruction, future))
         self._kick()
