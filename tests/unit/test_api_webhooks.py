@@ -14,7 +14,7 @@ from tests.support.api import Member, Running, new_member, operator_token, row_c
 from tests.support.webhooks import LOOPBACK, admin, box_of, pay
 
 from symphony.db import Database
-from symphony.services.api.webhooks import webhook_routers
+from symphony.services.api.webhooks import webhook_health_router, webhook_routers
 from symphony.webhooks import UrlPolicy, WebhookStore
 
 JSON = {"Content-Type": "application/json"}
@@ -22,7 +22,8 @@ JSON = {"Content-Type": "application/json"}
 
 @pytest.fixture
 async def api(isolated_db: Database) -> AsyncIterator[Running]:
-    async with serve(isolated_db, routers=webhook_routers(box_of(isolated_db), LOOPBACK)) as r:
+    routers = [*webhook_routers(box_of(isolated_db), LOOPBACK), webhook_health_router()]
+    async with serve(isolated_db, routers=routers) as r:
         yield r
 
 

@@ -27,6 +27,7 @@ from symphony.services.api.context import ApiContext, get_context
 from symphony.services.api.dashboard import dashboard_router
 from symphony.services.api.error import ApiError, ErrorBody
 from symphony.services.api.metrics import metrics_router
+from symphony.services.api.webhooks import webhook_health_router
 
 DEFAULT_FAILURES_LIMIT = 50
 DEFAULT_THROUGHPUT_MINUTES = 30
@@ -207,4 +208,5 @@ def operator_routers(
         ops_router(),
         metrics_router(process_registries=process_registries),
         dashboard_router(),
+        webhook_health_router(),
     ]

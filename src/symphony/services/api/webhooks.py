@@ -9,7 +9,8 @@
                                                        for overlap_seconds (default 24 h)
 
     GET    /v1/ops/webhook_endpoints                  every endpoint, failing first
-    GET    /v1/ops/webhook_health                     counts for the dashboard's card
+    GET    /v1/ops/webhook_health                     counts for the dashboard's card (mounted
+                                                       with the operator API)
     POST   /v1/ops/webhook_endpoints/{id}/disable     stop delivering (events keep, and are
     POST   /v1/ops/webhook_endpoints/{id}/enable      delivered after enabling)
     GET    /v1/ops/webhook_endpoints/{id}/deliveries  newest deliveries with their last attempt
@@ -240,22 +241,6 @@ def _operator_router() -> APIRouter:
                 for r in rows]
         return JSONResponse(_json({"data": data}), headers=_NO_STORE)
 
-    @router.get("/webhook_health", summary="webhook endpoints and deliveries at a glance",
-                responses=_errors(401, 503))
-    async def ops_health(_caller: OperatorDep, context: ContextDep) -> JSONResponse:
-        health = await WebhookStore(context.db).health()
-        oldest = health.pop("oldest_due_at")
-        observed = health["observed_at"]
-        health["oldest_pending_age_seconds"] = (
-            None if oldest is None else max(0.0, (observed - oldest).total_seconds()))
-        failing = await WebhookStore(context.db).ops_endpoints(status="FAILING", limit=20)
-        health["failing"] = [
-            {"id": r["endpoint_id"], "participant_id": r["participant_id"], "url": r["url"],
-             "failing_since": r["failing_since"], "consecutive_failures":
-                 r["consecutive_failures"], "last_error_class": r["last_error_class"]}
-            for r in failing]
-        return JSONResponse(_json(health), headers=_NO_STORE)
-
     for action, enabled in (("disable", False), ("enable", True)):
         _add_toggle(router, action, enabled)
 
@@ -282,6 +267,30 @@ def _operator_router() -> APIRouter:
         except SymphonyError as exc:
             raise _refusal(exc) from None
         return JSONResponse(_json(row), status_code=201, headers=_NO_STORE)
+
+    return router
+
+
+def webhook_health_router() -> APIRouter:
+    """`GET /v1/ops/webhook_health`: mounted with the operator API wherever the dashboard is
+    (its card reads it), whether or not the webhook routes are."""
+    router = APIRouter(prefix="/v1/ops", tags=["operator"])
+
+    @router.get("/webhook_health", summary="webhook endpoints and deliveries at a glance",
+                responses=_errors(401, 503))
+    async def ops_health(_caller: OperatorDep, context: ContextDep) -> JSONResponse:
+        health = await WebhookStore(context.db).health()
+        oldest = health.pop("oldest_due_at")
+        observed = health["observed_at"]
+        health["oldest_due_age_seconds"] = (
+            None if oldest is None else max(0.0, (observed - oldest).total_seconds()))
+        failing = await WebhookStore(context.db).ops_endpoints(status="FAILING", limit=20)
+        health["failing"] = [
+            {"id": r["endpoint_id"], "participant_id": r["participant_id"], "url": r["url"],
+             "failing_since": r["failing_since"], "consecutive_failures":
+                 r["consecutive_failures"], "last_error_class": r["last_error_class"]}
+            for r in failing]
+        return JSONResponse(_json(health), headers=_NO_STORE)
 
     return router
 

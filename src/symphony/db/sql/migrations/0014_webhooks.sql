@@ -686,7 +686,8 @@ AS $$
            (SELECT count(*) FROM webhook_deliveries d WHERE d.status = 'PENDING')::integer,
            (SELECT count(*) FROM webhook_deliveries d
              WHERE d.status = 'PENDING' AND d.next_attempt_at <= now())::integer,
-           (SELECT min(d.next_attempt_at) FROM webhook_deliveries d WHERE d.status = 'PENDING'),
+           (SELECT min(d.next_attempt_at) FROM webhook_deliveries d
+             WHERE d.status = 'PENDING' AND d.next_attempt_at <= now()),
            (SELECT count(*) FROM webhook_deliveries d WHERE d.status = 'FAILED')::integer,
            now()
 $$;
