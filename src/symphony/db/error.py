@@ -306,7 +306,8 @@ _BY_CONSTRAINT: dict[str, _Mapping] = {
         "payload.amount has more decimals than the currency has minor units"),
     "enqueue_payload_destination_characters": _Mapping(
         InvalidRequestError, "INVALID_DESTINATION",
-        "payload.destination must not contain control or bidirectional formatting characters"),
+        "payload.destination must not contain control, format (such as bidirectional or "
+        "zero-width), line or paragraph separator, private-use or unassigned characters"),
     "enqueue_payload_depth": _Mapping(
         InvalidRequestError, "PAYLOAD_TOO_COMPLEX",
         "payload must not be nested deeper than 32 levels"),
