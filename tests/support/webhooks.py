@@ -59,7 +59,7 @@ def delivery_service(
     settings: dict[str, Any] = {
         "worker_id": f"delivery-test-{uuid.uuid4().hex[:6]}", "lease_seconds": 30,
         "total_timeout_seconds": 3.0, "read_timeout_seconds": 2.0,
-        "connect_timeout_seconds": 1.0,
+        "connect_timeout_seconds": 1.0, "health_interval_seconds": 0,
     }
     settings.update(config)
     cfg = DeliveryConfig(**settings)

@@ -76,8 +76,10 @@ class ClaimedDelivery:
     delivery_id: UUID
     endpoint_id: UUID
     url: str
+    event_seq: int
     event_id: UUID
     event_type: str
+    outbox_id: UUID
     event_created_at: datetime
     payload: Any
     attempt_no: int
@@ -223,8 +225,9 @@ class WebhookStore:
         return [
             ClaimedDelivery(
                 participant_id=r["participant_id"], delivery_id=r["delivery_id"],
-                endpoint_id=r["endpoint_id"], url=r["url"], event_id=r["event_id"],
-                event_type=r["event_type"], event_created_at=r["event_created_at"],
+                endpoint_id=r["endpoint_id"], url=r["url"], event_seq=r["event_seq"],
+                event_id=r["event_id"], event_type=r["event_type"], outbox_id=r["outbox_id"],
+                event_created_at=r["event_created_at"],
                 payload=r["payload"], attempt_no=r["attempt_no"], lease_token=r["lease_token"],
                 lease_expires_at=r["lease_expires_at"],
                 sealed_secrets=list(zip(r["secret_ciphertexts"] or [],

@@ -1084,8 +1084,9 @@ SELECT endpoints, events, deliveries
 
 -- name: claim_webhook_deliveries
 -- Lease due deliveries with what their calls need (role: delivery).
-SELECT participant_id, delivery_id, endpoint_id, url, event_id, event_type, event_created_at,
-       payload, attempt_no, lease_token, lease_expires_at, secret_ciphertexts, secret_key_ids
+SELECT participant_id, delivery_id, endpoint_id, url, event_seq, event_id, event_type, outbox_id,
+       event_created_at, payload, attempt_no, lease_token, lease_expires_at, secret_ciphertexts,
+       secret_key_ids
   FROM symphony.claim_webhook_deliveries(%(worker_id)s, %(limit)s, %(lease_seconds)s);
 
 -- name: complete_webhook_delivery

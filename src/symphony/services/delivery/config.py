@@ -44,6 +44,8 @@ class DeliveryConfig(BaseSettings):
         failing (default 10; a delivery that runs out of attempts marks it at once).
     max_attempts / backoff_base_seconds: the retry schedule (defaults 13 attempts, 5 s base,
         x4 per attempt, capped at 12 h, +-20% jitter: about three days).
+    health_interval_seconds: how often the endpoint-health gauges are read from the
+        database (default 10; the read counts every delivery, so not every cycle).
     metrics_port: serve Prometheus metrics on 127.0.0.1 at this port (default: off).
     """
 
@@ -74,6 +76,7 @@ class DeliveryConfig(BaseSettings):
                               validation_alias="SYMPHONY_DELIVERY_MAX_ATTEMPTS")
     backoff_base_seconds: float = Field(default=5.0, gt=0, le=3600,
                                         validation_alias="SYMPHONY_DELIVERY_BACKOFF_BASE")
+    health_interval_seconds: float = Field(default=10.0, ge=0, le=3600)
     metrics_port: int | None = Field(default=None, ge=0, le=65_535,
                                      validation_alias="SYMPHONY_DELIVERY_METRICS_PORT")
 

@@ -96,6 +96,7 @@ class DeliveryService(LoopService[DeliveryCycle]):
         self.config = config
         self.schedule = config.schedule
         self.metrics = metrics or DeliveryMetrics()
+        self._health_read_at: float | None = None
 
     async def run_once(self) -> DeliveryCycle:
         cfg = self.config
@@ -114,10 +115,7 @@ class DeliveryService(LoopService[DeliveryCycle]):
             async with asyncio.TaskGroup() as group:
                 for delivery in claimed:
                     group.create_task(one(delivery))
-        try:
-            self.metrics.observe_health(await self.store.health(role=Role.DELIVERY))
-        except (DatabaseUnavailableError, QueryTimeoutError):
-            log.warning("delivery: the health read failed; the gauges keep their last values")
+        await self._read_health()
         if len(claimed) >= cfg.batch_size or fan.endpoints >= cfg.fan_out_endpoint_limit:
             self.wake()  # more may be waiting: go again without the interval
         return DeliveryCycle(
@@ -126,6 +124,19 @@ class DeliveryService(LoopService[DeliveryCycle]):
             failed=outcomes.count("FAILED"), fenced=outcomes.count("FENCED"),
             unrecorded=outcomes.count("UNRECORDED"),
         )
+
+    async def _read_health(self) -> None:
+        """Refresh the gauges, at most every `health_interval_seconds` (a full batch wakes
+        the loop at once, and the read counts every delivery)."""
+        now = time.monotonic()
+        if (self._health_read_at is not None
+                and now - self._health_read_at < self.config.health_interval_seconds):
+            return
+        self._health_read_at = now
+        try:
+            self.metrics.observe_health(await self.store.health(role=Role.DELIVERY))
+        except (DatabaseUnavailableError, QueryTimeoutError):
+            log.warning("delivery: the health read failed; the gauges keep their last values")
 
     async def _deliver(self, delivery: ClaimedDelivery, claimed_at: float) -> str:
         started_at = datetime.now(UTC)

@@ -21,6 +21,13 @@
 --   for the owner (trigger, P0001), like the outbox ledger.
 -- * An endpoint's health (consecutive failures, failing since) is kept on its row; it turns
 --   failing after persistent errors, which the metrics and the dashboard show.
+-- * Deliveries commit without waiting for the WAL flush (synchronous_commit off for the
+--   fan-out, claim and completion transactions only; payments keep theirs): with every
+--   endpoint down the delivery service writes an attempt per call, and waiting for a flush
+--   each time would queue behind, and slow, the payments' own commits. What a crash can lose
+--   is the last fraction of a second of these writes, and each loss only repeats work: a lost
+--   fan-out is fanned out again from the cursor, a lost claim or completion leaves the
+--   delivery to be claimed and sent again (same webhook-id). At least once holds.
 -- * Every table is keyed by participant_id (the scale-out readiness check): primary keys,
 --   unique indexes and foreign keys carry it.
 -- * Two runtime roles: symphony_delivery (the delivery service's, through its own login
@@ -724,6 +731,7 @@ BEGIN
         RAISE EXCEPTION 'limits must be between 1 and 10000'
             USING ERRCODE = 'SY021', CONSTRAINT = 'fan_out_webhook_events_limit';
     END IF;
+    PERFORM set_config('synchronous_commit', 'off', true);  -- see "Deliveries commit" above
     FOR v_endpoint IN
         SELECT e.participant_id, e.endpoint_id, e.event_types, e.event_cursor
           FROM webhook_endpoints e
@@ -779,8 +787,10 @@ CREATE FUNCTION symphony.claim_webhook_deliveries(
     delivery_id        uuid,
     endpoint_id        uuid,
     url                text,
+    event_seq          bigint,
     event_id           uuid,
     event_type         text,
+    outbox_id          uuid,
     event_created_at   timestamptz,
     payload            jsonb,
     attempt_no         integer,
@@ -807,6 +817,7 @@ BEGIN
         RAISE EXCEPTION 'a delivery lease is 1 to 3600 seconds'
             USING ERRCODE = 'SY022', CONSTRAINT = 'claim_webhook_deliveries_lease';
     END IF;
+    PERFORM set_config('synchronous_commit', 'off', true);
     RETURN QUERY
     WITH due AS (
         SELECT d.participant_id, d.delivery_id, d.endpoint_id, d.event_seq, d.event_id,
@@ -841,8 +852,8 @@ BEGIN
         RETURNING d.participant_id, d.delivery_id, d.endpoint_id, d.event_seq, d.event_id,
                   d.attempt_count, d.lease_token, d.lease_expires_at
     )
-    SELECT l.participant_id, l.delivery_id, l.endpoint_id, e.url, l.event_id, ev.event_type,
-           ev.created_at, ev.payload, l.attempt_count, l.lease_token, l.lease_expires_at,
+    SELECT l.participant_id, l.delivery_id, l.endpoint_id, e.url, l.event_seq, l.event_id,
+           ev.event_type, ev.outbox_id, ev.created_at, ev.payload, l.attempt_count, l.lease_token, l.lease_expires_at,
            s.ciphertexts, s.key_ids
       FROM leased l
       JOIN webhook_endpoints e
@@ -904,6 +915,7 @@ BEGIN
         RAISE EXCEPTION 'an outcome is DELIVERED, RETRY (with a delay of 0-604800 s) or FAILED'
             USING ERRCODE = 'SY074', CONSTRAINT = 'complete_webhook_delivery_outcome';
     END IF;
+    PERFORM set_config('synchronous_commit', 'off', true);
     SELECT * INTO v_row FROM webhook_deliveries d
      WHERE d.participant_id = p_participant_id AND d.delivery_id = p_delivery_id
        FOR UPDATE;
