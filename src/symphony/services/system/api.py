@@ -24,15 +24,13 @@ from symphony.webhooks import SecretBox, UrlPolicy, WebhookSettings, configured_
 def product_routers(
     *,
     process_registries: Sequence[CollectorRegistry] = (),
-    webhooks: tuple[SecretBox | None, UrlPolicy] | None = None,
+    webhooks: tuple[SecretBox | None, UrlPolicy] = (None, UrlPolicy()),
 ) -> Sequence[APIRouter]:
     """The routers mounted beside the participant API. `process_registries` are this
     process's own metrics (a worker running in it), exported at `/metrics`; `webhooks` the key
-    and URL policy of the webhook routes (left out when None)."""
-    routers = list(operator_routers(process_registries=process_registries))
-    if webhooks is not None:
-        routers.extend(webhook_routers(*webhooks))
-    return routers
+    (None: registrations answer 503) and URL policy of the webhook routes."""
+    return [*operator_routers(process_registries=process_registries),
+            *webhook_routers(*webhooks)]
 
 
 def build_api_server(
