@@ -48,3 +48,19 @@ async def database_now(admin_dsn: str) -> datetime:
     rows = await test_only.query_no_role(admin_dsn, "SELECT now() AS now")
     now: datetime = rows[0]["now"]
     return now
+
+
+async def put_under_review(
+    store: OutboxStore, admin_dsn: str, *, participant_id: str | None = None
+) -> UUID:
+    """Enqueue one item and put it under review as the retry ceiling would (it may have
+    executed, the rail did not settle it): needs a lookup, no lease, a review reason."""
+    submitted = instruction() if participant_id is None else instruction(
+        participant_id=participant_id)
+    outbox_id = (await store.enqueue(submitted)).outbox_id
+    await test_only.query_no_role(
+        admin_dsn,
+        "UPDATE symphony.payment_outbox_pending SET needs_lookup = true, "
+        "       review_reason = 'UNSETTLED_AT_RETRY_LIMIT', review_since = now() "
+        " WHERE outbox_id = %s", (outbox_id,))
+    return outbox_id

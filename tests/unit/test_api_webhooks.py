@@ -14,6 +14,7 @@ from tests.support.api import Member, Running, new_member, operator_token, row_c
 from tests.support.webhooks import LOOPBACK, admin, box_of, pay
 
 from symphony.db import Database
+from symphony.outbox.access import AccessStore, TokenKind, TokenScope
 from symphony.services.api.webhooks import webhook_health_router, webhook_routers
 from symphony.webhooks import UrlPolicy, WebhookStore
 
@@ -199,7 +200,16 @@ async def test_the_operator_lists_disables_enables_and_replays(
     created = (await create(api, alice)).json()
     await pay(isolated_db, alice.participant_id)
     await WebhookStore(isolated_db).fan_out(1000, 1000)
-    op = {"Authorization": f"Bearer {await operator_token(isolated_db)}"}
+    viewer = {"Authorization": f"Bearer {await operator_token(isolated_db)}"}
+    acting = await AccessStore(isolated_db).issue_token(
+        TokenKind.OPERATOR, label="webhook operator", scope=TokenScope.OPERATOR)
+    op = {"Authorization": f"Bearer {acting.token}"}
+    # A VIEWER token reads but may not act.
+    assert (await api.client.get("/v1/ops/webhook_endpoints", headers=viewer)).status_code == 200
+    refused = await api.client.post(f"/v1/ops/webhook_endpoints/{created['id']}/disable",
+                                    content=json.dumps({"reason": "x"}),
+                                    headers={**viewer, **JSON})
+    assert refused.status_code == 403 and refused.json()["code"] == "insufficient_scope"
     listed = await api.client.get("/v1/ops/webhook_endpoints", headers=op)
     assert listed.status_code == 200
     assert created["id"] in {e["id"] for e in listed.json()["data"]}
@@ -227,6 +237,9 @@ async def test_the_operator_lists_disables_enables_and_replays(
     unknown = await api.client.post(
         "/v1/ops/webhook_deliveries/00000000-0000-0000-0000-000000000000/replay", headers=op)
     assert unknown.status_code == 404
+    not_yours = await api.client.post(
+        f"/v1/ops/webhook_deliveries/{delivery['delivery_id']}/replay", headers=viewer)
+    assert not_yours.status_code == 403
     # Participant tokens do not open the operator routes.
     assert (await api.client.get("/v1/ops/webhook_endpoints",
                                  headers=alice.headers())).status_code == 401

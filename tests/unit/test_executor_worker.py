@@ -18,6 +18,7 @@ from uuid import UUID
 import httpx
 import pytest
 from tests.support.database import DatabaseFactory, unique
+from tests.support.outbox import register_participant
 
 from symphony.db import (
     ConfigurationError,
@@ -26,7 +27,14 @@ from symphony.db import (
     DatabaseUnavailableError,
     test_only,
 )
-from symphony.outbox import ClaimedItem, Completion, OutboxStore, Outcome, PaymentInstruction
+from symphony.outbox import (
+    AccessStore,
+    ClaimedItem,
+    Completion,
+    OutboxStore,
+    Outcome,
+    PaymentInstruction,
+)
 from symphony.rails import (
     DispatchOutcome,
     DispatchResult,
@@ -187,6 +195,39 @@ async def test_success_is_recorded_dispatched_with_the_rail_transaction_id(h: Ha
     assert [r["state"] for r in ledger] == ["DISPATCHING", "DISPATCHED"]
     assert ledger[-1]["rail_transaction_id"] == "rail-tx-1"
     assert await h.pending_row(outbox_id) is None
+
+
+async def test_a_revoked_participants_queued_and_retrying_payments_still_dispatch(
+    h: Harness,
+) -> None:
+    # Accepted payments are obligations (revoking stops new payments and tokens only): a
+    # payment queued before the revocation, and one waiting out a retry, are still sent.
+    participant = await register_participant(h.db)
+
+    async def enqueue() -> UUID:
+        result = await h.store.enqueue(PaymentInstruction(
+            instruction_id=unique("instr"), idempotency_key=unique("key"),
+            participant_id=participant, rail_type="SEPA_CT",
+            payload={"amount": "12.50", "currency": "EUR", "destination": "ACCT-R"}))
+        return result.outbox_id
+
+    retrying = await enqueue()
+    busy = FakeRail(answer=DispatchResult(DispatchOutcome.RETRYABLE, "RAIL_UNAVAILABLE", "503"))
+    await ExecutorWorker(h.store, busy, h.config()).run_once()
+    assert await h.states(retrying) == ["DISPATCHING", "RETRYABLE"]
+    queued = await enqueue()
+
+    await AccessStore(h.db).revoke_participant(participant)
+    assert await AccessStore(h.db).pending_payment_count(participant) == 2
+    await h.make_due(retrying)
+    rail = FakeRail()
+    result = await ExecutorWorker(h.store, rail, h.config()).run_once()
+
+    assert result.dispatched == 2
+    assert sorted(rail.dispatched) == sorted([str(retrying), str(queued)])
+    assert await h.states(queued) == ["DISPATCHING", "DISPATCHED"]
+    assert await h.states(retrying) == ["DISPATCHING", "RETRYABLE", "DISPATCHING", "DISPATCHED"]
+    assert await AccessStore(h.db).pending_payment_count(participant) == 0
 
 
 async def test_retryable_answer_reschedules_without_a_lookup_flag(h: Harness) -> None:

@@ -100,6 +100,8 @@ def test_routing_with_every_principal_is_unchanged() -> None:
         Role.EXECUTOR: Principal.EXECUTOR,
         Role.READONLY: Principal.READER,
         Role.AUDITOR: Principal.READER,
+        # 0013: the operator actions, only through the API's login.
+        Role.OPERATOR: Principal.API,
         Role.WEBHOOKS: Principal.API,
         Role.DELIVERY: Principal.DELIVERY,
     }
@@ -107,7 +109,8 @@ def test_routing_with_every_principal_is_unchanged() -> None:
 
 def test_routing_through_the_api_principal_alone() -> None:
     assert route_roles([Principal.API]) == {
-        Role.INGEST: Principal.API, Role.READONLY: Principal.API, Role.WEBHOOKS: Principal.API,
+        Role.INGEST: Principal.API, Role.READONLY: Principal.API, Role.OPERATOR: Principal.API,
+        Role.WEBHOOKS: Principal.API,
     }
     assert route_roles([Principal.DELIVERY]) == {Role.DELIVERY: Principal.DELIVERY}
     assert route_roles([Principal.EXECUTOR]) == {Role.EXECUTOR: Principal.EXECUTOR}
@@ -191,7 +194,7 @@ async def test_api_dsn_enqueues_and_reads_but_cannot_claim_or_become_more(
 
     async with await Database.open_for_service(Service.API) as db:
         assert db.principals == {Principal.API}
-        assert db.roles == {Role.INGEST, Role.READONLY, Role.WEBHOOKS}
+        assert db.roles == {Role.INGEST, Role.READONLY, Role.OPERATOR, Role.WEBHOOKS}
         store = OutboxStore(db)
         enqueued = await store.enqueue(instruction())
         assert enqueued.created
@@ -209,7 +212,7 @@ async def test_api_dsn_enqueues_and_reads_but_cannot_claim_or_become_more(
         with pytest.raises(RoleError):
             await store.claim("api-would-claim", 1, 60)
         # Refused by the server: its roles cannot claim, and it cannot SET ROLE further.
-        for role in (Role.INGEST, Role.READONLY):
+        for role in (Role.INGEST, Role.READONLY, Role.OPERATOR):
             with pytest.raises(PermissionDeniedError) as denied:
                 await test_only.execute_as_role(db, role, CLAIM_SQL)
             assert denied.value.sqlstate == "42501"
@@ -378,7 +381,7 @@ def unique_db_name() -> str:
 
 @pytest.mark.parametrize(
     ("service", "principal", "roles"),
-    [(Service.API, Principal.API, {Role.INGEST, Role.READONLY, Role.WEBHOOKS}),
+    [(Service.API, Principal.API, {Role.INGEST, Role.READONLY, Role.OPERATOR, Role.WEBHOOKS}),
      (Service.WORKER, Principal.EXECUTOR, {Role.EXECUTOR}),
      (Service.REPAIR, Principal.EXECUTOR, {Role.EXECUTOR}),
      (Service.DELIVERY, Principal.DELIVERY, {Role.DELIVERY})],

@@ -231,6 +231,18 @@ _BY_SQLSTATE: dict[str, _Mapping] = {
                       "FAILED or RETRY, the operator's name and a reason"),
     "SY050": _Mapping(InvalidRequestError, "CHECKPOINT_NEEDS_READ_COMMITTED",
                       "a ledger checkpoint must be taken in a READ COMMITTED transaction"),
+    # Operator actions (the operators migration).
+    "SY060": _Mapping(PermissionDeniedError, "OPERATOR_TOKEN_INVALID",
+                      "the acting token is not a live operator token"),
+    "SY061": _Mapping(PermissionDeniedError, "INSUFFICIENT_SCOPE",
+                      "only an operator token of OPERATOR scope may act (this one may read)"),
+    "SY062": _Mapping(ConflictError, "ALREADY_REVOKED",
+                      "the participant or token is already revoked"),
+    "SY063": _Mapping(InvalidRequestError, "INVALID_ACTION_REASON",
+                      "an operator action needs a reason of 1-500 printable characters"),
+    "SY064": _Mapping(InvalidRequestError, "INVALID_HEARTBEAT",
+                      "a heartbeat needs a version, a start time, an in-flight count >= 0 and "
+                      "a staleness of 1-3600 s"),
     # Webhooks (SY070-SY077).
     "SY070": _Mapping(InvalidRequestError, "INVALID_WEBHOOK_URL",
                       "url must be an http(s) URL of at most 2048 printable characters"),
@@ -508,5 +520,9 @@ def format_exception(exc: BaseException) -> str:
             parts.append(f"{name}: {describe_error(item)}\n")
         else:
             parts.append("".join(traceback.format_exception_only(item)))
+        if isinstance(item, BaseExceptionGroup):  # a task group's failures, each rendered so
+            for number, sub in enumerate(item.exceptions, 1):
+                inner = format_exception(sub).replace("\n", "\n  | ")
+                parts.append(f"  +---------------- {number} ----------------\n  | {inner}\n")
         parts.append(link)
     return "".join(parts).rstrip("\n")

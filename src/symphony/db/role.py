@@ -17,9 +17,11 @@ from enum import StrEnum
 class Role(StrEnum):
     """The runtime roles. Values are the PostgreSQL role names (part of the contract).
 
-    WEBHOOKS manages a participant's webhook endpoints and the operator's disable/enable/
-    replay (the API's); DELIVERY fans events out, claims and completes deliveries (the
-    delivery service's). Neither reads a table directly.
+    OPERATOR (the operators migration) may only execute the operator actions, each of which
+    verifies the acting operator token itself; the API's login may become it. WEBHOOKS
+    manages a participant's webhook endpoints and the operator's disable/enable/replay (the
+    API's); DELIVERY fans events out, claims and completes deliveries (the delivery
+    service's). None of them reads a table directly.
     """
 
     CONTROL = "symphony_control"
@@ -27,6 +29,7 @@ class Role(StrEnum):
     EXECUTOR = "symphony_executor"
     READONLY = "symphony_readonly"
     AUDITOR = "symphony_auditor"
+    OPERATOR = "symphony_operator"
     WEBHOOKS = "symphony_webhooks"
     DELIVERY = "symphony_delivery"
 
@@ -47,7 +50,7 @@ ROLES_OF_PRINCIPAL: dict[Principal, frozenset[Role]] = {
     Principal.INGEST: frozenset({Role.INGEST}),
     Principal.EXECUTOR: frozenset({Role.EXECUTOR}),
     Principal.READER: frozenset({Role.READONLY, Role.AUDITOR}),
-    Principal.API: frozenset({Role.INGEST, Role.READONLY, Role.WEBHOOKS}),
+    Principal.API: frozenset({Role.INGEST, Role.READONLY, Role.OPERATOR, Role.WEBHOOKS}),
     Principal.DELIVERY: frozenset({Role.DELIVERY}),
 }
 
@@ -92,7 +95,7 @@ SERVICE_PRINCIPAL: dict[Service, Principal] = {
     Service.REPAIR: Principal.EXECUTOR,
     Service.DELIVERY: Principal.DELIVERY,
 }
-"""The only principal each service logs in as (the API: ingest + readonly + webhooks; the
-worker and the repair: executor; the webhook delivery service: delivery)."""
+"""The only principal each service logs in as (the API: ingest, readonly, operator and
+webhooks; the worker and the repair: executor; the webhook delivery service: delivery)."""
 
 OWNER_ROLE = "symphony_owner"

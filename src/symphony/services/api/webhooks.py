@@ -258,9 +258,10 @@ def _operator_router() -> APIRouter:
 
     @router.post("/webhook_deliveries/{delivery_id}/replay",
                  summary="send a delivery's event again (a new delivery, same webhook-id)",
-                 responses=_errors(401, 404, 409, 503))
+                 responses=_errors(401, 403, 404, 409, 503))
     async def ops_replay(delivery_id: str, caller: OperatorDep,
                          context: ContextDep) -> JSONResponse:
+        _may_act(caller)
         try:
             row = await WebhookStore(context.db).replay(
                 _uuid(delivery_id), f"operator token {caller.token_id}")
@@ -295,13 +296,22 @@ def webhook_health_router() -> APIRouter:
     return router
 
 
+def _may_act(caller: Caller) -> None:
+    """Disabling, enabling and replaying are actions: an OPERATOR-scope token only (a VIEWER
+    token reads)."""
+    if not caller.may_act:
+        raise ApiError(403, "insufficient_scope",
+                       "only an operator token of OPERATOR scope may act (this one may read)")
+
+
 def _add_toggle(router: APIRouter, action: str, enabled: bool) -> None:
     @router.post(f"/webhook_endpoints/{{endpoint_id}}/{action}",
                  summary=f"{action} a webhook endpoint (a reason is required)",
-                 responses=_errors(401, 404, 409, 415, 422, 503), name=f"ops_{action}")
+                 responses=_errors(401, 403, 404, 409, 415, 422, 503), name=f"ops_{action}")
     async def toggle(
         endpoint_id: str, request: Request, _caller: OperatorDep, context: ContextDep,
     ) -> JSONResponse:
+        _may_act(_caller)
         wanted = _uuid(endpoint_id)
         _require_json(request)
         body = _model(ReasonRequest, _parse_json(await request.body()))
