@@ -23,6 +23,7 @@ from tests.support.webhooks import (
     hooked_participant,
     pay,
     retire,
+    webhook_id,
 )
 
 from symphony.db import Database, DatabaseSettings, EmbeddedServer, bootstrap
@@ -89,7 +90,7 @@ async def test_sigkill_mid_delivery_sends_again_with_the_same_webhook_id(
         seen = delivered_ids(receiver, hooked.secret)
         # Every event arrived; each one the crash interrupted arrived twice (same id), no
         # other event did.
-        assert set(seen) == {str(e["event_id"]) for e in events}
+        assert set(seen) == {webhook_id(e["event_id"]) for e in events}
         assert {i for i, n in seen.items() if n > 1} == in_flight
         assert max(seen.values()) == 2
         attempts = await attempts_of(isolated_db, hooked.participant_id)
@@ -142,12 +143,12 @@ async def test_postgres_restart_under_a_busy_delivery_service_loses_nothing(
             assert process is not None and process.alive, "a service died instead of reconnecting"
             events = await events_of(db, hooked.participant_id)
             return set(delivered_ids(receiver, hooked.secret)) >= {
-                str(e["event_id"]) for e in events}
+                webhook_id(e["event_id"]) for e in events}
 
         await until(everything, "every event to be delivered after the restart", limit=90)
         events = await events_of(db, hooked.participant_id)
         seen = delivered_ids(receiver, hooked.secret)
-        assert set(seen) == {str(e["event_id"]) for e in events}
+        assert set(seen) == {webhook_id(e["event_id"]) for e in events}
         rows = await deliveries_of(db, hooked.participant_id)
 
         async def recorded() -> bool:

@@ -25,6 +25,11 @@ from symphony.webhooks import (
 LOOPBACK = UrlPolicy(allow_loopback=True)
 
 
+def webhook_id(event_id: uuid.UUID) -> str:
+    """The webhook-id a receiver sees for an event (the event's public id)."""
+    return str(event_id)
+
+
 def box_of(db: Database) -> SecretBox:
     """The key the test API and delivery service share (the session's SYMPHONY_HOME)."""
     return load_secret_box(db.settings.home)

@@ -22,6 +22,7 @@ from tests.support.webhooks import (
     make_due,
     pay,
     retire,
+    webhook_id,
 )
 
 from symphony.db import Database, LeaseFencedError
@@ -75,7 +76,7 @@ async def test_every_event_is_delivered_signed_per_standard_webhooks(
     assert len(events) >= 5
     ids = verified_ids(receiver, hooked.secret)
     # Counted: every event written is delivered, exactly once without a crash.
-    assert sorted(ids) == sorted(str(e["event_id"]) for e in events)
+    assert sorted(ids) == sorted(webhook_id(e["event_id"]) for e in events)
     call = receiver.received[0]
     assert call.event["id"] == call.headers["webhook-id"]
     assert call.event["type"] in {e["event_type"] for e in events}
@@ -132,7 +133,7 @@ async def test_receiver_down_then_up_every_event_arrives_and_the_backoff_shows(
     await drain(service)
     events = await events_of(isolated_db, hooked.participant_id)
     assert sorted(set(verified_ids(receiver, hooked.secret))) == sorted(
-        str(e["event_id"]) for e in events)
+        webhook_id(e["event_id"]) for e in events)
     rows = await deliveries_of(isolated_db, hooked.participant_id)
     assert {(r["status"], r["attempt_count"]) for r in rows} == {("DELIVERED", 4)}
 
@@ -201,7 +202,7 @@ async def test_an_endpoint_that_never_recovers_is_marked_failing_and_gives_up(
         receiver.mode = "ok"
         replay = await WebhookStore(isolated_db).replay(rows[0]["delivery_id"], "test operator")
         await drain(svc)
-        assert receiver.received[-1].headers["webhook-id"] == str(rows[0]["event_id"])
+        assert receiver.received[-1].headers["webhook-id"] == webhook_id(rows[0]["event_id"])
         verify_standard_webhook(hooked.secret, receiver.received[-1].headers,
                                 receiver.received[-1].body)
         again = await admin(isolated_db, "SELECT status FROM symphony.webhook_deliveries "
@@ -248,7 +249,7 @@ async def test_a_disabled_endpoint_gets_nothing_until_enabled_then_everything(
     await drain(service)
     events = await events_of(isolated_db, hooked.participant_id)
     assert sorted(verified_ids(receiver, hooked.secret)) == sorted(
-        str(e["event_id"]) for e in events)
+        webhook_id(e["event_id"]) for e in events)
 
 
 async def test_an_expired_lease_is_recorded_and_the_event_sent_again_with_its_id(
@@ -269,7 +270,7 @@ async def test_an_expired_lease_is_recorded_and_the_event_sent_again_with_its_id
     attempts = await attempts_of(isolated_db, hooked.participant_id)
     assert [(a["attempt_no"], a["outcome"], a["worker_id"]) for a in attempts] == [
         (1, "LEASE_EXPIRED", "dead-service"), (2, "DELIVERED", service.config.worker_id)]
-    assert receiver.received[0].headers["webhook-id"] == str(mine[0].event_id)
+    assert receiver.received[0].headers["webhook-id"] == webhook_id(mine[0].event_id)
     # The dead service's late completion is fenced: nothing is written twice.
     with pytest.raises(LeaseFencedError):
         await store.complete(mine[0], DeliveryOutcome.DELIVERED, retry_after_seconds=None,
