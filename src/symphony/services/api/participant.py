@@ -177,7 +177,7 @@ ContextDep = Annotated[ApiContext, Depends(get_context)]
     response_model=PaymentCreated,
     responses={
         200: {"model": PaymentCreated, "description": "a replay: the payment already exists"},
-        **_errors(400, 401, 413, 415, 422, 503),
+        **_errors(400, 401, 408, 413, 415, 422, 503),
     },
     openapi_extra={"requestBody": {
         "required": True,
