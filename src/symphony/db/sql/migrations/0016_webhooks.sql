@@ -804,6 +804,14 @@ SECURITY DEFINER
 SET search_path = symphony, pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
+DECLARE
+    v_pids     text[];
+    v_ids      uuid[];
+    v_eps      uuid[];
+    v_events   uuid[];
+    v_counts   integer[];
+    v_tokens   uuid[];
+    v_claimers text[];
 BEGIN
     IF p_worker_id IS NULL OR char_length(p_worker_id) NOT BETWEEN 1 AND 128 THEN
         RAISE EXCEPTION 'worker_id must be 1-128 characters'
@@ -818,48 +826,60 @@ BEGIN
             USING ERRCODE = 'SY022', CONSTRAINT = 'claim_webhook_deliveries_lease';
     END IF;
     PERFORM set_config('synchronous_commit', 'off', true);
+    -- The due deliveries, oldest first (the due index), locked; their keys as arrays, so
+    -- every later statement reaches its rows by key, whatever the tables' sizes.
+    SELECT array_agg(x.participant_id), array_agg(x.delivery_id), array_agg(x.endpoint_id),
+           array_agg(x.event_id), array_agg(x.attempt_count), array_agg(x.lease_token),
+           array_agg(x.claimed_by)
+      INTO v_pids, v_ids, v_eps, v_events, v_counts, v_tokens, v_claimers
+      FROM (SELECT d.participant_id, d.delivery_id, d.endpoint_id, d.event_id,
+                   d.attempt_count, d.lease_token, d.claimed_by
+              FROM webhook_deliveries d
+              JOIN webhook_endpoints e
+                ON e.participant_id = d.participant_id AND e.endpoint_id = d.endpoint_id
+             WHERE d.status = 'PENDING'
+               AND d.next_attempt_at <= now()
+               AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
+               AND e.status = 'ENABLED'
+             ORDER BY d.next_attempt_at
+             LIMIT p_limit
+               FOR UPDATE OF d SKIP LOCKED) x;
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
+    -- A lease that expired: its attempt was lost with its service; recorded before the
+    -- delivery is handed out again.
+    INSERT INTO webhook_delivery_attempts
+        (participant_id, delivery_id, attempt_no, endpoint_id, event_id, worker_id, outcome,
+         error_class)
+    SELECT u.pid, u.id, u.n, u.ep, u.ev, u.who, 'LEASE_EXPIRED', 'lease_expired'
+      FROM unnest(v_pids, v_ids, v_eps, v_events, v_counts, v_tokens, v_claimers)
+               AS u(pid, id, ep, ev, n, tok, who)
+     WHERE u.tok IS NOT NULL AND u.n >= 1;
     RETURN QUERY
-    WITH due AS (
-        SELECT d.participant_id, d.delivery_id, d.endpoint_id, d.event_seq, d.event_id,
-               d.attempt_count, d.lease_token, d.claimed_by
-          FROM webhook_deliveries d
-          JOIN webhook_endpoints e
-            ON e.participant_id = d.participant_id AND e.endpoint_id = d.endpoint_id
-         WHERE d.status = 'PENDING'
-           AND d.next_attempt_at <= now()
-           AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
-           AND e.status = 'ENABLED'
-         ORDER BY d.next_attempt_at
-         LIMIT p_limit
-           FOR UPDATE OF d SKIP LOCKED
-    ), lost AS (
-        INSERT INTO webhook_delivery_attempts
-            (participant_id, delivery_id, attempt_no, endpoint_id, event_id, worker_id,
-             outcome, error_class)
-        SELECT u.participant_id, u.delivery_id, u.attempt_count, u.endpoint_id, u.event_id,
-               u.claimed_by, 'LEASE_EXPIRED', 'lease_expired'
-          FROM due u
-         WHERE u.lease_token IS NOT NULL AND u.attempt_count >= 1
-        RETURNING 1
-    ), leased AS (
+    WITH leased AS (
         UPDATE webhook_deliveries d
            SET attempt_count = d.attempt_count + 1,
                claimed_by = p_worker_id,
                lease_token = gen_random_uuid(),
                lease_expires_at = now() + make_interval(secs => p_lease_seconds)
-          FROM due u
-         WHERE d.participant_id = u.participant_id AND d.delivery_id = u.delivery_id
+         WHERE d.delivery_id = ANY (v_ids) AND d.participant_id = ANY (v_pids)
         RETURNING d.participant_id, d.delivery_id, d.endpoint_id, d.event_seq, d.event_id,
                   d.attempt_count, d.lease_token, d.lease_expires_at
     )
     SELECT l.participant_id, l.delivery_id, l.endpoint_id, e.url, l.event_seq, l.event_id,
-           ev.event_type, ev.outbox_id, ev.created_at, ev.payload, l.attempt_count, l.lease_token, l.lease_expires_at,
-           s.ciphertexts, s.key_ids
+           ev.event_type, ev.outbox_id, ev.created_at, ev.payload, l.attempt_count,
+           l.lease_token, l.lease_expires_at, s.ciphertexts, s.key_ids
       FROM leased l
-      JOIN webhook_endpoints e
-        ON e.participant_id = l.participant_id AND e.endpoint_id = l.endpoint_id
-      JOIN payment_events ev
-        ON ev.participant_id = l.participant_id AND ev.event_seq = l.event_seq
+      -- LIMIT 1 keeps each lookup a probe of its key (never a join over the whole table).
+      CROSS JOIN LATERAL (
+          SELECT x.url FROM webhook_endpoints x
+           WHERE x.participant_id = l.participant_id AND x.endpoint_id = l.endpoint_id
+           LIMIT 1) e
+      CROSS JOIN LATERAL (
+          SELECT x.event_type, x.outbox_id, x.created_at, x.payload FROM payment_events x
+           WHERE x.participant_id = l.participant_id AND x.event_seq = l.event_seq
+           LIMIT 1) ev
       CROSS JOIN LATERAL (
           SELECT array_agg(x.secret_ciphertext ORDER BY x.secret_no DESC) AS ciphertexts,
                  array_agg(x.key_id ORDER BY x.secret_no DESC) AS key_ids
@@ -867,8 +887,6 @@ BEGIN
            WHERE x.participant_id = l.participant_id AND x.endpoint_id = l.endpoint_id
              AND (x.expires_at IS NULL OR x.expires_at > now())
       ) s;
-    -- (The lost attempts' INSERT runs whether or not its rows are read: a data-modifying
-    -- WITH query always runs to completion.)
 END
 $$;
 
