@@ -36,9 +36,11 @@ async def ended_item(
          "VALUES (%s, 1, 'DISPATCHING', 'test-worker', %s)",
          (outbox_id, at - timedelta(seconds=1))),
         ("INSERT INTO symphony.payment_outbox_attempts "
-         "  (outbox_id, attempt_no, state, worker_id, error_code, error_detail, recorded_at) "
-         "VALUES (%s, 2, %s, 'test-worker', %s, %s, %s)",
-         (outbox_id, state, error_code, error_detail, at)),
+         "  (outbox_id, attempt_no, state, worker_id, error_code, error_detail, recorded_at, "
+         "   rail_transaction_id) "
+         "VALUES (%s, 2, %s, 'test-worker', %s, %s, %s, %s)",
+         (outbox_id, state, error_code, error_detail, at,
+          "rtx-test" if state == "DISPATCHED" else None)),
         ("DELETE FROM symphony.payment_outbox_pending WHERE outbox_id = %s", (outbox_id,)),
     ])
     return outbox_id

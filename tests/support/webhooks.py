@@ -12,6 +12,7 @@ from tests.support.webhook_receiver import Receiver
 
 from symphony.db import Database, test_only
 from symphony.outbox import OutboxStore
+from symphony.outbox.events import public_event_id
 from symphony.services.delivery import DeliveryConfig, DeliveryService
 from symphony.webhooks import (
     EVENT_TYPES,
@@ -27,7 +28,7 @@ LOOPBACK = UrlPolicy(allow_loopback=True)
 
 def webhook_id(event_id: uuid.UUID) -> str:
     """The webhook-id a receiver sees for an event (the event's public id)."""
-    return str(event_id)
+    return public_event_id(event_id)
 
 
 def box_of(db: Database) -> SecretBox:

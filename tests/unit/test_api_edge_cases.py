@@ -15,6 +15,7 @@ import asyncio
 import json
 import re
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import uuid4
@@ -26,18 +27,21 @@ from tests.support.api import Member, Running, new_member, payment_body, row_cou
 
 from symphony.db import Database
 from symphony.outbox.access import AccessStore, TokenKind
-from symphony.services.api.ops import operator_routers
 from symphony.services.rail_sim.app import create_app as create_rail_sim_app
 from symphony.services.rail_sim.simulator import RailSimulator
+from symphony.services.system.api import product_routers
 
 JSON = {"Content-Type": "application/json"}
 SAMPLE_ID = "00000000-0000-4000-8000-000000000000"
+BODY_DEADLINE = 6.0
 
 
 @pytest.fixture
 async def api(isolated_db: Database) -> AsyncIterator[Running]:
-    async with serve(isolated_db, routers=operator_routers(),
-                     authenticator=AccessStore(isolated_db)) as running:
+    # The product's routers, as `symphony api` mounts them: a route added there is covered.
+    async with serve(isolated_db, routers=product_routers(),
+                     authenticator=AccessStore(isolated_db),
+                     body_timeout_seconds=BODY_DEADLINE) as running:
         yield running
 
 
@@ -169,10 +173,13 @@ def _comparable(response: httpx.Response) -> tuple[int, dict[str, str], bytes]:
     return response.status_code, headers, body
 
 
-PARTICIPANT_ROUTES = (("POST", "/v1/payments"), ("GET", "/v1/payments"),
-                      ("GET", f"/v1/payments/{SAMPLE_ID}"))
-OPERATOR_ROUTES = (("GET", "/v1/ops/status"), ("GET", f"/v1/ops/payments/{SAMPLE_ID}"),
-                   ("GET", "/v1/ops/failures"), ("GET", "/v1/ops/throughput"))
+def _token_routes(app: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Every route under /v1: (participant routes, operator routes under /v1/ops)."""
+    routes = [(m, p) for m, p in _every_route(app) if p.startswith("/v1/") and m != "HEAD"]
+    operator = [(m, p) for m, p in routes if p.startswith("/v1/ops/")]
+    participant = [route for route in routes if route not in operator]
+    assert ("POST", "/v1/payments") in participant and ("GET", "/v1/ops/status") in operator
+    return participant, operator
 
 
 async def test_every_refused_credential_gets_one_answer_byte_for_byte(
@@ -197,9 +204,10 @@ async def test_every_refused_credential_gets_one_answer_byte_for_byte(
         "token of a revoked participant": of_revoked_participant.token,
         "revoked operator token": revoked_operator.token,
     }
+    participant_routes, operator_routes = _token_routes(api.server.app)
     cases = [
-        (PARTICIPANT_ROUTES, {**refused_everywhere, "operator token": operator.token}),
-        (OPERATOR_ROUTES, {**refused_everywhere, "participant token": member.token}),
+        (participant_routes, {**refused_everywhere, "operator token": operator.token}),
+        (operator_routes, {**refused_everywhere, "participant token": member.token}),
     ]
     before = await row_counts(isolated_admin_dsn)
     for routes, tokens in cases:
@@ -210,7 +218,7 @@ async def test_every_refused_credential_gets_one_answer_byte_for_byte(
                     method, path,
                     headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "k-1",
                              **JSON},
-                    content=json.dumps(payment_body()) if method == "POST" else None)
+                    content=json.dumps(payment_body()) if method != "GET" else None)
                 envelope(response, 401, "unauthorized")
                 answers[name] = _comparable(response)
             reference = answers["unknown participant-shaped"]
@@ -296,3 +304,34 @@ async def test_content_length_with_transfer_encoding_is_400_and_closed(
         _exchange, api.url,
         good + b"GET /healthz HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 201 ") and answer.count(b"HTTP/1.1 200 ") == 1, answer
+
+
+# -- a body is awaited only for a caller with a token (issue 14, item 2) -------------------
+
+
+def _stalled_without_token(url: str, method: str, path: str) -> tuple[bytes, float]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=BODY_DEADLINE + 5) as sock:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: api\r\nContent-Type: "
+                     "application/json\r\nContent-Length: 100\r\n\r\n{".encode())
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received, time.monotonic() - started
+
+
+async def test_every_route_with_a_body_refuses_a_caller_without_a_token_before_reading_it(
+    api: Running,
+) -> None:
+    """FastAPI reads a body declared as a parameter before it runs the route's dependencies
+    (authentication among them): a route that did so would wait out the body deadline for
+    any anonymous client. Every route that takes a body must answer 401 at once instead
+    (read the body in the handler, after the auth dependency, as POST /v1/payments does)."""
+    with_body = [(m, p) for m, p in _every_route(api.server.app)
+                 if m in ("POST", "PUT", "PATCH", "DELETE")]
+    assert ("POST", "/v1/payments") in with_body
+    for method, path in with_body:
+        answer, took = await asyncio.to_thread(_stalled_without_token, api.url, method, path)
+        assert answer.startswith(b"HTTP/1.1 401 "), (method, path, answer[:120])
+        assert took < BODY_DEADLINE / 2, (method, path, took)

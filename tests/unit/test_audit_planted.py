@@ -395,6 +395,75 @@ async def test_i10_review_outcome_without_its_decision(
     assert_names(report, "I10", h.review_failed, "FAILED_AFTER_AMBIGUOUS_ATTEMPT")
 
 
+# -- events (E1) ------------------------------------------------------------------------------------
+
+EVENTS_APPEND_ONLY = ("payment_events", "payment_events_append_only")
+
+
+async def test_e1_an_event_removed(planted: tuple[Database, History]) -> None:
+    db, h = planted
+    await plant(h.admin, [EVENTS_APPEND_ONLY],
+                "DELETE FROM symphony.payment_events WHERE event_type = 'payment.dispatched' "
+                "   AND outbox_id = " + _u(h.dispatched))
+    report = await verify(db)
+    assert_names(report, "E1", h.dispatched, "EVENT_MISSING", subject="payment.dispatched")
+    # The participant's numbering has a hole where it was (unless it was the last one).
+    assert report.check("events").violations >= 1
+
+
+async def test_e1_an_event_without_its_cause(planted: tuple[Database, History]) -> None:
+    db, h = planted
+    await plant(h.admin, [],
+                "INSERT INTO symphony.payment_events "
+                "  (participant_id, event_seq, event_type, outbox_id, payload) "
+                "SELECT participant_id, (SELECT max(event_seq) + 1 FROM symphony.payment_events"
+                "                         WHERE participant_id = r.participant_id), "
+                "       'payment.failed', outbox_id, '{}' "
+                "  FROM symphony.payment_instruction_registry r WHERE outbox_id = "
+                + _u(h.dispatched))
+    assert_names(await verify(db), "E1", h.dispatched, "EVENT_WITHOUT_CAUSE",
+                 subject="payment.failed")
+
+
+async def test_e1_a_duplicated_event(planted: tuple[Database, History]) -> None:
+    db, h = planted
+    await plant(h.admin, [],
+                "INSERT INTO symphony.payment_events "
+                "  (participant_id, event_seq, event_type, outbox_id, payload) "
+                "SELECT participant_id, (SELECT max(event_seq) + 1 FROM symphony.payment_events"
+                "                         WHERE participant_id = e.participant_id), "
+                "       event_type, outbox_id, payload "
+                "  FROM symphony.payment_events e WHERE event_type = 'payment.created' "
+                "   AND outbox_id = " + _u(h.fresh))
+    assert_names(await verify(db), "E1", h.fresh, "DUPLICATE_EVENT", subject="payment.created")
+
+
+async def test_e1_a_gap_in_event_numbers(planted: tuple[Database, History]) -> None:
+    db, h = planted
+    await plant(h.admin, [EVENTS_APPEND_ONLY],
+                "UPDATE symphony.payment_events SET event_seq = event_seq + 10 "
+                " WHERE event_type = 'payment.created' AND outbox_id = " + _u(h.fresh))
+    assert_names(await verify(db), "E1", h.fresh, "EVENT_SEQUENCE_GAP")
+
+
+async def test_e1_a_disabled_event_trigger_misses_the_next_outcome(
+    planted: tuple[Database, History],
+) -> None:
+    db, h = planted
+    await test_only.query_no_role(
+        h.admin, "ALTER TABLE symphony.payment_outbox_attempts "
+                 "DISABLE TRIGGER payment_outbox_attempts_emit_events")
+    store = OutboxStore(db)
+    await make_due(h.admin, h.retrying)
+    [item] = [c for c in await store.claim("audit-w9", 10, 60) if c.outbox_id == h.retrying]
+    await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED,
+                                    rail_transaction_id="rtx-quiet"))
+    report = await verify(db)
+    assert_names(report, "E1", h.retrying, "EVENT_MISSING", subject="payment.dispatched")
+    assert_names(report, "I3", None, "TRIGGER_NOT_ENABLED_ALWAYS",
+                 subject="payment_outbox_attempts_emit_events")
+
+
 # -- tampering -------------------------------------------------------------------------------------
 
 

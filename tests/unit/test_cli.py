@@ -226,7 +226,7 @@ def test_worker_once_dispatches_and_the_audit_passes(
     assert code == 0
     assert audit["ok"] is True and audit["failed_invariants"] == []
     assert {c["invariant"] for c in audit["checks"]} == {
-        *(f"I{n}" for n in range(1, 11)), "T1", "T2", "T3"}
+        *(f"I{n}" for n in range(1, 11)), "E1", "T1", "T2", "T3"}
     assert all(c["violations"] == 0 and c["items"] == [] for c in audit["checks"])
     assert {k: audit["counts"][k] for k in ("items", "ledger_rows", "pending")} == {
         "items": 2, "ledger_rows": 4, "pending": 0}

@@ -37,12 +37,13 @@ def seeded_dsn(isolated_settings: DatabaseSettings) -> str:
                 "  FROM generate_series(1, %s) g", (ITEMS, ITEMS))
             conn.execute(
                 "INSERT INTO symphony.payment_outbox_attempts "
-                "  (outbox_id, attempt_no, state, recorded_at) "
+                "  (outbox_id, attempt_no, state, recorded_at, rail_transaction_id) "
                 "SELECT r.outbox_id, n, (CASE WHEN n % 2 = 1 THEN 'DISPATCHING' "
                 "             WHEN n < 10 THEN 'RETRYABLE' "
                 "             WHEN r.sequence_id % 5 = 0 THEN 'FAILED' "
                 "             ELSE 'DISPATCHED' END)::symphony.attempt_state, "
-                "       r.created_at + n * interval '1 second' "
+                "       r.created_at + n * interval '1 second', "
+                "       CASE WHEN n = 10 THEN 'rtx-browse' END "
                 "  FROM symphony.payment_instruction_registry r, generate_series(1, 10) n "
                 " WHERE r.instruction_id LIKE 'browse-%' AND r.sequence_id % 4 <> 0 "
                 " ORDER BY r.outbox_id, n")

@@ -146,7 +146,8 @@ async def test_worker_dsn_claims_completes_and_repairs_but_cannot_enqueue(
         claimed = {c.outbox_id: c for c in await store.claim("dsn-worker", 10, 60)}
         assert set(claimed) == {first.outbox_id, second.outbox_id}
         done = await store.complete(Completion(
-            first.outbox_id, claimed[first.outbox_id].lease_token, Outcome.DISPATCHED))
+            first.outbox_id, claimed[first.outbox_id].lease_token, Outcome.DISPATCHED,
+                rail_transaction_id="rtx-test"))
         assert done.state == "DISPATCHED"
 
         await _expire_leases(admin)

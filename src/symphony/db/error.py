@@ -80,7 +80,19 @@ class ConfigurationError(SymphonyError):
     default_code = "CONFIGURATION_ERROR"
 
 
-class DatabaseUnavailableError(SymphonyError):
+class TransientDatabaseError(SymphonyError):
+    """Nothing was written, and the same statement may well succeed a little later.
+
+    The base of the failures a caller that must not lose what it holds (the worker holding a
+    rail's answer) retries: the database unreachable (`DatabaseUnavailableError`), or a
+    statement cancelled for its lock or statement timeout (`QueryTimeoutError`: 55P03,
+    57014), e.g. while a long maintenance statement holds a lock it needs.
+    """
+
+    default_code = "DATABASE_BUSY"
+
+
+class DatabaseUnavailableError(TransientDatabaseError):
     """The server cannot be reached, or the connection broke."""
 
     default_code = "DATABASE_UNAVAILABLE"
@@ -152,8 +164,9 @@ class InvariantViolationError(SymphonyError):
     default_code = "INVARIANT_VIOLATION"
 
 
-class QueryTimeoutError(SymphonyError):
-    """A statement ran past its timeout and was cancelled."""
+class QueryTimeoutError(TransientDatabaseError):
+    """A statement ran past its timeout, or waited past the lock timeout, and was cancelled
+    (its transaction rolled back: nothing of it was written)."""
 
     default_code = "QUERY_TIMEOUT"
 
@@ -260,6 +273,11 @@ _BY_SQLSTATE: dict[str, _Mapping] = {
                       "no webhook delivery with this id"),
     "SY077": _Mapping(LeaseFencedError, "DELIVERY_LEASE_NOT_HELD",
                       "the lease on this webhook delivery is no longer held by the caller"),
+    "SY080": _Mapping(InvalidRequestError, "INVALID_EVENT_CURSOR",
+                      "after must be an event sequence number, 0 or more"),
+    "SY081": _Mapping(InvalidRequestError, "INVALID_EVENT_TYPE",
+                      "type must be payment.created, payment.dispatched, payment.failed, "
+                      "payment.canceled or payment.under_review"),
     "SY100": _Mapping(IdempotencyConflictError, "IDEMPOTENCY_KEY_REUSED",
                       "the idempotency key was already used with a different request"),
     "SY200": _Mapping(LeaseFencedError, "LEASE_NOT_HELD",
@@ -306,6 +324,10 @@ _BY_CONSTRAINT: dict[str, _Mapping] = {
     "payment_outbox_pending_pkey": _Mapping(
         InvariantViolationError, "DUPLICATE_PENDING",
         "an outbox item can be pending only once"),
+    "payment_outbox_attempts_dispatched_transaction_id": _Mapping(
+        InvariantViolationError, "DISPATCHED_WITHOUT_TRANSACTION_ID",
+        "a payment is recorded DISPATCHED only with the rail's transaction id (1-200 "
+        "characters, not blank, without control characters)"),
     "payment_outbox_attempts_append_only": _Mapping(
         InvariantViolationError, "HISTORY_IS_APPEND_ONLY",
         "the attempt ledger is append-only: rows cannot be changed or removed"),

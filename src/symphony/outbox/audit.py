@@ -65,6 +65,9 @@ CHECKS: tuple[CheckSpec, ...] = (
               "no FAILED after an attempt that may have executed; lookup flag kept"),
     CheckSpec("I10", "review_rules", "audit_review_rules", "items",
               "under review means needs_lookup; review outcomes have their decision"),
+    CheckSpec("E1", "events", "audit_events", "items",
+              "every change a participant is told of has exactly one event, every event "
+              "its cause; numbered without gaps"),
     CheckSpec("T1", "instruction_digests", "audit_instruction_digests", "items",
               "every registry row matches its instruction digest"),
     CheckSpec("T2", "ledger_chain", "audit_ledger_chain", "ledger_rows",
@@ -80,7 +83,7 @@ CHECKS: tuple[CheckSpec, ...] = (
 # Checks that make sense only over the whole ledger.
 _FULL_ONLY = frozenset({"latest_checkpoint"})
 # Catalog checks count what they look at themselves.
-_HISTORY_TABLES = 6
+_HISTORY_TABLES = 7
 
 
 @dataclass(frozen=True, slots=True)

@@ -332,6 +332,11 @@ SELECT outbox_id, instruction_id, idempotency_key, rail_type, payload, state, at
   FROM symphony.participant_payments(%(participant_id)s, %(state)s, %(after)s::uuid,
                                      %(limit)s);
 
+-- name: participant_events
+-- The participant's events after a sequence number, oldest first (role: readonly).
+SELECT event_seq, event_id, event_type, outbox_id, payload, created_at
+  FROM symphony.participant_events(%(participant_id)s, %(after)s, %(limit)s, %(event_type)s);
+
 -- the auditor's checks (role: auditor; `symphony audit verify`, symphony.outbox.audit) --------
 -- Every check returns the same columns: outbox_id, attempt_no, subject (what the problem is
 -- about when it is not one ledger row: a participant, a trigger, a checkpoint), problem (a
@@ -470,12 +475,18 @@ WITH expected (table_name, trigger_name, function_name) AS (
            ('ledger_checkpoint_heads', 'ledger_checkpoint_heads_no_truncate',
             'refuse_history_rewrite'),
            ('payment_outbox_pending', 'payment_outbox_pending_mark_lookup',
-            'mark_lookup_needed')
+            'mark_lookup_needed'),
+           ('payment_events', 'payment_events_append_only', 'refuse_history_rewrite'),
+           ('payment_events', 'payment_events_no_truncate', 'refuse_history_rewrite'),
+           ('payment_outbox_pending', 'payment_outbox_pending_emit_created',
+            'emit_created_events'),
+           ('payment_outbox_attempts', 'payment_outbox_attempts_emit_events',
+            'emit_ledger_events')
 ),
 history (table_name) AS (
     VALUES ('payment_outbox_attempts'), ('payment_instruction_registry'),
            ('outbox_review_decisions'), ('outbox_lookup_marks'), ('ledger_checkpoints'),
-           ('ledger_checkpoint_heads')
+           ('ledger_checkpoint_heads'), ('payment_events')
 ),
 grantees (grantee) AS (
     VALUES ('symphony_control'), ('symphony_ingest'), ('symphony_executor'),
@@ -764,6 +775,78 @@ SELECT x.outbox_id, x.attempt_no, NULL::text AS subject, x.problem, count(*) OVE
  WHERE x.problem IS NOT NULL
    AND (%(since)s::timestamptz IS NULL OR x.outbox_id IN (SELECT s.outbox_id FROM scope s))
  ORDER BY x.outbox_id, x.attempt_no
+ LIMIT %(limit)s;
+
+-- name: audit_events
+-- E1: every change a participant is told of has exactly one event, and every event its cause:
+-- one payment.created per registered item; one payment.dispatched / failed / canceled per
+-- DISPATCHED / FAILED / CANCELED ledger row; one payment.under_review per time the item
+-- entered review (each review decision closes one, an item under review now holds one open).
+-- Each participant's events are numbered 1, 2, 3, ... without a gap (full audits).
+WITH scope AS (
+    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
+     WHERE r.created_at >= %(since)s::timestamptz
+    UNION
+    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
+     WHERE a.recorded_at >= %(since)s::timestamptz
+),
+expected AS (
+    SELECT r.participant_id, r.outbox_id, 'payment.created' AS event_type, 1::bigint AS n
+      FROM symphony.payment_instruction_registry r
+    UNION ALL
+    SELECT a.participant_id, a.outbox_id,
+           CASE a.state::text WHEN 'DISPATCHED' THEN 'payment.dispatched'
+                              WHEN 'FAILED' THEN 'payment.failed'
+                              ELSE 'payment.canceled' END,
+           count(*)
+      FROM symphony.payment_outbox_attempts a
+     WHERE a.state::text IN ('DISPATCHED', 'FAILED', 'CANCELED')
+     GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT d.participant_id, d.outbox_id, 'payment.under_review', count(*)
+      FROM symphony.outbox_review_decisions d
+     GROUP BY 1, 2
+    UNION ALL
+    SELECT p.participant_id, p.outbox_id, 'payment.under_review', 1
+      FROM symphony.payment_outbox_pending p
+     WHERE p.review_reason IS NOT NULL
+),
+wanted AS (
+    SELECT e.participant_id, e.outbox_id, e.event_type, sum(e.n) AS n
+      FROM expected e
+     GROUP BY 1, 2, 3
+),
+written AS (
+    SELECT v.participant_id, v.outbox_id, v.event_type, count(*) AS n
+      FROM symphony.payment_events v
+     GROUP BY 1, 2, 3
+),
+problems AS (
+    SELECT coalesce(w.outbox_id, x.outbox_id) AS outbox_id,
+           coalesce(w.event_type, x.event_type) AS subject,
+           CASE WHEN x.n IS NULL THEN 'EVENT_MISSING'
+                WHEN w.n IS NULL THEN 'EVENT_WITHOUT_CAUSE'
+                WHEN x.n > w.n THEN 'DUPLICATE_EVENT'
+                ELSE 'EVENT_MISSING' END AS problem
+      FROM wanted w
+      FULL JOIN written x
+        ON x.participant_id = w.participant_id AND x.outbox_id = w.outbox_id
+       AND x.event_type = w.event_type
+     WHERE w.n IS DISTINCT FROM x.n
+    UNION ALL
+    SELECT g.outbox_id, g.participant_id || ' event ' || g.event_seq, 'EVENT_SEQUENCE_GAP'
+      FROM (SELECT v.participant_id, v.outbox_id, v.event_seq,
+                   lag(v.event_seq, 1, 0::bigint)
+                       OVER (PARTITION BY v.participant_id ORDER BY v.event_seq) AS previous
+              FROM symphony.payment_events v
+             WHERE %(since)s::timestamptz IS NULL) g
+     WHERE g.event_seq <> g.previous + 1
+)
+SELECT x.outbox_id, NULL::integer AS attempt_no, x.subject, x.problem, count(*) OVER () AS total
+  FROM problems x
+ WHERE %(since)s::timestamptz IS NULL OR x.outbox_id IN (SELECT s.outbox_id FROM scope s)
+       OR x.problem = 'EVENT_SEQUENCE_GAP'
+ ORDER BY x.outbox_id, x.subject
  LIMIT %(limit)s;
 
 -- name: audit_instruction_digests

@@ -35,9 +35,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from symphony.db import ConflictError, InvalidRequestError, NotFoundError, SymphonyError
 from symphony.outbox.access import Caller
 from symphony.services.api.auth import require_operator, require_participant
+from symphony.services.api.body import parse_json as _parse_json
 from symphony.services.api.context import ApiContext, get_context
 from symphony.services.api.error import ApiError, ErrorBody, FieldError, validation_field_error
-from symphony.services.api.participant import _parse_json, _require_json
+from symphony.services.api.participant import _require_json
 from symphony.webhooks import (
     EVENT_TYPES,
     SecretBox,

@@ -32,7 +32,9 @@ from symphony.db import (
     QueryTimeoutError,
     Role,
 )
+from symphony.outbox.events import PaymentEvent, public_event_id
 from symphony.service import LoopService
+from symphony.services.api.events import event_body as event_document
 from symphony.services.delivery.config import LEASE_MARGIN_SECONDS, DeliveryConfig
 from symphony.services.delivery.metric import DeliveryMetrics
 from symphony.webhooks import (
@@ -68,14 +70,13 @@ class DeliveryCycle:
 
 
 def event_body(delivery: ClaimedDelivery) -> bytes:
-    """The JSON body of a call: the event as the participant's events feed shows it."""
-    document = {
-        "id": str(delivery.event_id),
-        "type": delivery.event_type,
-        "created_at": delivery.event_created_at.isoformat(),
-        "data": delivery.payload,
-    }
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """The JSON body of a call: the event exactly as `GET /v1/events` lists it (`id`
+    `evt_...`, `type`, `sequence`, `created_at`, `data.object` = the payment then)."""
+    event = PaymentEvent(event_seq=delivery.event_seq, event_id=delivery.event_id,
+                         event_type=delivery.event_type, outbox_id=delivery.outbox_id,
+                         payload=delivery.payload, created_at=delivery.event_created_at)
+    return json.dumps(event_document(event), separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
 
 
 class DeliveryService(LoopService[DeliveryCycle]):
@@ -186,5 +187,7 @@ class DeliveryService(LoopService[DeliveryCycle]):
         if not keys:
             return SendResult(False, None, 0, "no_live_secret", None)
         body = event_body(delivery)
-        headers = webhook_headers(keys, str(delivery.event_id), int(time.time()), body)
+        # webhook-id: the event's public id, the same on every attempt and every replay.
+        headers = webhook_headers(keys, public_event_id(delivery.event_id), int(time.time()),
+                                  body)
         return await self.sender.send(delivery.url, headers, body)
