@@ -7,7 +7,7 @@
     symphony api [--host H] [--port P]        the HTTP API (participant and operator)
     symphony enqueue ...                      submit one payment instruction
     symphony status                           queue counts and zombies
-    symphony audit verify [--since T]         check I1-I10 and the ledger's digests (auditor)
+    symphony audit verify [--since T | --since-checkpoint]  I1-I10 and the ledger's digests (auditor)
     symphony audit checkpoint                 anchor every ledger chain (control role)
     symphony audit export-checkpoints         the checkpoints as JSON lines (auditor role)
     symphony participants add|list|revoke     who may submit payments (control role)
@@ -58,6 +58,7 @@ from symphony.db import (
     EmbeddedServer,
     InvalidRequestError,
     MigrationError,
+    NotFoundError,
     Principal,
     Role,
     Service,
@@ -78,6 +79,7 @@ from symphony.outbox import (
     TokenKind,
     TokenScope,
 )
+from symphony.outbox.operators import OperatorStore
 from symphony.repair import ZombieRepairConfig, ZombieRepairWorker, zombie_threshold_from_env
 from symphony.services.api import ApiConfig
 from symphony.services.delivery import DeliveryConfig, DeliveryProcess
@@ -270,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(resolve)
     resolve.set_defaults(handler=cmd_review_resolve)
 
+    history = commands.add_parser(
+        "history", help="one item's ledger and the operator actions on it (who, why)")
+    history.add_argument("outbox_id", type=_outbox_id, help="the item's outbox_id")
+    _json_flag(history)
+    history.set_defaults(handler=cmd_history)
+
     audit = commands.add_parser("audit", help="auditor checks")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     verify = audit_commands.add_parser(
@@ -277,9 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--limit", type=_positive_int, default=_AUDIT_LIMIT_DEFAULT,
                         help=f"most violations listed per check (default "
                              f"{_AUDIT_LIMIT_DEFAULT}, at most 10000); all are counted")
-    verify.add_argument("--since", type=_timestamp, metavar="TIMESTAMP",
-                        help="incremental: only items registered or with a ledger row at or "
-                             "after this ISO 8601 time (with a time zone)")
+    scope = verify.add_mutually_exclusive_group()
+    scope.add_argument("--since", type=_timestamp, metavar="TIMESTAMP",
+                       help="incremental: only items registered or with a ledger row at or "
+                            "after this ISO 8601 time (with a time zone)")
+    scope.add_argument("--since-checkpoint", action="store_true",
+                       help="the routine audit: only what was written after the latest "
+                            "checkpoint, and every live item (full without a checkpoint; "
+                            "without either flag the audit is full)")
     _json_flag(verify)
     verify.set_defaults(handler=cmd_audit_verify)
     checkpoint = audit_commands.add_parser(
@@ -623,9 +636,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     async def go() -> dict[str, Any]:
         async with await Database.open_as(Principal.READER, settings) as db:
             status = await OutboxStore(db).status()
-        return {**status.as_dict(), "zombie_threshold_seconds": threshold}
+            fleet = await OperatorStore(db).fleet(Role.READONLY)
+        return {**status.as_dict(), "zombie_threshold_seconds": threshold,
+                "fleet": fleet.as_dict()}
 
     s = _run(go())
+    fleet = s["fleet"]
+    uncovered = ", ".join(f"{r['bucket_from']}-{r['bucket_to']}"
+                          for r in fleet["uncovered_buckets"])
+    workers = [
+        f"  {'STALE' if w['stale'] else 'live '}  {w['worker_id']}  buckets "
+        f"{w['bucket_from']}-{w['bucket_to']}  v{w['version']}  in flight {w['in_flight']}  "
+        f"heartbeat {w['heartbeat_age_seconds']:.0f}s ago"
+        for w in fleet["workers"]]
     text = "\n".join([
         f"due              {s['due']}",
         f"retry-scheduled  {s['scheduled']}",
@@ -639,8 +662,46 @@ def cmd_status(args: argparse.Namespace) -> int:
         + (f" (oldest since {s['oldest_pending_at']})" if s["oldest_pending_at"] else ""),
         f"dispatched       {s['dispatched_total']}",
         f"failed           {s['failed_total']}",
+        f"workers          {fleet['live_workers']} live, {fleet['stale_workers']} stale",
+        *workers,
+        (f"ALERT uncovered  buckets {uncovered}: no live worker claims their items"
+         if uncovered else "buckets          every bucket 0-255 has a live worker"),
     ])
     emit(args, s, text)
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> dict[str, Any] | None:
+        async with await Database.open_as(Principal.READER, settings) as db:
+            found = await OutboxStore(db).item_with_ledger(args.outbox_id, Role.READONLY)
+            if found is None:
+                return None
+            actions = await OperatorStore(db).item_actions(args.outbox_id, Role.READONLY)
+        summary, ledger = found
+        return {"outbox_id": args.outbox_id, "participant_id": summary["participant_id"],
+                "instruction_id": summary["instruction_id"],
+                "terminal_state": summary["terminal_state"],
+                "review_reason": summary["review_reason"], "ledger": ledger,
+                "actions": actions}
+
+    found = _run(go())
+    if found is None:
+        raise NotFoundError("no item with this outbox id", code="UNKNOWN_OUTBOX_ID")
+    lines = [f"item {found['outbox_id']}  participant {found['participant_id']}  "
+             f"instruction {found['instruction_id']}"]
+    lines += [f"  #{r['attempt_no']:<3} {r['state']:<15} {r['recorded_at']}  "
+              f"{r['worker_id'] or '-'}  {r['error_code'] or ''}  "
+              f"{r['rail_transaction_id'] or ''}".rstrip()
+              for r in found["ledger"]]
+    lines.append(f"operator actions: {len(found['actions'])}")
+    lines += [f"  {a['recorded_at']}  {a['action']}  by {a['actor_label'] or '-'}"
+              f"{' (token ' + str(a['actor_token_id']) + ')' if a['actor_token_id'] else ''}"
+              f"  via {a['recorded_by']}: {a['reason']}"
+              for a in found["actions"]]
+    emit(args, found, "\n".join(lines))
     return EXIT_OK
 
 
@@ -688,11 +749,14 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     async def go() -> AuditReport:
         async with await Database.open_as(Principal.READER, settings) as db:
             # One read-only snapshot as symphony_auditor: every check sees the same state.
-            return await AuditStore(db).verify(since=args.since, limit=args.limit)
+            return await AuditStore(db).verify(since=args.since, limit=args.limit,
+                                               since_checkpoint=args.since_checkpoint)
 
     report = _run(go())
     counts = report.counts
     scope = "whole database" if report.since is None else f"since {report.since.isoformat()}"
+    if report.mode == "since-checkpoint":
+        scope += f" (checkpoint {report.checkpoint_id})"
     lines = [
         f"audit of the {scope}: items {counts.get('items', 0)}, ledger rows "
         f"{counts.get('ledger_rows', 0)}, pending {counts.get('pending', 0)}, checkpoints "

@@ -88,6 +88,7 @@ SELECT r.outbox_id, r.instruction_id, r.idempotency_key, r.participant_id,
        r.rail_type, r.payload, r.created_at,
        p.outbox_id IS NOT NULL AS pending,
        p.attempt_count, p.next_attempt_at, p.lease_expires_at, p.claimed_by,
+       p.review_reason, p.review_since,
        (SELECT t.state::text FROM symphony.payment_outbox_attempts t
          WHERE t.outbox_id = r.outbox_id AND t.state IN ('DISPATCHED', 'FAILED')) AS terminal_state
   FROM symphony.payment_instruction_registry r
@@ -260,8 +261,9 @@ SELECT m.minute, coalesce(c.dispatched, 0) AS dispatched, coalesce(c.failed, 0) 
 SELECT set_config('statement_timeout', %(timeout_ms)s::text, true) AS statement_timeout;
 
 -- name: outbox_metrics
--- Everything a metrics scrape reports, in one statement: the supervisor view and the ledger's
--- rows by state (roles: readonly, auditor, control). The ledger count grows with the history;
+-- Everything a metrics scrape reports, in one statement: the supervisor view, the ledger's
+-- rows by state and the worker fleet (live, stale, buckets no live worker covers) (roles:
+-- readonly, auditor, control). The ledger count grows with the history;
 -- the caller bounds it with set_local_statement_timeout.
 SELECT s.due, s.scheduled, s.dispatching, s.zombies, s.awaiting_lookup, s.under_review,
        s.pending_total,
@@ -269,7 +271,18 @@ SELECT s.due, s.scheduled, s.dispatching, s.zombies, s.awaiting_lookup, s.under_
        coalesce((SELECT jsonb_object_agg(x.state, x.n)
                    FROM (SELECT a.state::text AS state, count(*) AS n
                            FROM symphony.payment_outbox_attempts a
-                          GROUP BY a.state) x), '{}'::jsonb) AS ledger_rows_by_state
+                          GROUP BY a.state) x), '{}'::jsonb) AS ledger_rows_by_state,
+       (SELECT count(*) FROM symphony_ops.worker_heartbeats h
+         WHERE h.heartbeat_at + make_interval(secs => h.stale_after_seconds) >= now())
+           AS fleet_live_workers,
+       (SELECT count(*) FROM symphony_ops.worker_heartbeats h
+         WHERE h.heartbeat_at + make_interval(secs => h.stale_after_seconds) < now())
+           AS fleet_stale_workers,
+       (SELECT count(*) FROM generate_series(0, 255) AS b(bucket)
+         WHERE NOT EXISTS (
+             SELECT 1 FROM symphony_ops.worker_heartbeats h
+              WHERE h.heartbeat_at + make_interval(secs => h.stale_after_seconds) >= now()
+                AND b.bucket BETWEEN h.bucket_from AND h.bucket_to)) AS fleet_uncovered_buckets
   FROM symphony.outbox_supervisor_status s;
 
 -- participants and API tokens (role: control, except where noted) ----------------------------
@@ -351,6 +364,19 @@ SELECT event_seq, event_id, event_type, outbox_id, payload, created_at
 -- then sorts in memory instead of spilling to disk (role: auditor).
 SELECT set_config('work_mem', %(work_mem)s, true) AS work_mem;
 
+-- name: audit_checkpoint_scope
+-- Where an audit from the latest checkpoint starts: the checkpoint's time, or the earliest
+-- recorded_at of a ledger row numbered above it if earlier (a row's recorded_at is its
+-- transaction's start, which may precede the checkpoint it committed after). Reads only the
+-- rows above the checkpoint (the primary key's range): the cost follows what was written since,
+-- not the ledger's size (role: auditor). No row: no checkpoint yet.
+SELECT c.checkpoint_id, c.up_to_attempt_id, c.taken_at,
+       least(c.taken_at, (SELECT min(a.recorded_at) FROM symphony.payment_outbox_attempts a
+                           WHERE a.attempt_id > c.up_to_attempt_id)) AS since
+  FROM symphony.ledger_checkpoints c
+ ORDER BY c.checkpoint_id DESC
+ LIMIT 1;
+
 -- name: audit_scope_counts
 WITH scope AS (
     SELECT r.outbox_id FROM symphony.payment_instruction_registry r
@@ -358,6 +384,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 )
 SELECT (SELECT count(*) FROM symphony.payment_instruction_registry r
          WHERE %(since)s::timestamptz IS NULL
@@ -381,6 +411,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 problems AS (
     -- Hash aggregates over the registry, then back to the few rows of a duplicated key.
@@ -432,6 +466,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 )
 SELECT p.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
        'DUPLICATE_PENDING_ROW' AS problem, count(*) OVER () AS total
@@ -539,6 +577,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 numbered AS (
     SELECT a.outbox_id, a.attempt_no,
@@ -590,6 +632,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 ordered AS (
     SELECT a.outbox_id, a.attempt_no, a.state::text AS state,
@@ -620,6 +666,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 )
 SELECT a.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
        CASE WHEN count(*) FILTER (WHERE a.state = 'DISPATCHED') > 1 THEN 'DUPLICATE_DISPATCHED'
@@ -642,6 +692,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 items AS (
     SELECT r.outbox_id FROM symphony.payment_instruction_registry r
@@ -705,6 +759,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 ambiguous AS (
     SELECT x.outbox_id, min(x.attempt_no) AS first_no
@@ -746,6 +804,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 problems AS (
     SELECT p.outbox_id, NULL::integer AS attempt_no,
@@ -859,6 +921,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 recomputed AS (
     SELECT r.outbox_id, r.instruction_digest,
@@ -907,6 +973,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 linked AS (
     SELECT a.outbox_id, a.attempt_no, a.row_digest,
@@ -1006,6 +1076,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 heads AS (
     SELECT h.checkpoint_id, h.outbox_id, h.attempt_no, h.row_digest
