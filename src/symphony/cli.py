@@ -51,6 +51,7 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from symphony import log as symphony_log
+from symphony import strict_json
 from symphony.db import (
     ConfigurationError,
     Database,
@@ -616,7 +617,7 @@ def _payload_from(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError("give either --payload or --amount/--currency/--destination, "
                              "not both", code="CONFLICTING_ARGUMENTS")
         try:
-            payload = json.loads(args.payload)
+            payload = strict_json.loads(args.payload)
         except (ValueError, RecursionError):  # nested past Python's limit: no payment either
             raise UsageError("--payload is not valid JSON", code="INVALID_PAYLOAD_JSON") from None
         if not isinstance(payload, dict):

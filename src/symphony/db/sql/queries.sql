@@ -851,10 +851,17 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
+-- An incremental audit counts only the items in scope (each one whole): its cost follows the
+-- scope, not the ledger (the events through their participants' index).
 expected AS (
     SELECT r.participant_id, r.outbox_id, 'payment.created' AS event_type, 1::bigint AS n
       FROM symphony.payment_instruction_registry r
+     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id IN (SELECT s.outbox_id FROM scope s)
     UNION ALL
     SELECT a.participant_id, a.outbox_id,
            CASE a.state::text WHEN 'DISPATCHED' THEN 'payment.dispatched'
@@ -863,15 +870,18 @@ expected AS (
            count(*)
       FROM symphony.payment_outbox_attempts a
      WHERE a.state::text IN ('DISPATCHED', 'FAILED', 'CANCELED')
+       AND (%(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s))
      GROUP BY 1, 2, 3
     UNION ALL
     SELECT d.participant_id, d.outbox_id, 'payment.under_review', count(*)
       FROM symphony.outbox_review_decisions d
+     WHERE %(since)s::timestamptz IS NULL OR d.outbox_id IN (SELECT s.outbox_id FROM scope s)
      GROUP BY 1, 2
     UNION ALL
     SELECT p.participant_id, p.outbox_id, 'payment.under_review', 1
       FROM symphony.payment_outbox_pending p
      WHERE p.review_reason IS NOT NULL
+       AND (%(since)s::timestamptz IS NULL OR p.outbox_id IN (SELECT s.outbox_id FROM scope s))
 ),
 wanted AS (
     SELECT e.participant_id, e.outbox_id, e.event_type, sum(e.n) AS n
@@ -881,6 +891,11 @@ wanted AS (
 written AS (
     SELECT v.participant_id, v.outbox_id, v.event_type, count(*) AS n
       FROM symphony.payment_events v
+     WHERE %(since)s::timestamptz IS NULL
+        OR (v.participant_id IN (SELECT r.participant_id
+                                   FROM symphony.payment_instruction_registry r
+                                  WHERE r.outbox_id IN (SELECT s.outbox_id FROM scope s))
+            AND v.outbox_id IN (SELECT s.outbox_id FROM scope s))
      GROUP BY 1, 2, 3
 ),
 problems AS (
