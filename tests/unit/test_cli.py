@@ -172,6 +172,12 @@ def test_invalid_amount_is_a_usage_error_with_its_code(
     [
         (["--payload", "{not json"], "INVALID_PAYLOAD_JSON"),
         (["--payload", "[1, 2]"], "INVALID_PAYLOAD_JSON"),
+        # A member named twice: a reader taking the first amount would see another payment.
+        (["--payload", '{"amount": "1.00", "currency": "GBP", "destination": "GB1",'
+                       ' "amount": "9999.00"}'], "INVALID_PAYLOAD_JSON"),
+        (["--payload", '{"amount": "1.00", "currency": "GBP", "destination": "GB1",'
+                       ' "metadata": {"n": "a", "n": "b"}}'], "INVALID_PAYLOAD_JSON"),
+        (["--payload", '{"amount": NaN}'], "INVALID_PAYLOAD_JSON"),
         (["--amount", "1", "--payload", "{}"], "CONFLICTING_ARGUMENTS"),
         (["--amount", "1"], "MISSING_ARGUMENT"),
     ],
