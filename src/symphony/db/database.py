@@ -429,10 +429,15 @@ class Database:
         async with self.transaction(role, label="schema-status") as tx:
             row = await tx.fetch_one("schema_migrations_readable")
             recorded: dict[int, str] | None = None
+            objects: dict[str, str] | None = None
             if row is not None and row["readable"]:
                 rows = await tx.fetch_all("schema_migrations")
                 recorded = {int(r["version"]): str(r["checksum"]) for r in rows}
-        return assess_schema(recorded)
+                row = await tx.fetch_one("schema_objects_readable")
+                if row is not None and row["readable"]:
+                    rows = await tx.fetch_all("schema_objects")
+                    objects = {str(r["object"]): str(r["checksum"]) for r in rows}
+        return assess_schema(recorded, objects)
 
     # -- the API ------------------------------------------------------------------------------
 

@@ -221,6 +221,21 @@ SELECT EXISTS (
 -- The applied migrations and their checksums (any runtime role, from 0006).
 SELECT version, checksum FROM symphony_meta.schema_migrations ORDER BY version;
 
+-- name: schema_objects_readable
+-- Whether the current role may read the repeatable objects' record (granted by the migrator
+-- to whoever may read the migration record; absent before this code first migrated).
+SELECT EXISTS (
+           SELECT 1
+             FROM pg_catalog.pg_class c
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'symphony_meta' AND c.relname = 'schema_objects'
+              AND pg_catalog.has_schema_privilege(n.oid, 'USAGE')
+              AND pg_catalog.has_table_privilege(c.oid, 'SELECT')) AS readable;
+
+-- name: schema_objects
+-- The repeatable objects applied and their checksums (any runtime role).
+SELECT object, checksum FROM symphony_meta.schema_objects ORDER BY object;
+
 -- name: ops_recent_failures
 -- The newest FAILED items, newest first, with the error the rail or the retry ceiling gave
 -- (roles: readonly, auditor, control). Reads the terminal-rows index backwards from its

@@ -1,0 +1,13 @@
+-- trigger api_tokens_no_truncate on symphony.api_tokens: the running definition, applied again
+-- whenever this file changes (a repeatable object: see sql/objects/README.md). Moved here from
+-- its last definition in migration 0007_participants_and_tokens.sql.
+
+DROP TRIGGER IF EXISTS api_tokens_no_truncate
+    ON symphony.api_tokens;
+
+CREATE TRIGGER api_tokens_no_truncate
+    BEFORE TRUNCATE ON symphony.api_tokens
+    FOR EACH STATEMENT EXECUTE FUNCTION symphony.check_access_forward_only();
+
+ALTER TABLE symphony.api_tokens
+    ENABLE ALWAYS TRIGGER api_tokens_no_truncate;

@@ -1,0 +1,13 @@
+-- trigger webhook_delivery_attempts_no_truncate on symphony.webhook_delivery_attempts: the
+-- running definition, applied again whenever this file changes (a repeatable object: see
+-- sql/objects/README.md). Moved here from its last definition in migration 0018_webhooks.sql.
+
+DROP TRIGGER IF EXISTS webhook_delivery_attempts_no_truncate
+    ON symphony.webhook_delivery_attempts;
+
+CREATE TRIGGER webhook_delivery_attempts_no_truncate
+    BEFORE TRUNCATE ON symphony.webhook_delivery_attempts
+    FOR EACH STATEMENT EXECUTE FUNCTION symphony.refuse_webhook_attempt_change();
+
+ALTER TABLE symphony.webhook_delivery_attempts
+    ENABLE ALWAYS TRIGGER webhook_delivery_attempts_no_truncate;
