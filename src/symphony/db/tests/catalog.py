@@ -22,10 +22,11 @@ SELECT 'function' AS kind,
        n.nspname || '.' || p.proname || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid)
            || ')' AS key,
        pg_catalog.pg_get_functiondef(p.oid) AS definition,
-       (SELECT string_agg(a.grantee::regrole::text || ':' || a.privilege_type
-                          || CASE WHEN a.is_grantable THEN '*' ELSE '' END, ',' ORDER BY 1)
-          FROM pg_catalog.aclexplode(p.proacl) a
-         WHERE a.grantee <> p.proowner) AS acl,
+       (SELECT string_agg(x, ',' ORDER BY x)
+          FROM (SELECT a.grantee::regrole::text || ':' || a.privilege_type
+                       || CASE WHEN a.is_grantable THEN '*' ELSE '' END AS x
+                  FROM pg_catalog.aclexplode(p.proacl) a
+                 WHERE a.grantee <> p.proowner) g) AS acl,
        p.proacl IS NULL AS default_acl,
        p.proowner::regrole::text AS owner,
        pg_catalog.obj_description(p.oid, 'pg_proc') AS comment
@@ -40,11 +41,12 @@ SELECT 'view',
                                   a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
                                 FROM pg_catalog.pg_attribute a
                                WHERE a.attrelid = c.oid AND a.attnum > 0),
-       (SELECT string_agg(a.grantee::regrole::text || ':' || a.privilege_type
-                          || CASE WHEN a.is_grantable THEN '*' ELSE '' END, ',' ORDER BY 1)
-          FROM pg_catalog.aclexplode(c.relacl) a
-         WHERE a.grantee <> c.relowner)
-       || coalesce(' COLUMNS ' || (SELECT string_agg(a.attname || '=' || a.attacl::text, ',')
+       (SELECT string_agg(x, ',' ORDER BY x)
+          FROM (SELECT a.grantee::regrole::text || ':' || a.privilege_type
+                       || CASE WHEN a.is_grantable THEN '*' ELSE '' END AS x
+                  FROM pg_catalog.aclexplode(c.relacl) a
+                 WHERE a.grantee <> c.relowner) g)
+       || coalesce(' COLUMNS ' || (SELECT string_agg(a.attname || '=' || a.attacl::text, ',' ORDER BY a.attnum)
                                      FROM pg_catalog.pg_attribute a
                                     WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL), ''),
        c.relacl IS NULL,
