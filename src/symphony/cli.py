@@ -476,6 +476,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             "applied": boot.migrations.applied,
             "already_applied": boot.migrations.already_applied,
             "latest": boot.migrations.latest,
+            "objects_applied": boot.migrations.objects_applied,
             "database": boot.endpoint.describe(),
             "provisioned": boot.provisioned,
         }
@@ -484,8 +485,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if report["applied"]:
         text = (f"applied {len(report['applied'])} migration(s): "
                 f"{', '.join(report['applied'])}; schema at {report['latest']}")
+    elif report["objects_applied"]:
+        text = f"schema at {report['latest']}"
     else:
         text = f"schema up to date at {report['latest']}; nothing to apply"
+    if report["objects_applied"]:
+        text += (f"; {len(report['objects_applied'])} function, view or trigger definition(s) "
+                 "applied (sql/objects)")
     if report["provisioned"]:
         text += "; service principals provisioned (credentials file in SYMPHONY_HOME)"
     else:

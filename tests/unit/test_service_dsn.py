@@ -361,6 +361,7 @@ async def test_a_schema_runtime_roles_cannot_read_yet_is_migrations_pending(
         real = load_migrations()
         with pytest.MonkeyPatch.context() as older_code:
             older_code.setattr(migration_module, "load_migrations", lambda: real[:5])
+            older_code.setattr(migration_module, "load_objects", lambda: [])  # none yet
             await migration_module.migrate(admin)
         executor = parse_dsn(principal_dsn(isolated_settings, Principal.EXECUTOR), "x")
         only_dsn.setenv("SYMPHONY_EXECUTOR_DATABASE_URL", psycopg.conninfo.make_conninfo(
@@ -406,7 +407,9 @@ async def test_admin_mode_schema_status_and_every_principal(isolated_db: Databas
 
 
 def test_schema_status_as_dict_is_json() -> None:
-    status = migration_module.assess_schema({m.version: m.checksum for m in load_migrations()})
+    status = migration_module.assess_schema(
+        {m.version: m.checksum for m in load_migrations()},
+        {o.key: o.checksum for o in migration_module.load_objects()})
     assert json.loads(json.dumps(status.as_dict()))["ok"] is True
     assert isinstance(status, migration_module.SchemaStatus)
     with pytest.raises(SymphonyError):
