@@ -7,6 +7,7 @@
     symphony api [--host H] [--port P]        the HTTP API (participant and operator)
     symphony enqueue ...                      submit one payment instruction
     symphony status                           queue counts and zombies
+    symphony cancel ID --reason R [--by NAME] cancel a payment not yet on the rail (control)
     symphony audit verify [--since T]         check I1-I10 and the ledger's digests (auditor)
     symphony audit checkpoint                 anchor every ledger chain (control role)
     symphony audit export-checkpoints         the checkpoints as JSON lines (auditor role)
@@ -76,6 +77,7 @@ from symphony.outbox import (
     TokenKind,
     TokenScope,
 )
+from symphony.outbox.cancel import CancelOutcome, CancelResult, CancelStore
 from symphony.repair import ZombieRepairConfig, ZombieRepairWorker, zombie_threshold_from_env
 from symphony.services.api import ApiConfig
 from symphony.services.rail_sim import add_arguments as add_rail_sim_arguments
@@ -265,6 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the rail's transaction id (required for dispatched)")
     _json_flag(resolve)
     resolve.set_defaults(handler=cmd_review_resolve)
+
+    cancel = commands.add_parser(
+        "cancel", help="cancel a payment no attempt of which can have reached the rail")
+    cancel.add_argument("outbox_id", type=_outbox_id, help="the payment's outbox_id")
+    cancel.add_argument("--reason", required=True,
+                        help="why (recorded in the ledger and the operator actions)")
+    cancel.add_argument("--by", default="cli", metavar="OPERATOR",
+                        help="who cancels (recorded; default: cli)")
+    _json_flag(cancel)
+    cancel.set_defaults(handler=cmd_cancel)
 
     audit = commands.add_parser("audit", help="auditor checks")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
@@ -626,6 +638,26 @@ def cmd_review_resolve(args: argparse.Namespace) -> int:
     emit(args, result, f"{result['outbox_id']}: {result['decision']} recorded, "
                        f"item now {result['state']}")
     return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> CancelResult:
+        async with await Database.open(settings) as db:
+            return await CancelStore(db).cancel_as_operator(
+                args.outbox_id, canceled_by=args.by, reason=args.reason)
+
+    result = _run(go())
+    if result.canceled:
+        text = (f"{result.outbox_id}: canceled at {result.canceled_at}"
+                + (" (it was already)" if result.outcome is CancelOutcome.ALREADY_CANCELED
+                   else ""))
+    else:
+        text = (f"{result.outbox_id}: not cancelable, the payment is {result.state} "
+                f"({result.refusal})")
+    emit(args, result.as_dict(), text)
+    return EXIT_OK if result.canceled else EXIT_FAILED
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
