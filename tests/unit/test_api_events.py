@@ -181,7 +181,7 @@ async def test_a_payment_being_dispatched_is_409_with_its_state(
                if str(c.outbox_id) == outbox_id]
     assert claimed
     body = envelope(await cancel(api, alice, outbox_id), 409, "payment_not_cancelable")
-    assert body["state"] == "DISPATCHING"
+    assert body["current"] == {"state": "DISPATCHING"}
 
 
 async def test_another_participants_payment_is_404(

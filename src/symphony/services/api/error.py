@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from fastapi import Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("symphony.api")
@@ -59,8 +60,7 @@ class ErrorBody(BaseModel):
     message: str
     request_id: str
     errors: list[FieldError] | None = None
-    state: str | None = Field(default=None, description="409 payment_not_cancelable: the "
-                              "payment's current state")
+    current: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -72,8 +72,8 @@ class ApiError(Exception):
     message: str
     errors: Sequence[FieldError] = ()
     headers: Mapping[str, str] = field(default_factory=dict)
-    # The current state of what the request was about, where the refusal depends on it.
-    state: str | None = None
+    # For a 409: where the resource stands now (an action that lost a race says what won).
+    current: Mapping[str, Any] | None = None
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message}"
@@ -93,13 +93,13 @@ def error_response(
     *,
     errors: Sequence[FieldError] = (),
     headers: Mapping[str, str] | None = None,
-    state: str | None = None,
+    current: Mapping[str, Any] | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message, "request_id": request_id}
     if errors:
         body["errors"] = [e.model_dump() for e in errors]
-    if state is not None:
-        body["state"] = state
+    if current is not None:
+        body["current"] = jsonable_encoder(current)
     all_headers = {REQUEST_ID_HEADER: request_id, "Cache-Control": "no-store"}
     all_headers.update(headers or {})
     return JSONResponse(body, status_code=status, headers=all_headers)
@@ -132,7 +132,7 @@ _HTTP_CODES: Final[dict[int, tuple[str, str]]] = {
 async def handle_api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     return error_response(request_id_of(request), exc.status, exc.code, exc.message,
-                          errors=exc.errors, headers=exc.headers, state=exc.state)
+                          errors=exc.errors, headers=exc.headers, current=exc.current)
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:

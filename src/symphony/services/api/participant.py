@@ -351,7 +351,7 @@ async def cancel_payment(
     if not result.canceled:
         raise ApiError(409, "payment_not_cancelable",
                        "the payment cannot be canceled: an attempt of it may have reached the "
-                       "rail, or it has ended", state=result.state)
+                       "rail, or it has ended", current={"state": result.state})
     payment = await context.store.payment_for(participant_id, wanted)
     if payment is None:  # canceled just now, under this participant
         raise ApiError(500, "internal_error", "the payment was canceled but cannot be read back")
