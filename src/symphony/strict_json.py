@@ -22,12 +22,15 @@ from typing import Any, Final
 MAX_DEPTH: Final = 32
 
 
-def loads(text: str | bytes) -> Any:
-    """`text` as strict JSON (see the module's docstring); `ValueError` when it is not."""
+def loads(text: str | bytes, *, max_depth: int | None = MAX_DEPTH) -> Any:
+    """`text` as strict JSON (see the module's docstring); `ValueError` when it is not.
+
+    `max_depth=None` leaves nesting to the reader behind (the database refuses a deep payload
+    with its own code, which `symphony enqueue` reports), bounded only by Python's recursion."""
     try:
         raw = text.decode("utf-8") if isinstance(text, bytes) else text
         value = json.loads(raw, parse_constant=_no_constant, object_pairs_hook=_unique_members)
-        _check(value, 0)
+        _check(value, 0, max_depth)
     except RecursionError:
         raise ValueError("nested too deeply") from None
     except UnicodeError as exc:  # a UnicodeError is a ValueError; say what it was
@@ -48,10 +51,10 @@ def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return value
 
 
-def _check(value: Any, depth: int) -> None:
+def _check(value: Any, depth: int, max_depth: int | None) -> None:
     """What json.loads lets through but JSON text and PostgreSQL cannot hold: lone surrogates,
     infinite numbers (1e999), and nesting deeper than any payment needs."""
-    if depth > MAX_DEPTH:
+    if max_depth is not None and depth > max_depth:
         raise ValueError("nested too deeply")
     if isinstance(value, str):
         value.encode("utf-8")
@@ -61,7 +64,7 @@ def _check(value: Any, depth: int) -> None:
     elif isinstance(value, dict):
         for key, item in value.items():
             key.encode("utf-8")
-            _check(item, depth + 1)
+            _check(item, depth + 1, max_depth)
     elif isinstance(value, list):
         for item in value:
-            _check(item, depth + 1)
+            _check(item, depth + 1, max_depth)
