@@ -7,7 +7,7 @@
     symphony api [--host H] [--port P]        the HTTP API (participant and operator)
     symphony enqueue ...                      submit one payment instruction
     symphony status                           queue counts and zombies
-    symphony audit verify [--since T]         check I1-I10 and the ledger's digests (auditor)
+    symphony audit verify [--since T | --since-checkpoint]  I1-I10 and the ledger's digests (auditor)
     symphony audit checkpoint                 anchor every ledger chain (control role)
     symphony audit export-checkpoints         the checkpoints as JSON lines (auditor role)
     symphony participants add|list|revoke     who may submit payments (control role)
@@ -49,6 +49,7 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from symphony import log as symphony_log
+from symphony import strict_json
 from symphony.db import (
     ConfigurationError,
     Database,
@@ -281,9 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--limit", type=_positive_int, default=_AUDIT_LIMIT_DEFAULT,
                         help=f"most violations listed per check (default "
                              f"{_AUDIT_LIMIT_DEFAULT}, at most 10000); all are counted")
-    verify.add_argument("--since", type=_timestamp, metavar="TIMESTAMP",
-                        help="incremental: only items registered or with a ledger row at or "
-                             "after this ISO 8601 time (with a time zone)")
+    scope = verify.add_mutually_exclusive_group()
+    scope.add_argument("--since", type=_timestamp, metavar="TIMESTAMP",
+                       help="incremental: only items registered or with a ledger row at or "
+                            "after this ISO 8601 time (with a time zone)")
+    scope.add_argument("--since-checkpoint", action="store_true",
+                       help="the routine audit: only what was written after the latest "
+                            "checkpoint, and every live item (full without a checkpoint; "
+                            "without either flag the audit is full)")
     _json_flag(verify)
     verify.set_defaults(handler=cmd_audit_verify)
     checkpoint = audit_commands.add_parser(
@@ -557,7 +563,7 @@ def _payload_from(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError("give either --payload or --amount/--currency/--destination, "
                              "not both", code="CONFLICTING_ARGUMENTS")
         try:
-            payload = json.loads(args.payload)
+            payload = strict_json.loads(args.payload)
         except (ValueError, RecursionError):  # nested past Python's limit: no payment either
             raise UsageError("--payload is not valid JSON", code="INVALID_PAYLOAD_JSON") from None
         if not isinstance(payload, dict):
@@ -690,11 +696,14 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     async def go() -> AuditReport:
         async with await Database.open_as(Principal.READER, settings) as db:
             # One read-only snapshot as symphony_auditor: every check sees the same state.
-            return await AuditStore(db).verify(since=args.since, limit=args.limit)
+            return await AuditStore(db).verify(since=args.since, limit=args.limit,
+                                               since_checkpoint=args.since_checkpoint)
 
     report = _run(go())
     counts = report.counts
     scope = "whole database" if report.since is None else f"since {report.since.isoformat()}"
+    if report.mode == "since-checkpoint":
+        scope += f" (checkpoint {report.checkpoint_id})"
     lines = [
         f"audit of the {scope}: items {counts.get('items', 0)}, ledger rows "
         f"{counts.get('ledger_rows', 0)}, pending {counts.get('pending', 0)}, checkpoints "

@@ -617,3 +617,64 @@ async def test_the_command_names_the_invariant_and_the_item(
     assert f"{h.failed} attempt 2: CHAIN_BROKEN" in out
     assert "PASS I5  legal_transitions" in out
     assert out.strip().endswith("AUDIT FAILED: T2")
+
+
+# -- the routine audit: from the latest checkpoint -----------------------------------------------
+
+
+async def test_audit_since_the_checkpoint_passes_and_reads_only_the_live_items(
+    planted: tuple[Database, History],
+) -> None:
+    db, _ = planted
+    full = await verify(db)
+    report = await verify(db, since_checkpoint=True)
+    assert report.ok, [c.as_dict() for c in report.failed()]
+    assert (report.mode, report.checkpoint_id) == ("since-checkpoint", 1)
+    # Nothing was written after the checkpoint: the scope is the live (pending) items.
+    assert report.counts["items"] == report.counts["pending"] == full.counts["pending"]
+    assert report.counts["ledger_rows"] < full.counts["ledger_rows"]
+    assert report.check("latest_checkpoint").skipped
+
+
+async def test_audit_since_the_checkpoint_finds_a_row_changed_after_it(
+    planted: tuple[Database, History],
+) -> None:
+    db, h = planted
+    store = OutboxStore(db)
+    new = (await store.enqueue(instruction())).outbox_id
+    await make_due(h.admin, new)
+    claimed = [c.outbox_id for c in await store.claim("audit-w4", 20, 60)]
+    assert new in claimed
+    await plant(h.admin, [LEDGER_APPEND_ONLY],
+                "UPDATE symphony.payment_outbox_attempts SET worker_id = 'someone-else' "
+                " WHERE attempt_no = 1 AND outbox_id = " + _u(new))
+    report = await verify(db, since_checkpoint=True)
+    assert report.mode == "since-checkpoint"
+    assert_names(report, "T2", new, "CHAIN_BROKEN", attempt_no=1)
+
+
+async def test_audit_since_the_checkpoint_leaves_untouched_history_to_the_full_audit(
+    planted: tuple[Database, History],
+) -> None:
+    """A row below the checkpoint of an item that has not moved since is the full audit's:
+    the routine audit does not read it (what makes its cost independent of the ledger's
+    size); `audit verify` without a flag does."""
+    db, h = planted
+    await plant(h.admin, [LEDGER_APPEND_ONLY],
+                "UPDATE symphony.payment_outbox_attempts SET error_detail = 'nothing to see' "
+                " WHERE attempt_no = 2 AND outbox_id = " + _u(h.failed))
+    assert (await verify(db, since_checkpoint=True)).ok
+    assert_names(await verify(db), "T2", h.failed, "CHAIN_BROKEN", attempt_no=2)
+
+
+async def test_audit_since_the_checkpoint_without_one_is_full(
+    make_database: DatabaseFactory,
+) -> None:
+    db = await Database.open(make_database())
+    try:
+        await OutboxStore(db).enqueue(instruction())
+        report = await verify(db, since_checkpoint=True)
+        assert report.ok and (report.mode, report.checkpoint_id) == ("full", None)
+        assert not report.check("latest_checkpoint").skipped
+    finally:
+        await db.close()

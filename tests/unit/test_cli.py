@@ -172,6 +172,12 @@ def test_invalid_amount_is_a_usage_error_with_its_code(
     [
         (["--payload", "{not json"], "INVALID_PAYLOAD_JSON"),
         (["--payload", "[1, 2]"], "INVALID_PAYLOAD_JSON"),
+        # A member named twice: a reader taking the first amount would see another payment.
+        (["--payload", '{"amount": "1.00", "currency": "GBP", "destination": "GB1",'
+                       ' "amount": "9999.00"}'], "INVALID_PAYLOAD_JSON"),
+        (["--payload", '{"amount": "1.00", "currency": "GBP", "destination": "GB1",'
+                       ' "metadata": {"n": "a", "n": "b"}}'], "INVALID_PAYLOAD_JSON"),
+        (["--payload", '{"amount": NaN}'], "INVALID_PAYLOAD_JSON"),
         (["--amount", "1", "--payload", "{}"], "CONFLICTING_ARGUMENTS"),
         (["--amount", "1"], "MISSING_ARGUMENT"),
     ],
@@ -248,6 +254,12 @@ def test_worker_once_dispatches_and_the_audit_passes(
     code, audit = run_json(capsys, "audit", "verify", "--since", "2000-01-01T00:00:00+00:00",
                            "--limit", "5")
     assert code == 0 and audit["ok"] is True and audit["limit"] == 5
+    code, audit = run_json(capsys, "audit", "verify", "--since-checkpoint")
+    assert code == 0 and audit["ok"] is True
+    assert (audit["mode"], audit["checkpoint_id"]) == ("since-checkpoint", 1)
+    assert main(["audit", "verify", "--since-checkpoint", "--since",
+                 "2000-01-01T00:00:00+00:00"]) == 2  # one scope or the other
+    capsys.readouterr()
     assert main(["audit", "verify", "--since", "2000-01-01T00:00:00"]) == 2  # no time zone
     capsys.readouterr()
     assert main(["audit", "verify", "--limit", "10001"]) == 2

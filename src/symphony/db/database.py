@@ -1,15 +1,25 @@
 """The database API every other package uses: queries and transactions as a role, LISTEN.
 
-How a transaction runs, in three round trips for a one-statement transaction:
+A one-statement transaction (`Database.fetch_all`, `fetch_one`, `execute`: every hot path)
+takes two round trips, in psycopg's pipeline mode:
+
+    BEGIN / SET LOCAL ROLE <role> / SELECT current_user / <the statement>   -- one flush
+    COMMIT                                          -- only once current_user was checked
+
+A transaction block (`Database.transaction`) checks the role before the caller's first
+statement runs:
 
     BEGIN; SET LOCAL ROLE <role>; SELECT current_user     -- one simple-protocol message
     <the caller's statements>                               -- one round trip each
     COMMIT
 
-The role lives only as long as the transaction (`SET LOCAL`), `current_user` is checked before
-the caller's first statement runs, and transactions do not nest. When a connection goes back
-to its pool a reset callback runs `RESET ROLE` and checks that the connection is roleless
-again (one more message); a connection that fails that check is discarded, never reused.
+Either way the role lives only as long as the transaction (`SET LOCAL`), nothing commits
+before `current_user` was seen to be the role, and transactions do not nest. When a connection
+goes back to its pool, a reset callback runs `RESET ROLE` and checks that the connection is
+roleless (one more message; a connection that fails is discarded, never reused) — unless this
+module itself just ended the connection's transaction with the server's acknowledgement and
+the connection is idle: a `SET LOCAL` role ends with its transaction, and only this module's
+named queries ran in it (a caller that took the raw connection gets the check).
 
 Each runtime role is reached through a login principal's pool, so a service never holds a
 connection that could become another service's role. A Database knows which principals it
@@ -24,6 +34,7 @@ import asyncio
 import contextvars
 import logging
 import re
+import weakref
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -80,6 +91,14 @@ _ROLLBACK: LiteralString = "ROLLBACK"
 # raises as a bare UnicodeEncodeError before anything reaches the server.
 _DRIVER_ERRORS: tuple[type[Exception], ...] = (psycopg.Error, UnicodeError)
 
+# Connections whose last transaction this module ended itself (COMMIT or ROLLBACK answered,
+# status idle) with only SET LOCAL ROLE and named queries in it: the role is gone with the
+# transaction, so the pool's reset check would find nothing (tests/test_round_trips.py).
+_ENDED_CLEAN: weakref.WeakSet[psycopg.AsyncConnection[Any]] = weakref.WeakSet()
+# How many times the reset callback ran its RESET ROLE check (read by the tests).
+_RESET_CHECKS = [0]
+_BEGIN_PLAIN: LiteralString = "BEGIN"
+
 # The role of the transaction open in this task, if any: transactions do not nest.
 _ACTIVE_ROLE: contextvars.ContextVar[Role | None] = contextvars.ContextVar(
     "symphony_active_role", default=None
@@ -117,6 +136,10 @@ _BEGIN: dict[bool, sql.SQL] = {
 }
 
 
+def _set_local_role(role: Role) -> sql.Composed:
+    return sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role.value))
+
+
 def _begin_as(role: Role, *, snapshot: bool = False) -> sql.Composed:
     """BEGIN, switch to `role` for this transaction only, and report current_user — sent as
     one message, so the role switch costs no round trip of its own."""
@@ -135,6 +158,7 @@ class Transaction:
         self.role = role
         self.context = context
         self._closed = False
+        self._raw = False
 
     def _statement(self, query: str) -> LiteralString:
         if self._closed:
@@ -173,7 +197,9 @@ class Transaction:
 
     @property
     def connection(self) -> psycopg.AsyncConnection[DictRow]:
-        """The underlying connection, for `symphony.db` itself and its test-only helpers."""
+        """The underlying connection, for `symphony.db` itself and its test-only helpers.
+        Whatever runs on it is unknown here, so the pool's reset check runs afterwards."""
+        self._raw = True
         return self._conn
 
 
@@ -430,12 +456,15 @@ class Database:
         try:
             pool = await self._pool(self.principal_for(role))
             async with pool.connection() as conn:
+                _ENDED_CLEAN.discard(conn)
                 await _begin(conn, role, context, snapshot=snapshot)
                 tx = Transaction(conn, role, context)
                 try:
                     yield tx
                 except BaseException as exc:
                     await _rollback(conn)
+                    if not tx._raw:
+                        _mark_if_ended(conn)
                     if getattr(exc, "sqlstate", None) in _DISCARD_SQLSTATES:
                         # The session keeps what it started with (a read-only default):
                         # closed, the pool replaces it, and the next transaction sees the
@@ -449,6 +478,8 @@ class Database:
                     # COMMIT with a silent rollback, and results already handed out (an
                     # outbox_id, "created") would describe rows that do not exist.
                     await _rollback(conn)
+                    if not tx._raw:
+                        _mark_if_ended(conn)
                     raise SymphonyError(
                         "the transaction was aborted by an earlier error and was rolled back; "
                         "nothing in it was saved",
@@ -456,6 +487,8 @@ class Database:
                         context=context,
                     )
                 await conn.execute(_COMMIT)
+                if not tx._raw:
+                    _mark_if_ended(conn)
         except SymphonyError:
             raise
         except (psycopg.Error, UnicodeError, psycopg_pool.PoolTimeout, OSError) as exc:
@@ -466,21 +499,80 @@ class Database:
     async def fetch_all(
         self, role: Role, query: str, params: Params = None, *, label: str | None = None
     ) -> list[Row]:
-        """Run one named query in its own transaction as `role`."""
-        async with self.transaction(role, label=label or query) as tx:
-            return await tx.fetch_all(query, params)
+        """Run one named query in its own transaction as `role` (two round trips)."""
+        rows, _ = await self._single(role, query, params, label)
+        return rows
 
     async def fetch_one(
         self, role: Role, query: str, params: Params = None, *, label: str | None = None
     ) -> Row | None:
-        async with self.transaction(role, label=label or query) as tx:
-            return await tx.fetch_one(query, params)
+        rows, _ = await self._single(role, query, params, label)
+        return rows[0] if rows else None
 
     async def execute(
         self, role: Role, query: str, params: Params = None, *, label: str | None = None
     ) -> int:
-        async with self.transaction(role, label=label or query) as tx:
-            return await tx.execute(query, params)
+        _, count = await self._single(role, query, params, label)
+        return count
+
+    async def _single(
+        self, role: Role, query: str, params: Params, label: str | None
+    ) -> tuple[list[Row], int]:
+        """One named query in a transaction of its own, pipelined: BEGIN, the role switch,
+        its check and the statement go in one flush; COMMIT goes only after the check's answer
+        named the role (otherwise everything is rolled back). Its rows (read before the
+        connection goes back to the pool) and the number of rows it touched."""
+        role = check_role(role)
+        context = label or query
+        if _ACTIVE_ROLE.get() is not None:
+            raise RoleError(
+                "a transaction is already open in this task; transactions do not nest",
+                code="NESTED_TRANSACTION",
+                context=context,
+            )
+        statement = get_query(query).sql
+        token = _ACTIVE_ROLE.set(role)
+        try:
+            pool = await self._pool(self.principal_for(role))
+            async with pool.connection() as conn:
+                _ENDED_CLEAN.discard(conn)
+                check: psycopg.AsyncCursor[DictRow] | None = None
+                try:
+                    async with conn.pipeline() as pipeline:
+                        await conn.execute(_BEGIN_PLAIN)
+                        await conn.execute(_set_local_role(role))
+                        check = await conn.execute(_CURRENT_USER)
+                        cur: psycopg.AsyncCursor[DictRow] = await conn.execute(
+                            statement, params)
+                        await pipeline.sync()
+                except _DRIVER_ERRORS as exc:
+                    await _rollback(conn)
+                    if getattr(exc, "sqlstate", None) in _DISCARD_SQLSTATES:
+                        await conn.close()
+                    else:
+                        _mark_if_ended(conn)
+                    if check is None or check.pgresult is None:
+                        raise translate(exc, context) from exc  # the role switch failed
+                    raise translate(exc, f"{context}:{query}") from exc
+                row = await check.fetchone()
+                if row is None or row["role"] != role.value:
+                    await _rollback(conn)
+                    _mark_if_ended(conn)
+                    raise RoleError(
+                        "the transaction is not running as the role it asked for",
+                        code="ROLE_MISMATCH",
+                        context=context,
+                    )
+                rows = list(await cur.fetchall()) if cur.description is not None else []
+                await conn.execute(_COMMIT)
+                _mark_if_ended(conn)
+                return rows, cur.rowcount
+        except SymphonyError:
+            raise
+        except (psycopg.Error, UnicodeError, psycopg_pool.PoolTimeout, OSError) as exc:
+            raise translate(exc, context) from exc
+        finally:
+            _ACTIVE_ROLE.reset(token)
 
     @asynccontextmanager
     async def listen(self, role: Role, channel: str) -> AsyncIterator[Listener]:
@@ -635,11 +727,26 @@ async def _rollback(conn: psycopg.AsyncConnection[Any]) -> None:
         log.warning("rollback failed; the pool will discard the connection")
 
 
+def _mark_if_ended(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Remember that this module ended the connection's transaction (the server answered the
+    COMMIT or ROLLBACK and the connection is idle): its SET LOCAL role is gone."""
+    if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
+        _ENDED_CLEAN.add(conn)
+
+
 async def _reset_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     """Second line of defence: the connection returns to the pool roleless, or not at all.
 
-    Raising here makes the pool discard the connection.
+    Skipped (no round trip) for a connection whose transaction this module just ended itself
+    and that is idle: a SET LOCAL role does not outlive its transaction. Every other return
+    (a raw connection handed out, a cancellation mid-statement, a pool-level rollback, a
+    probe) is checked. Raising here makes the pool discard the connection.
     """
+    if conn in _ENDED_CLEAN:
+        _ENDED_CLEAN.discard(conn)
+        if conn.info.transaction_status == TransactionStatus.IDLE:
+            return
+    _RESET_CHECKS[0] += 1
     cur = await conn.execute(_RESET_AND_CHECK)
     cur.nextset()
     row = await cur.fetchone()

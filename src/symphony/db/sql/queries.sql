@@ -364,6 +364,19 @@ SELECT event_seq, event_id, event_type, outbox_id, payload, created_at
 -- then sorts in memory instead of spilling to disk (role: auditor).
 SELECT set_config('work_mem', %(work_mem)s, true) AS work_mem;
 
+-- name: audit_checkpoint_scope
+-- Where an audit from the latest checkpoint starts: the checkpoint's time, or the earliest
+-- recorded_at of a ledger row numbered above it if earlier (a row's recorded_at is its
+-- transaction's start, which may precede the checkpoint it committed after). Reads only the
+-- rows above the checkpoint (the primary key's range): the cost follows what was written since,
+-- not the ledger's size (role: auditor). No row: no checkpoint yet.
+SELECT c.checkpoint_id, c.up_to_attempt_id, c.taken_at,
+       least(c.taken_at, (SELECT min(a.recorded_at) FROM symphony.payment_outbox_attempts a
+                           WHERE a.attempt_id > c.up_to_attempt_id)) AS since
+  FROM symphony.ledger_checkpoints c
+ ORDER BY c.checkpoint_id DESC
+ LIMIT 1;
+
 -- name: audit_scope_counts
 WITH scope AS (
     SELECT r.outbox_id FROM symphony.payment_instruction_registry r
@@ -371,6 +384,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 )
 SELECT (SELECT count(*) FROM symphony.payment_instruction_registry r
          WHERE %(since)s::timestamptz IS NULL
@@ -394,6 +411,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 problems AS (
     -- Hash aggregates over the registry, then back to the few rows of a duplicated key.
@@ -445,6 +466,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 )
 SELECT p.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
        'DUPLICATE_PENDING_ROW' AS problem, count(*) OVER () AS total
@@ -552,6 +577,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 numbered AS (
     SELECT a.outbox_id, a.attempt_no,
@@ -603,6 +632,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 ordered AS (
     SELECT a.outbox_id, a.attempt_no, a.state::text AS state,
@@ -633,6 +666,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 )
 SELECT a.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
        CASE WHEN count(*) FILTER (WHERE a.state = 'DISPATCHED') > 1 THEN 'DUPLICATE_DISPATCHED'
@@ -655,6 +692,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 items AS (
     SELECT r.outbox_id FROM symphony.payment_instruction_registry r
@@ -718,6 +759,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 ambiguous AS (
     SELECT x.outbox_id, min(x.attempt_no) AS first_no
@@ -759,6 +804,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 problems AS (
     SELECT p.outbox_id, NULL::integer AS attempt_no,
@@ -802,10 +851,17 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
+-- An incremental audit counts only the items in scope (each one whole): its cost follows the
+-- scope, not the ledger (the events through their participants' index).
 expected AS (
     SELECT r.participant_id, r.outbox_id, 'payment.created' AS event_type, 1::bigint AS n
       FROM symphony.payment_instruction_registry r
+     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id IN (SELECT s.outbox_id FROM scope s)
     UNION ALL
     SELECT a.participant_id, a.outbox_id,
            CASE a.state::text WHEN 'DISPATCHED' THEN 'payment.dispatched'
@@ -814,15 +870,18 @@ expected AS (
            count(*)
       FROM symphony.payment_outbox_attempts a
      WHERE a.state::text IN ('DISPATCHED', 'FAILED', 'CANCELED')
+       AND (%(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s))
      GROUP BY 1, 2, 3
     UNION ALL
     SELECT d.participant_id, d.outbox_id, 'payment.under_review', count(*)
       FROM symphony.outbox_review_decisions d
+     WHERE %(since)s::timestamptz IS NULL OR d.outbox_id IN (SELECT s.outbox_id FROM scope s)
      GROUP BY 1, 2
     UNION ALL
     SELECT p.participant_id, p.outbox_id, 'payment.under_review', 1
       FROM symphony.payment_outbox_pending p
      WHERE p.review_reason IS NOT NULL
+       AND (%(since)s::timestamptz IS NULL OR p.outbox_id IN (SELECT s.outbox_id FROM scope s))
 ),
 wanted AS (
     SELECT e.participant_id, e.outbox_id, e.event_type, sum(e.n) AS n
@@ -832,6 +891,11 @@ wanted AS (
 written AS (
     SELECT v.participant_id, v.outbox_id, v.event_type, count(*) AS n
       FROM symphony.payment_events v
+     WHERE %(since)s::timestamptz IS NULL
+        OR (v.participant_id IN (SELECT r.participant_id
+                                   FROM symphony.payment_instruction_registry r
+                                  WHERE r.outbox_id IN (SELECT s.outbox_id FROM scope s))
+            AND v.outbox_id IN (SELECT s.outbox_id FROM scope s))
      GROUP BY 1, 2, 3
 ),
 problems AS (
@@ -872,6 +936,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 recomputed AS (
     SELECT r.outbox_id, r.instruction_digest,
@@ -920,6 +988,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 linked AS (
     SELECT a.outbox_id, a.attempt_no, a.row_digest,
@@ -1019,6 +1091,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 heads AS (
     SELECT h.checkpoint_id, h.outbox_id, h.attempt_no, h.row_digest
