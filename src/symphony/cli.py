@@ -13,6 +13,8 @@
     symphony participants add|list|revoke     who may submit payments (control role)
     symphony tokens issue|revoke              API tokens, shown once at issue (control role)
     symphony rail-sim                         the payment rail simulator
+    symphony delivery [--once]                webhook delivery service (delivery role)
+    symphony webhooks list|deliveries|disable|enable|replay   webhook endpoints (control role)
     symphony db url | db stop                 the admin DSN; stop the embedded server
 
 `--json` prints one JSON document on stdout, for scripts; an error then is
@@ -27,7 +29,7 @@ missing configuration, schema not migrated). Logs go to stderr at `SYMPHONY_LOG_
 Each command logs in as one principal: `api` as symphony_api_svc (ingest, readonly, operator),
 `worker` and `repair` as symphony_executor_svc, `enqueue` as symphony_ingest_svc, `status`,
 `audit verify` and `audit export-checkpoints` as symphony_reader_svc, `audit checkpoint` as
-symphony_control_svc. Given
+symphony_control_svc, `delivery` as symphony_delivery_svc. Given
 that principal's own DSN (`SYMPHONY_<PRINCIPAL>_DATABASE_URL`) a command needs neither the
 admin DSN nor the credentials file; without it, it uses the admin/embedded mode.
 """
@@ -81,12 +83,14 @@ from symphony.outbox import (
 from symphony.outbox.operators import OperatorStore
 from symphony.repair import ZombieRepairConfig, ZombieRepairWorker, zombie_threshold_from_env
 from symphony.services.api import ApiConfig
+from symphony.services.delivery import DeliveryConfig, DeliveryProcess
 from symphony.services.rail_sim import add_arguments as add_rail_sim_arguments
 from symphony.services.rail_sim import config_from_args as rail_sim_config_from_args
 from symphony.services.rail_sim import run_rail_sim
 from symphony.services.system import RunOptions, run_system
 from symphony.services.system.api import build_api_server
 from symphony.services.worker import WorkerConfig, WorkerProcess, stop_on_signals
+from symphony.webhooks import WebhookSettings, WebhookStore, configured_secret_box
 
 log = logging.getLogger("symphony.cli")
 
@@ -343,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_rail_sim_arguments(rail_sim)
     rail_sim.set_defaults(handler=cmd_rail_sim)
 
+    _webhook_commands(commands)
+
     db = commands.add_parser("db", help="the database server")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     url = db_commands.add_parser("url", help="print the admin DSN (starts the embedded server)")
@@ -351,6 +357,54 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(stop)
     stop.set_defaults(handler=cmd_db_stop)
     return parser
+
+
+def _webhook_commands(commands: Any) -> None:
+    delivery = commands.add_parser("delivery", help="run the webhook delivery service")
+    delivery.add_argument("--once", action="store_true",
+                          help="one fan-out/claim/call/record cycle, then exit")
+    delivery.add_argument("--worker-id", help="lease holder name (default delivery-host-pid)")
+    delivery.add_argument("--batch-size", type=_positive_int, help="deliveries per cycle")
+    delivery.add_argument("--concurrency", type=_positive_int, help="calls in flight at most")
+    delivery.add_argument("--metrics-port", type=int, metavar="PORT",
+                          help="serve Prometheus metrics on 127.0.0.1:PORT")
+    _json_flag(delivery)
+    delivery.set_defaults(handler=cmd_delivery)
+
+    webhooks = commands.add_parser("webhooks", help="webhook endpoints (operator)")
+    actions = webhooks.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
+    w_list = actions.add_parser("list", help="endpoints with their health, failing first")
+    w_list.add_argument("--status", choices=["enabled", "disabled", "deleted", "failing"],
+                        help="only endpoints in this state")
+    w_list.add_argument("--failing", action="store_true", help="same as --status failing")
+    w_list.add_argument("--limit", type=_positive_int, default=100)
+    _json_flag(w_list)
+    w_list.set_defaults(handler=cmd_webhooks_list)
+    w_deliveries = actions.add_parser("deliveries", help="an endpoint's newest deliveries")
+    w_deliveries.add_argument("endpoint_id", type=_uuid_arg("an endpoint id"))
+    w_deliveries.add_argument("--limit", type=_positive_int, default=50)
+    _json_flag(w_deliveries)
+    w_deliveries.set_defaults(handler=cmd_webhooks_deliveries)
+    for name, enabled in (("disable", False), ("enable", True)):
+        toggle = actions.add_parser(name, help=f"{name} an endpoint")
+        toggle.add_argument("endpoint_id", type=_uuid_arg("an endpoint id"))
+        toggle.add_argument("--reason", required=True, help="why (kept on the endpoint)")
+        _json_flag(toggle)
+        toggle.set_defaults(handler=cmd_webhooks_toggle, enabled=enabled)
+    replay = actions.add_parser("replay", help="send a delivery's event again")
+    replay.add_argument("delivery_id", type=_uuid_arg("a delivery id"))
+    replay.add_argument("--by", required=True, metavar="OPERATOR", help="who asks (recorded)")
+    _json_flag(replay)
+    replay.set_defaults(handler=cmd_webhooks_replay)
+
+
+def _uuid_arg(what: str) -> Callable[[str], UUID]:
+    def parse(text: str) -> UUID:
+        try:
+            return UUID(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} (a UUID)") from None
+    return parse
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
@@ -921,6 +975,104 @@ def cmd_db_stop(args: argparse.Namespace) -> int:
     emit(args, {"stopped": stopped, "data_dir": where},
          f"stopped the embedded PostgreSQL ({where})" if stopped
          else f"the embedded PostgreSQL was not running ({where})")
+    return EXIT_OK
+
+
+# -- webhooks --------------------------------------------------------------------------------
+
+
+def cmd_delivery(args: argparse.Namespace) -> int:
+    # Configuration first: a bad setting is reported before anything connects.
+    config = DeliveryConfig.load(worker_id=args.worker_id, batch_size=args.batch_size,
+                                 max_concurrency=args.concurrency,
+                                 metrics_port=args.metrics_port)
+    hooks = WebhookSettings.load()
+    settings = database_settings()
+
+    async def go() -> dict[str, Any] | None:
+        async with await Database.open_for_service(Service.DELIVERY, settings) as db:
+            box = configured_secret_box(settings.home, manages_home=db.endpoint is not None)
+            if box is None:
+                raise ConfigurationError(
+                    "the delivery service signs with secrets sealed under the webhook key: "
+                    "set SYMPHONY_WEBHOOK_KEY (the API's key)", code="WEBHOOK_KEY_MISSING")
+            process = DeliveryProcess(db, config, box, hooks.policy)
+            if not args.once:
+                await process.run_until_signalled()
+                return None
+            try:
+                return (await process.run_once()).as_dict()
+            finally:
+                await process.aclose()
+
+    result = _run(go())
+    if result is not None:
+        emit(args, result, ", ".join(f"{k} {v}" for k, v in result.items()))
+    return EXIT_OK
+
+
+def cmd_webhooks_list(args: argparse.Namespace) -> int:
+    settings = database_settings()
+    status = "FAILING" if args.failing else (args.status.upper() if args.status else None)
+
+    async def go() -> list[dict[str, Any]]:
+        async with await Database.open(settings) as db:
+            return await WebhookStore(db).ops_endpoints(status=status, limit=args.limit,
+                                                        role=Role.CONTROL)
+
+    rows = _run(go())
+    lines = [f"{len(rows)} endpoint(s)"]
+    for r in rows:
+        health = (f"FAILING since {r['failing_since']:%Y-%m-%d %H:%M:%S%z}, "
+                  f"{r['consecutive_failures']} failure(s), last {r['last_error_class']}"
+                  if r["failing_since"] else "healthy")
+        lines.append(f"  {r['endpoint_id']}  {r['participant_id']}  {r['status']}  {health}  "
+                     f"{r['pending_deliveries']} pending  {r['url']}")
+    emit(args, rows, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_webhooks_deliveries(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> list[dict[str, Any]]:
+        async with await Database.open(settings) as db:
+            return await WebhookStore(db).deliveries(args.endpoint_id, limit=args.limit,
+                                                     role=Role.CONTROL)
+
+    rows = _run(go())
+    lines = [f"{len(rows)} delivery(ies), newest first"] + [
+        f"  {r['delivery_id']}  event {r['event_id']}  {r['status']}  "
+        f"{r['attempt_count']} attempt(s), last {r['last_http_status'] or '-'} "
+        f"{r['last_error_class'] or ''}".rstrip()
+        for r in rows]
+    emit(args, rows, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_webhooks_toggle(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> dict[str, Any]:
+        async with await Database.open(settings) as db:
+            return await WebhookStore(db).set_enabled(args.endpoint_id, args.enabled,
+                                                      args.reason, role=Role.CONTROL)
+
+    row = _run(go())
+    emit(args, row, f"{row['endpoint_id']}: {row['status']}")
+    return EXIT_OK
+
+
+def cmd_webhooks_replay(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> dict[str, Any]:
+        async with await Database.open(settings) as db:
+            return await WebhookStore(db).replay(args.delivery_id, args.by, role=Role.CONTROL)
+
+    row = _run(go())
+    emit(args, row, f"replay {row['delivery_id']} of event {row['event_id']} queued "
+                    f"(webhook-id {row['event_id']})")
     return EXIT_OK
 
 

@@ -233,7 +233,8 @@ class _Connect:
 
 # Which role reads the migration record, among those a Database can become: one that writes
 # nothing first.
-_STATUS_ROLES = (Role.READONLY, Role.AUDITOR, Role.EXECUTOR, Role.INGEST, Role.CONTROL)
+_STATUS_ROLES = (Role.READONLY, Role.AUDITOR, Role.EXECUTOR, Role.INGEST, Role.CONTROL,
+                 Role.DELIVERY, Role.WEBHOOKS)
 # Roles a login is checked against on connect: it may become only its own.
 _GUARDED_ROLES = [*(r.value for r in Role), OWNER_ROLE]
 

@@ -494,6 +494,8 @@ WITH expected (table_name, trigger_name, function_name) AS (
            ('payment_outbox_attempts', 'payment_outbox_attempts_terminal_leaves_pending',
             'check_pending_matches_ledger'),
            ('payment_outbox_attempts', 'payment_outbox_attempts_seal', 'seal_attempt'),
+           ('payment_outbox_attempts', 'payment_outbox_attempts_00_writer_xid',
+            'ledger_writer_xid'),
            ('payment_instruction_registry', 'payment_instruction_registry_append_only',
             'refuse_history_rewrite'),
            ('payment_instruction_registry', 'payment_instruction_registry_no_truncate',
@@ -1180,7 +1182,8 @@ SELECT NULL::uuid AS outbox_id, NULL::integer AS attempt_no,
  LIMIT %(limit)s;
 
 -- name: take_ledger_checkpoint
--- Anchor every chain (role: control; ledger inserts wait while it runs).
+-- Anchor every chain (role: control). Ledger inserts do not wait for it; it waits for the
+-- ledger writers in flight when it starts (docs/audit.md).
 SELECT checkpoint_id, taken_at, up_to_attempt_id, row_count, item_count, heads_digest,
        previous_digest, checkpoint_digest, taken_by, changed_items
   FROM symphony.take_ledger_checkpoint();
@@ -1204,6 +1207,79 @@ SELECT item, outbox_id, sequence_id, state, created, created_at, error_sqlstate,
 -- name: wake_outbox_workers
 -- Wake the workers after a batch enqueued with wake_after_commit committed (role: ingest).
 SELECT symphony.wake_outbox_workers();
+
+-- name: create_webhook_endpoint
+-- Register a participant's endpoint with its first sealed secret (role: webhooks).
+SELECT endpoint_id, url, event_types, description, status, created_at
+  FROM symphony.create_webhook_endpoint(
+      %(participant_id)s, %(endpoint_id)s, %(url)s, %(event_types)s::text[], %(description)s,
+      %(secret_ciphertext)s, %(key_id)s);
+
+-- name: participant_webhook_endpoints
+-- A participant's live endpoints with their health, no secret (role: webhooks).
+SELECT endpoint_id, url, event_types, description, status, consecutive_failures,
+       failing_since, last_success_at, last_failure_at, last_error_class, live_secrets,
+       created_at
+  FROM symphony.participant_webhook_endpoints(%(participant_id)s);
+
+-- name: delete_webhook_endpoint
+SELECT endpoint_id, status, abandoned_deliveries
+  FROM symphony.delete_webhook_endpoint(%(participant_id)s, %(endpoint_id)s);
+
+-- name: rotate_webhook_endpoint_secret
+SELECT endpoint_id, secret_no, previous_expires
+  FROM symphony.rotate_webhook_endpoint_secret(
+      %(participant_id)s, %(endpoint_id)s, %(secret_ciphertext)s, %(key_id)s,
+      %(overlap_seconds)s);
+
+-- name: ops_webhook_endpoints
+-- Every endpoint (or those of one status, or the failing ones), failing first (roles:
+-- webhooks, control).
+SELECT participant_id, endpoint_id, url, event_types, status, status_reason,
+       consecutive_failures, failing_since, last_success_at, last_failure_at, last_error_class,
+       pending_deliveries, created_at
+  FROM symphony.ops_webhook_endpoints(%(status)s, %(limit)s);
+
+-- name: set_webhook_endpoint_enabled
+SELECT participant_id, endpoint_id, status
+  FROM symphony.set_webhook_endpoint_enabled(%(endpoint_id)s, %(enabled)s, %(reason)s);
+
+-- name: ops_webhook_deliveries
+SELECT delivery_id, participant_id, endpoint_id, event_id, event_seq, status, attempt_count,
+       next_attempt_at, replay_of, created_at, finished_at, last_http_status, last_error_class,
+       last_attempt_at
+  FROM symphony.ops_webhook_deliveries(%(endpoint_id)s, %(limit)s);
+
+-- name: replay_webhook_delivery
+SELECT delivery_id, participant_id, endpoint_id, event_id, replay_of
+  FROM symphony.replay_webhook_delivery(%(delivery_id)s, %(requested_by)s);
+
+-- name: webhook_health
+-- Endpoint and delivery counts for the metrics and the dashboard (roles: delivery, webhooks,
+-- control).
+SELECT endpoints_enabled, endpoints_disabled, endpoints_failing, deliveries_pending,
+       deliveries_due, oldest_due_at, deliveries_failed, observed_at
+  FROM symphony.webhook_health();
+
+-- name: fan_out_webhook_events
+-- New events become deliveries, per endpoint cursor (role: delivery).
+SELECT endpoints, events, deliveries
+  FROM symphony.fan_out_webhook_events(%(endpoint_limit)s, %(event_limit)s);
+
+-- name: claim_webhook_deliveries
+-- Lease due deliveries with what their calls need (role: delivery).
+SELECT participant_id, delivery_id, endpoint_id, url, event_seq, event_id, event_type, outbox_id,
+       event_created_at, payload, attempt_no, lease_token, lease_expires_at, secret_ciphertexts,
+       secret_key_ids
+  FROM symphony.claim_webhook_deliveries(%(worker_id)s, %(limit)s, %(lease_seconds)s);
+
+-- name: complete_webhook_delivery
+-- Record one attempt, fenced by its lease token (role: delivery).
+SELECT status, attempt_no, next_attempt_at, endpoint_failing, endpoint_became_failing
+  FROM symphony.complete_webhook_delivery(
+      %(participant_id)s, %(delivery_id)s, %(lease_token)s, %(outcome)s,
+      %(retry_after_seconds)s, %(http_status)s, %(latency_ms)s, %(error_class)s,
+      %(response_excerpt)s, %(started_at)s, %(failing_after)s);
 
 -- operators (docs: README "Operator API") -----------------------------------------------------
 

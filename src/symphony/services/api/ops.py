@@ -29,6 +29,7 @@ from symphony.services.api.dashboard import dashboard_router
 from symphony.services.api.error import ApiError, ErrorBody
 from symphony.services.api.metrics import metrics_router
 from symphony.services.api.operators import operators_router
+from symphony.services.api.webhooks import webhook_health_router
 
 DEFAULT_FAILURES_LIMIT = 50
 DEFAULT_THROUGHPUT_MINUTES = 30
@@ -244,4 +245,5 @@ def operator_routers(
         operators_router(),
         metrics_router(process_registries=process_registries),
         dashboard_router(),
+        webhook_health_router(),
     ]

@@ -965,6 +965,74 @@
     $("token-input").focus();
   }
 
+  // -- webhook endpoint health (its own card and loop) -------------------------------------
+
+  const HOOK_FIELDS = [
+    "endpoints_enabled", "endpoints_disabled", "endpoints_failing", "deliveries_pending",
+    "deliveries_failed",
+  ];
+
+  function renderWebhooks(health) {
+    for (const field of HOOK_FIELDS) {
+      const dd = $(`hooks-${field}`);
+      const value = health[field];
+      dd.textContent = number.format(value);
+      const card = dd.parentElement;
+      card.classList.toggle("alert", card.classList.contains("warn-if-nonzero") && value > 0);
+    }
+    $("hooks-oldest").textContent = age(health.oldest_due_age_seconds);
+    const body = $("hooks-failing-body");
+    const failing = Array.isArray(health.failing) ? health.failing : [];
+    if (failing.length === 0) {
+      const row = el("tr");
+      const cell = el("td", "No endpoint is failing.", "empty");
+      cell.colSpan = 5;
+      row.appendChild(cell);
+      body.replaceChildren(row);
+      return;
+    }
+    body.replaceChildren(...failing.map((e) => {
+      const row = el("tr", null, "failing");
+      row.appendChild(el("td", when(e.failing_since)));
+      row.appendChild(el("td", e.participant_id, "mono"));
+      row.appendChild(el("td", e.url, "mono"));
+      row.appendChild(el("td", number.format(e.consecutive_failures)));
+      row.appendChild(el("td", e.last_error_class || "—", "mono"));
+      return row;
+    }));
+  }
+
+  function clearWebhooks() {
+    for (const field of HOOK_FIELDS) {
+      const dd = $(`hooks-${field}`);
+      dd.textContent = "—";
+      dd.parentElement.classList.remove("alert");
+    }
+    $("hooks-oldest").textContent = "—";
+    const row = el("tr");
+    const cell = el("td", "No current data.", "empty");
+    cell.colSpan = 5;
+    row.appendChild(cell);
+    $("hooks-failing-body").replaceChildren(row);
+  }
+
+  async function refreshWebhooks() {
+    const card = $("webhooks");
+    if (token() && !$("board").hidden) {
+      try {
+        renderWebhooks(await api("/v1/ops/webhook_health"));
+        card.hidden = false;
+      } catch (err) {
+        clearWebhooks();
+        // Not served by this API (no webhook routes): the card stays away.
+        if (err.status === 404) card.hidden = true;
+      }
+    }
+    setTimeout(refreshWebhooks, REFRESH_MS);
+  }
+
+  document.addEventListener("DOMContentLoaded", refreshWebhooks);
+
   document.addEventListener("DOMContentLoaded", () => {
     $("token-form").addEventListener("submit", (event) => {
       event.preventDefault();

@@ -1,4 +1,4 @@
--- 0018 — the operators' per-participant index of terminal ledger rows, kept to queries that
+-- 0020 — the operators' per-participant index of terminal ledger rows, kept to queries that
 -- name a participant.
 --
 -- Why: the operators migration indexed a participant's terminal rows by time,
