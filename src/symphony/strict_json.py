@@ -22,15 +22,21 @@ from typing import Any, Final
 MAX_DEPTH: Final = 32
 
 
-def loads(text: str | bytes, *, max_depth: int | None = MAX_DEPTH) -> Any:
+def loads(
+    text: str | bytes, *, max_depth: int | None = MAX_DEPTH, storable: bool = True
+) -> Any:
     """`text` as strict JSON (see the module's docstring); `ValueError` when it is not.
 
     `max_depth=None` leaves nesting to the reader behind (the database refuses a deep payload
-    with its own code, which `symphony enqueue` reports), bounded only by Python's recursion."""
+    with its own code, which `symphony enqueue` reports), bounded only by Python's recursion.
+    `storable=False` keeps only the rules against two readings (repeated members, NaN,
+    Infinity): for a document whose text is cleaned where it is used (a rail's answer), a lone
+    surrogate in a message is no ambiguity."""
     try:
         raw = text.decode("utf-8") if isinstance(text, bytes) else text
         value = json.loads(raw, parse_constant=_no_constant, object_pairs_hook=_unique_members)
-        _check(value, 0, max_depth)
+        if storable:
+            _check(value, 0, max_depth)
     except RecursionError:
         raise ValueError("nested too deeply") from None
     except UnicodeError as exc:  # a UnicodeError is a ValueError; say what it was
