@@ -1,4 +1,4 @@
--- 0017 — payment events, cheaper: the same events, numbers and payloads for less work per
+-- 0021 — payment events, cheaper: the same events, numbers and payloads for less work per
 -- payment.
 --
 -- Why: measured side by side (scripts/bench/events_cost.py, and the same triggers switched on

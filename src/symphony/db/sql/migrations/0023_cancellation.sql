@@ -1,4 +1,4 @@
--- 0019 — cancellation: a payment that no attempt can have taken to the rail may be canceled,
+-- 0023 — cancellation: a payment that no attempt can have taken to the rail may be canceled,
 -- by its participant or by an operator, in one transaction that the database alone performs.
 --
 -- The rule (the specification's "Cancellation"): cancelable only while no attempt of the

@@ -1,4 +1,4 @@
--- 0018 — the CANCELED ledger state, on its own.
+-- 0022 — the CANCELED ledger state, on its own.
 --
 -- Why a migration of its own: a value added to an enum cannot be used in the transaction that
 -- adds it (PostgreSQL refuses "unsafe use of new value"), and each migration is one
