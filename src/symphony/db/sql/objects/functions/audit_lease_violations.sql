@@ -1,11 +1,9 @@
 -- symphony.audit_lease_violations: the running definition, applied again whenever this file
 -- changes (a repeatable object: see sql/objects/README.md). Moved here from its last definition
--- in migration 0009_tamper_evident_ledger.sql.
+-- in migration 0023_cancellation.sql.
 
--- I9 on what no role may read: every DISPATCHED, FAILED, RETRYABLE and ZOMBIE_REQUEUE row
--- directly follows a DISPATCHING row of the same lease token; every DISPATCHING row has a
--- token of its own; a live lease is the one its item's open DISPATCHING row was written with;
--- each lease_digest is the digest of its token. Tokens are compared here, never returned.
+-- I9 in the audit: a cancellation is no dispatch outcome and holds no lease. Changed from 0009
+-- only there.
 CREATE OR REPLACE FUNCTION symphony.audit_lease_violations(
     p_since timestamptz DEFAULT NULL,
     p_limit integer DEFAULT 100
@@ -35,11 +33,14 @@ AS $$
                CASE
                    WHEN x.state = 'DISPATCHING' AND x.lease_token IS NULL
                        THEN 'DISPATCHING_WITHOUT_LEASE'
-                   WHEN x.state <> 'DISPATCHING'
+                   -- A cancellation is no outcome of a dispatch: it holds no lease.
+                   WHEN x.state = 'CANCELED' AND x.lease_token IS NOT NULL
+                       THEN 'CANCELED_WITH_LEASE'
+                   WHEN x.state NOT IN ('DISPATCHING', 'CANCELED')
                         AND (x.previous_state IS DISTINCT FROM 'DISPATCHING'
                              OR x.previous_attempt_no <> x.attempt_no - 1)
                        THEN 'NO_PRECEDING_DISPATCHING'
-                   WHEN x.state <> 'DISPATCHING'
+                   WHEN x.state NOT IN ('DISPATCHING', 'CANCELED')
                         AND (x.lease_token IS NULL OR x.lease_token <> x.previous_token)
                        THEN 'LEASE_MISMATCH'
                    WHEN x.lease_digest IS DISTINCT FROM sha256(uuid_send(x.lease_token))

@@ -1,7 +1,8 @@
 -- symphony.check_pending_matches_ledger: the running definition, applied again whenever this
 -- file changes (a repeatable object: see sql/objects/README.md). Moved here from its last
--- definition in migration 0010_distribution_keys.sql.
+-- definition in migration 0023_cancellation.sql.
 
+-- Changed from 0010 only in the terminal states.
 CREATE OR REPLACE FUNCTION symphony.check_pending_matches_ledger() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -19,7 +20,7 @@ BEGIN
     v_terminal := EXISTS (
         SELECT 1 FROM payment_outbox_attempts a
          WHERE a.outbox_id = v_outbox_id AND a.participant_id = v_participant
-           AND a.state IN ('DISPATCHED', 'FAILED'));
+           AND a.state IN ('DISPATCHED', 'FAILED', 'CANCELED'));
     v_pending := EXISTS (
         SELECT 1 FROM payment_outbox_pending p
          WHERE p.outbox_id = v_outbox_id AND p.participant_id = v_participant);

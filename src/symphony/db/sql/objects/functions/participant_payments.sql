@@ -1,10 +1,8 @@
 -- symphony.participant_payments: the running definition, applied again whenever this file
 -- changes (a repeatable object: see sql/objects/README.md). Moved here from its last definition
--- in migration 0007_participants_and_tokens.sql.
+-- in migration 0023_cancellation.sql.
 
--- The participant's items, newest first by its own sequence; a page ends where the next one
--- starts after (the cursor is the outbox_id of the previous page's last item, and must be one
--- of the caller's own items: another participant's id is refused, not silently ignored).
+-- Changed from 0007 only in taking CANCELED as a state filter.
 CREATE OR REPLACE FUNCTION symphony.participant_payments(
     p_participant_id text,
     p_state          text DEFAULT NULL,
@@ -46,8 +44,10 @@ BEGIN
             USING ERRCODE = 'SY021', CONSTRAINT = 'participant_payments_limit';
     END IF;
     IF p_state IS NOT NULL
-       AND p_state NOT IN ('PENDING', 'DISPATCHING', 'RETRYABLE', 'DISPATCHED', 'FAILED') THEN
-        RAISE EXCEPTION 'state must be PENDING, DISPATCHING, RETRYABLE, DISPATCHED or FAILED'
+       AND p_state NOT IN ('PENDING', 'DISPATCHING', 'RETRYABLE', 'DISPATCHED', 'FAILED',
+                           'CANCELED') THEN
+        RAISE EXCEPTION 'state must be PENDING, DISPATCHING, RETRYABLE, DISPATCHED, FAILED or '
+                        'CANCELED'
             USING ERRCODE = 'SY032', CONSTRAINT = 'participant_payments_state';
     END IF;
     IF p_after IS NOT NULL THEN

@@ -1,7 +1,7 @@
 -- trigger payment_outbox_attempts_terminal_leaves_pending on symphony.payment_outbox_attempts:
 -- the running definition, applied again whenever this file changes (a repeatable object: see
 -- sql/objects/README.md). Moved here from its last definition in migration
--- 0003_ledger_rules.sql.
+-- 0023_cancellation.sql.
 
 DROP TRIGGER IF EXISTS payment_outbox_attempts_terminal_leaves_pending
     ON symphony.payment_outbox_attempts;
@@ -9,7 +9,7 @@ DROP TRIGGER IF EXISTS payment_outbox_attempts_terminal_leaves_pending
 CREATE CONSTRAINT TRIGGER payment_outbox_attempts_terminal_leaves_pending
     AFTER INSERT ON symphony.payment_outbox_attempts
     DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW WHEN (NEW.state IN ('DISPATCHED', 'FAILED'))
+    FOR EACH ROW WHEN (NEW.state IN ('DISPATCHED', 'FAILED', 'CANCELED'))
     EXECUTE FUNCTION symphony.check_pending_matches_ledger();
 
 ALTER TABLE symphony.payment_outbox_attempts

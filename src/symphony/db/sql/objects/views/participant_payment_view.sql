@@ -1,9 +1,9 @@
 -- symphony.participant_payment_view: the running definition, applied again whenever this file
 -- changes (a repeatable object: see sql/objects/README.md). Moved here from its last definition
--- in migration 0010_distribution_keys.sql.
+-- in migration 0023_cancellation.sql.
 
--- The same view and history function, joining the pending row and the ledger on the item's
--- participant as well as its outbox_id: a join on the distribution column stays on one shard.
+-- Changed from 0010 only in the terminal states: a canceled payment shows CANCELED, its time
+-- as terminal_at and its code (CANCELED_BY_PARTICIPANT, CANCELED_BY_OPERATOR).
 CREATE OR REPLACE VIEW symphony.participant_payment_view AS
 SELECT r.participant_id,
        r.sequence_id,
@@ -13,7 +13,7 @@ SELECT r.participant_id,
        r.rail_type,
        r.payload,
        CASE
-           WHEN l.state IN ('DISPATCHED', 'FAILED') THEN l.state::text
+           WHEN l.state IN ('DISPATCHED', 'FAILED', 'CANCELED') THEN l.state::text
            WHEN p.lease_token IS NOT NULL THEN 'DISPATCHING'
            WHEN l.state = 'RETRYABLE' THEN 'RETRYABLE'
            ELSE 'PENDING'
@@ -23,13 +23,13 @@ SELECT r.participant_id,
                   WHERE d.outbox_id = r.outbox_id AND d.participant_id = r.participant_id
                     AND d.state = 'DISPATCHING'))::integer
            AS attempt_count,
-       CASE WHEN l.state IN ('DISPATCHED', 'FAILED') THEN NULL ELSE p.next_attempt_at END
+       CASE WHEN l.state IN ('DISPATCHED', 'FAILED', 'CANCELED') THEN NULL ELSE p.next_attempt_at END
            AS next_attempt_at,
-       CASE WHEN l.state IN ('DISPATCHED', 'FAILED') THEN l.error_code
+       CASE WHEN l.state IN ('DISPATCHED', 'FAILED', 'CANCELED') THEN l.error_code
             ELSE p.last_error_code END AS last_error_code,
        r.created_at,
        coalesce(l.recorded_at, r.created_at) AS updated_at,
-       CASE WHEN l.state IN ('DISPATCHED', 'FAILED') THEN l.recorded_at END AS terminal_at
+       CASE WHEN l.state IN ('DISPATCHED', 'FAILED', 'CANCELED') THEN l.recorded_at END AS terminal_at
   FROM symphony.payment_instruction_registry r
   LEFT JOIN LATERAL (
       SELECT q.lease_token, q.attempt_count, q.next_attempt_at, q.last_error_code
