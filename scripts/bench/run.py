@@ -127,7 +127,11 @@ class Ours:
         self.bench = bench
         self.home = bench.home
         self.settings = DatabaseSettings(SYMPHONY_HOME=str(self.home),
-                                         SYMPHONY_DB_POOL_MAX_SIZE=24)
+                                         SYMPHONY_DB_POOL_MAX_SIZE=24,
+                                         # The growth rows' checkpoint and full audit read a
+                                         # 1M-row ledger in one statement each: on a shared
+                                         # machine that can pass the 10 s default.
+                                         SYMPHONY_DB_STATEMENT_TIMEOUT_MS=300_000)
         self.run = uuid.uuid4().hex[:6]
         self.counter = 0
 
@@ -738,7 +742,8 @@ async def main(argv: list[str]) -> int:
 
         # the drained database passes the audit
         progress.step("symphony audit verify")
-        env = {**os.environ, "SYMPHONY_HOME": str(bench.home), "SYMPHONY_ENV": "development"}
+        env = {**os.environ, "SYMPHONY_HOME": str(bench.home), "SYMPHONY_ENV": "development",
+               "SYMPHONY_DB_STATEMENT_TIMEOUT_MS": "300000"}
         env.pop("DATABASE_URL", None)
         audit = subprocess.run(  # noqa: ASYNC221 - nothing else runs meanwhile
             [str(Path(PY).parent / "symphony"), "audit", "verify", "--json"],

@@ -301,7 +301,8 @@ class AuditStore:
                 raise InvalidRequestError(
                     f"unknown audit check(s): {', '.join(sorted(unknown))}",
                     code="INVALID_AUDIT_CHECK", context="audit")
-        params: dict[str, Any] = {"since": since, "limit": limit, "from_checkpoint": False}
+        params: dict[str, Any] = {"since": since, "limit": limit, "from_checkpoint": False,
+                                  "scope_ids": None, "scope_participants": None}
         mode = "full" if since is None else "since"
         checkpoint_id: int | None = None
         started = time.perf_counter()
@@ -316,6 +317,12 @@ class AuditStore:
                     checkpoint_id = int(scope["checkpoint_id"])
                     params.update(since=since, from_checkpoint=True)
                     mode = "since-checkpoint"
+            if since is not None:
+                # The items in scope, once: every check probes its table by them.
+                ids = await tx.fetch_one("audit_scope_ids", params)
+                params["scope_ids"] = [] if ids is None else list(ids["scope_ids"])
+                params["scope_participants"] = (
+                    [] if ids is None else list(ids["scope_participants"]))
             counts_row = await tx.fetch_one("audit_scope_counts", params) or {}
             counts = {k: int(v) for k, v in counts_row.items() if k != "snapshot_at"}
             counts["tables"] = _HISTORY_TABLES

@@ -377,27 +377,35 @@ SELECT c.checkpoint_id, c.up_to_attempt_id, c.taken_at,
  ORDER BY c.checkpoint_id DESC
  LIMIT 1;
 
+-- name: audit_scope_ids
+-- The items an incremental audit checks (`since` given): registered, or with a ledger row
+-- recorded, at or after `since`, and from a checkpoint every live item. Computed once per
+-- audit through the registry's and the ledger's time indexes and passed to every check as an
+-- array, which each check probes through its table's outbox index (an IN over a CTE next to
+-- `since IS NULL OR ...` is planned as a scan of the whole table).
+SELECT coalesce(array_agg(x.outbox_id), '{}') AS scope_ids,
+       coalesce((SELECT array_agg(DISTINCT r.participant_id)
+                   FROM symphony.payment_instruction_registry r
+                  WHERE r.outbox_id = ANY (array_agg(x.outbox_id))), '{}') AS scope_participants
+  FROM (SELECT r.outbox_id FROM symphony.payment_instruction_registry r
+         WHERE r.created_at >= %(since)s::timestamptz
+        UNION
+        SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
+         WHERE a.recorded_at >= %(since)s::timestamptz
+        UNION
+        SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+         WHERE %(from_checkpoint)s::boolean) x;
+
 -- name: audit_scope_counts
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-)
 SELECT (SELECT count(*) FROM symphony.payment_instruction_registry r
          WHERE %(since)s::timestamptz IS NULL
-            OR r.outbox_id IN (SELECT s.outbox_id FROM scope s)) AS items,
+            OR r.outbox_id = ANY (%(scope_ids)s::uuid[])) AS items,
        (SELECT count(*) FROM symphony.payment_outbox_attempts a
          WHERE %(since)s::timestamptz IS NULL
-            OR a.outbox_id IN (SELECT s.outbox_id FROM scope s)) AS ledger_rows,
+            OR a.outbox_id = ANY (%(scope_ids)s::uuid[])) AS ledger_rows,
        (SELECT count(*) FROM symphony.payment_outbox_pending p
          WHERE %(since)s::timestamptz IS NULL
-            OR p.outbox_id IN (SELECT s.outbox_id FROM scope s)) AS pending,
+            OR p.outbox_id = ANY (%(scope_ids)s::uuid[])) AS pending,
        (SELECT count(*) FROM symphony.ledger_checkpoints) AS checkpoints,
        now() AS snapshot_at;
 
@@ -405,18 +413,7 @@ SELECT (SELECT count(*) FROM symphony.payment_instruction_registry r
 -- I1: one item per (participant_id, instruction_id, idempotency_key); outbox_id unique. A full
 -- audit counts each key over the whole registry; an incremental one probes the keys of the
 -- items in scope (one branch runs: the other's condition is false for the given `since`).
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-problems AS (
+WITH problems AS (
     -- Hash aggregates over the registry, then back to the few rows of a duplicated key.
     SELECT r.outbox_id, r.participant_id, 'DUPLICATE_OUTBOX_ID' AS problem
       FROM symphony.payment_instruction_registry r
@@ -443,7 +440,7 @@ problems AS (
            END
       FROM symphony.payment_instruction_registry r
      WHERE %(since)s::timestamptz IS NOT NULL
-       AND r.outbox_id IN (SELECT s.outbox_id FROM scope s)
+       AND r.outbox_id = ANY (%(scope_ids)s::uuid[])
        AND ((SELECT count(*) FROM symphony.payment_instruction_registry o
               WHERE o.outbox_id = r.outbox_id) > 1
             OR EXISTS (SELECT 1 FROM symphony.payment_instruction_registry o
@@ -460,21 +457,10 @@ SELECT x.outbox_id, NULL::integer AS attempt_no, x.participant_id AS subject, x.
 
 -- name: audit_one_pending_row
 -- I2: at most one pending row per outbox_id.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-)
 SELECT p.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
        'DUPLICATE_PENDING_ROW' AS problem, count(*) OVER () AS total
   FROM symphony.payment_outbox_pending p
- WHERE %(since)s::timestamptz IS NULL OR p.outbox_id IN (SELECT s.outbox_id FROM scope s)
+ WHERE %(since)s::timestamptz IS NULL OR p.outbox_id = ANY (%(scope_ids)s::uuid[])
  GROUP BY p.outbox_id
 HAVING count(*) > 1
  ORDER BY p.outbox_id
@@ -573,27 +559,16 @@ SELECT NULL::uuid AS outbox_id, NULL::integer AS attempt_no, x.subject, x.proble
 -- name: audit_attempt_numbering
 -- I4: attempt_no runs 1, 2, 3, ... per item; a pending row's attempt_count is the number of
 -- its DISPATCHING rows and its last_attempt_no its newest attempt_no.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-numbered AS (
+WITH numbered AS (
     SELECT a.outbox_id, a.attempt_no,
            lag(a.attempt_no) OVER (PARTITION BY a.outbox_id ORDER BY a.attempt_no) AS previous_no
       FROM symphony.payment_outbox_attempts a
-     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id = ANY (%(scope_ids)s::uuid[])
 ),
 live AS (
     SELECT p.outbox_id, p.attempt_count, p.last_attempt_no
       FROM symphony.payment_outbox_pending p
-     WHERE %(since)s::timestamptz IS NULL OR p.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR p.outbox_id = ANY (%(scope_ids)s::uuid[])
 ),
 live_ledger AS (
     SELECT a.outbox_id, count(*) FILTER (WHERE a.state = 'DISPATCHING') AS dispatching,
@@ -628,23 +603,12 @@ SELECT x.outbox_id, x.attempt_no, NULL::text AS subject, x.problem, count(*) OVE
 -- name: audit_legal_transitions
 -- I5: the first row is DISPATCHING; DISPATCHED, RETRYABLE, FAILED and ZOMBIE_REQUEUE follow a
 -- DISPATCHING; DISPATCHING follows RETRYABLE or ZOMBIE_REQUEUE; nothing follows a terminal.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-ordered AS (
+WITH ordered AS (
     SELECT a.outbox_id, a.attempt_no, a.state::text AS state,
            (lag(a.state) OVER (PARTITION BY a.outbox_id ORDER BY a.attempt_no))::text
                AS previous_state
       FROM symphony.payment_outbox_attempts a
-     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id = ANY (%(scope_ids)s::uuid[])
 )
 SELECT x.outbox_id, x.attempt_no,
        coalesce(x.previous_state, '(start)') || ' -> ' || x.state AS subject,
@@ -662,24 +626,13 @@ SELECT x.outbox_id, x.attempt_no,
 
 -- name: audit_one_terminal
 -- I6: at most one DISPATCHED row and at most one terminal row per item.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-)
 SELECT a.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
        CASE WHEN count(*) FILTER (WHERE a.state = 'DISPATCHED') > 1 THEN 'DUPLICATE_DISPATCHED'
             ELSE 'DUPLICATE_TERMINAL' END AS problem,
        count(*) OVER () AS total
   FROM symphony.payment_outbox_attempts a
  WHERE a.state IN ('DISPATCHED', 'FAILED')
-   AND (%(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s))
+   AND (%(since)s::timestamptz IS NULL OR a.outbox_id = ANY (%(scope_ids)s::uuid[]))
  GROUP BY a.outbox_id
 HAVING count(*) > 1
  ORDER BY a.outbox_id
@@ -688,20 +641,9 @@ HAVING count(*) > 1
 -- name: audit_pending_matches_ledger
 -- I7: an item is pending if and only if its ledger has no terminal row; no pending row,
 -- ledger row, review decision or lookup mark belongs to an item the registry does not know.
-WITH scope AS (
+WITH items AS (
     SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-items AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id = ANY (%(scope_ids)s::uuid[])
 ),
 problems AS (
     SELECT x.outbox_id,
@@ -724,7 +666,7 @@ problems AS (
     SELECT a.outbox_id, 'LEDGER_WITHOUT_REGISTRY'
       FROM (SELECT DISTINCT x.outbox_id FROM symphony.payment_outbox_attempts x
              WHERE %(since)s::timestamptz IS NULL
-                OR x.outbox_id IN (SELECT s.outbox_id FROM scope s)) a
+                OR x.outbox_id = ANY (%(scope_ids)s::uuid[])) a
      WHERE NOT EXISTS (SELECT 1 FROM symphony.payment_instruction_registry r
                         WHERE r.outbox_id = a.outbox_id)
     UNION ALL
@@ -755,24 +697,13 @@ SELECT v.outbox_id, v.attempt_no, NULL::text AS subject, v.problem, v.total
 -- its lookup mark names), no FAILED row follows, except an operator's review decision of
 -- FAILED; and while the item is pending it keeps needs_lookup, so its next dispatch asks the
 -- rail first.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-ambiguous AS (
+WITH ambiguous AS (
     SELECT x.outbox_id, min(x.attempt_no) AS first_no
       FROM (SELECT a.outbox_id, a.attempt_no FROM symphony.payment_outbox_attempts a
              WHERE a.state = 'ZOMBIE_REQUEUE'
             UNION ALL
             SELECT m.outbox_id, m.attempt_no FROM symphony.outbox_lookup_marks m) x
-     WHERE %(since)s::timestamptz IS NULL OR x.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR x.outbox_id = ANY (%(scope_ids)s::uuid[])
      GROUP BY x.outbox_id
 ),
 problems AS (
@@ -800,18 +731,7 @@ SELECT x.outbox_id, x.attempt_no, NULL::text AS subject, x.problem, count(*) OVE
 -- I10, review: an item under review needs a lookup and holds no lease; a terminal row that
 -- an operator's review wrote (its DISPATCHING row is OPERATOR_REVIEW) has that decision in
 -- outbox_review_decisions, by that operator; a DISPATCHED or FAILED decision has its row.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-problems AS (
+WITH problems AS (
     SELECT p.outbox_id, NULL::integer AS attempt_no,
            CASE WHEN NOT p.needs_lookup THEN 'REVIEW_WITHOUT_LOOKUP'
                 WHEN p.claimed_by IS NOT NULL THEN 'REVIEW_WHILE_LEASED' END AS problem
@@ -837,7 +757,7 @@ problems AS (
 SELECT x.outbox_id, x.attempt_no, NULL::text AS subject, x.problem, count(*) OVER () AS total
   FROM problems x
  WHERE x.problem IS NOT NULL
-   AND (%(since)s::timestamptz IS NULL OR x.outbox_id IN (SELECT s.outbox_id FROM scope s))
+   AND (%(since)s::timestamptz IS NULL OR x.outbox_id = ANY (%(scope_ids)s::uuid[]))
  ORDER BY x.outbox_id, x.attempt_no
  LIMIT %(limit)s;
 
@@ -847,23 +767,12 @@ SELECT x.outbox_id, x.attempt_no, NULL::text AS subject, x.problem, count(*) OVE
 -- DISPATCHED / FAILED / CANCELED ledger row; one payment.under_review per time the item
 -- entered review (each review decision closes one, an item under review now holds one open).
 -- Each participant's events are numbered 1, 2, 3, ... without a gap (full audits).
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
 -- An incremental audit counts only the items in scope (each one whole): its cost follows the
 -- scope, not the ledger (the events through their participants' index).
-expected AS (
+WITH expected AS (
     SELECT r.participant_id, r.outbox_id, 'payment.created' AS event_type, 1::bigint AS n
       FROM symphony.payment_instruction_registry r
-     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id = ANY (%(scope_ids)s::uuid[])
     UNION ALL
     SELECT a.participant_id, a.outbox_id,
            CASE a.state::text WHEN 'DISPATCHED' THEN 'payment.dispatched'
@@ -872,18 +781,18 @@ expected AS (
            count(*)
       FROM symphony.payment_outbox_attempts a
      WHERE a.state::text IN ('DISPATCHED', 'FAILED', 'CANCELED')
-       AND (%(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s))
+       AND (%(since)s::timestamptz IS NULL OR a.outbox_id = ANY (%(scope_ids)s::uuid[]))
      GROUP BY 1, 2, 3
     UNION ALL
     SELECT d.participant_id, d.outbox_id, 'payment.under_review', count(*)
       FROM symphony.outbox_review_decisions d
-     WHERE %(since)s::timestamptz IS NULL OR d.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR d.outbox_id = ANY (%(scope_ids)s::uuid[])
      GROUP BY 1, 2
     UNION ALL
     SELECT p.participant_id, p.outbox_id, 'payment.under_review', 1
       FROM symphony.payment_outbox_pending p
      WHERE p.review_reason IS NOT NULL
-       AND (%(since)s::timestamptz IS NULL OR p.outbox_id IN (SELECT s.outbox_id FROM scope s))
+       AND (%(since)s::timestamptz IS NULL OR p.outbox_id = ANY (%(scope_ids)s::uuid[]))
 ),
 wanted AS (
     SELECT e.participant_id, e.outbox_id, e.event_type, sum(e.n) AS n
@@ -894,10 +803,8 @@ written AS (
     SELECT v.participant_id, v.outbox_id, v.event_type, count(*) AS n
       FROM symphony.payment_events v
      WHERE %(since)s::timestamptz IS NULL
-        OR (v.participant_id IN (SELECT r.participant_id
-                                   FROM symphony.payment_instruction_registry r
-                                  WHERE r.outbox_id IN (SELECT s.outbox_id FROM scope s))
-            AND v.outbox_id IN (SELECT s.outbox_id FROM scope s))
+        OR (v.participant_id = ANY (%(scope_participants)s::text[])
+            AND v.outbox_id = ANY (%(scope_ids)s::uuid[]))
      GROUP BY 1, 2, 3
 ),
 problems AS (
@@ -923,7 +830,7 @@ problems AS (
 )
 SELECT x.outbox_id, NULL::integer AS attempt_no, x.subject, x.problem, count(*) OVER () AS total
   FROM problems x
- WHERE %(since)s::timestamptz IS NULL OR x.outbox_id IN (SELECT s.outbox_id FROM scope s)
+ WHERE %(since)s::timestamptz IS NULL OR x.outbox_id = ANY (%(scope_ids)s::uuid[])
        OR x.problem = 'EVENT_SEQUENCE_GAP'
  ORDER BY x.outbox_id, x.subject
  LIMIT %(limit)s;
@@ -932,18 +839,7 @@ SELECT x.outbox_id, NULL::integer AS attempt_no, x.subject, x.problem, count(*) 
 -- Tamper evidence: each registry row's digest recomputed from its content (the serialization
 -- of docs/audit.md: version tag, then `<characters>:<text>` per field, NULL as `-`, joined
 -- by `|`). A changed amount, destination, key or rail shows here.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-recomputed AS (
+WITH recomputed AS (
     SELECT r.outbox_id, r.instruction_digest,
            sha256(convert_to(
                'symphony-instruction-v1'
@@ -969,7 +865,7 @@ recomputed AS (
                                       ::bigint::text END,
                'UTF8')) AS expected
       FROM symphony.payment_instruction_registry r
-     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id = ANY (%(scope_ids)s::uuid[])
 )
 SELECT x.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
        CASE WHEN x.instruction_digest IS NULL THEN 'DIGEST_MISSING'
@@ -984,18 +880,7 @@ SELECT x.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
 -- Tamper evidence: each ledger row's digest recomputed over its content and the stored
 -- digest of the row before it (attempt 1: the instruction's digest). A changed row fails at
 -- itself; a removed or inserted row fails at the row after it.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-linked AS (
+WITH linked AS (
     SELECT a.outbox_id, a.attempt_no, a.row_digest,
            CASE WHEN a.attempt_no = 1 THEN r.instruction_digest
                 ELSE lag(a.row_digest) OVER (PARTITION BY a.outbox_id ORDER BY a.attempt_no)
@@ -1021,7 +906,7 @@ linked AS (
       FROM symphony.payment_outbox_attempts a
       LEFT JOIN symphony.payment_instruction_registry r
         ON r.outbox_id = a.outbox_id AND a.attempt_no = 1
-     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id = ANY (%(scope_ids)s::uuid[])
 )
 SELECT x.outbox_id, x.attempt_no, NULL::text AS subject,
        CASE WHEN x.row_digest IS NULL THEN 'DIGEST_MISSING'
@@ -1087,21 +972,10 @@ SELECT NULL::uuid AS outbox_id, NULL::integer AS attempt_no,
 -- (ROW_CHANGED, ROW_REMOVED); no row the checkpoints cover appeared since (ROW_INSERTED: a
 -- row numbered at or below a checkpoint's up_to_attempt_id beyond the head it recorded, or of
 -- an item no checkpoint saw).
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-heads AS (
+WITH heads AS (
     SELECT h.checkpoint_id, h.outbox_id, h.attempt_no, h.row_digest
       FROM symphony.ledger_checkpoint_heads h
-     WHERE %(since)s::timestamptz IS NULL OR h.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR h.outbox_id = ANY (%(scope_ids)s::uuid[])
 ),
 latest_head AS (
     SELECT DISTINCT ON (h.outbox_id) h.outbox_id, h.attempt_no, c.up_to_attempt_id
@@ -1130,7 +1004,7 @@ problems AS (
       FROM symphony.payment_outbox_attempts a
      CROSS JOIN covered v
      WHERE a.attempt_id <= v.up_to
-       AND (%(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s))
+       AND (%(since)s::timestamptz IS NULL OR a.outbox_id = ANY (%(scope_ids)s::uuid[]))
        AND NOT EXISTS (SELECT 1 FROM symphony.ledger_checkpoint_heads h
                         WHERE h.outbox_id = a.outbox_id)
 )
