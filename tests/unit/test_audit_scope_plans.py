@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import pytest
@@ -75,8 +77,10 @@ def scoped(isolated_settings: DatabaseSettings) -> tuple[str, dict[str, Any]]:
             conn.execute(f"ANALYZE symphony.{table}")  # type: ignore[call-overload]
         scope = conn.execute(get_query("audit_checkpoint_scope").sql).fetchone()
         assert scope is not None
-        params: dict[str, Any] = {"since": scope["since"], "from_checkpoint": True,
-                                  "limit": 100}
+        start = conn.execute(get_query("audit_checkpoint_since").sql, scope).fetchone()
+        assert start is not None
+        params: dict[str, Any] = {"since": start["since"], "from_checkpoint": True,
+                                  "limit": 100, **scope}
         ids = conn.execute(get_query("audit_scope_ids").sql, params).fetchone()
         assert ids is not None
         params.update(scope_ids=list(ids["scope_ids"]),
@@ -93,6 +97,17 @@ def _plan(dsn: str, query: str, params: dict[str, Any]) -> str:
     return "\n".join(str(r[0]) for r in rows)
 
 
+def test_the_checkpoint_scope_reads_only_the_rows_above_the_checkpoint(
+    scoped: tuple[str, dict[str, Any]],
+) -> None:
+    # Through the primary key's range above up_to_attempt_id, not a walk down recorded_at.
+    dsn, params = scoped
+    plan = _plan(dsn, "audit_checkpoint_since", params)
+    assert "payment_outbox_attempts_pkey" in plan, plan
+    assert "payment_outbox_attempts_recorded_at_idx" not in plan, plan
+    assert "Seq Scan on payment_outbox_attempts" not in plan, plan
+
+
 def test_the_scope_is_read_through_the_time_indexes(scoped: tuple[str, dict[str, Any]]) -> None:
     dsn, params = scoped
     plan = _plan(dsn, "audit_scope_ids", params)
@@ -107,5 +122,33 @@ def test_an_incremental_check_reads_no_history_table_whole(
 ) -> None:
     dsn, params = scoped
     plan = _plan(dsn, query, params)
+    for table in HISTORY:
+        assert f"Seq Scan on {table}" not in plan, plan
+
+
+@pytest.mark.parametrize("function", ["audit_sequence_violations_in",
+                                      "audit_lease_violations_in"])
+def test_the_owner_functions_probe_the_scope_in_a_generic_plan(
+    scoped: tuple[str, dict[str, Any]], function: str,
+) -> None:
+    """I8 and I9 run as the owner, in SQL functions whose statements are planned without their
+    arguments' values: the body, prepared and explained as a generic plan, reads no history
+    table whole."""
+    dsn, params = scoped
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT p.prosrc FROM pg_catalog.pg_proc p "
+                           " WHERE p.oid = to_regproc('symphony.' || %s)", (function,)).fetchone()
+        assert row is not None
+        body = re.sub(r"\bp_limit\b", "$2", re.sub(r"\bp_scope\b", "$1", str(row[0])))
+        conn.execute("SET search_path = symphony, pg_catalog")
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        # The simple query protocol: $1 and $2 are the prepared statement's, not the driver's.
+        result = conn.pgconn.exec_(f"PREPARE body (uuid[], integer) AS {body}".encode())
+        assert result.error_message == b"", result.error_message
+        scope = ",".join(str(UUID(str(u))) for u in params["scope_ids"])
+        result = conn.pgconn.exec_(f"EXPLAIN EXECUTE body ('{{{scope}}}', 100)".encode())
+        assert result.error_message == b"", result.error_message
+        plan = "\n".join(bytes(result.get_value(i, 0) or b"").decode()
+                         for i in range(result.ntuples))
     for table in HISTORY:
         assert f"Seq Scan on {table}" not in plan, plan

@@ -365,17 +365,24 @@ SELECT event_seq, event_id, event_type, outbox_id, payload, created_at
 SELECT set_config('work_mem', %(work_mem)s, true) AS work_mem;
 
 -- name: audit_checkpoint_scope
--- Where an audit from the latest checkpoint starts: the checkpoint's time, or the earliest
--- recorded_at of a ledger row numbered above it if earlier (a row's recorded_at is its
--- transaction's start, which may precede the checkpoint it committed after). Reads only the
--- rows above the checkpoint (the primary key's range): the cost follows what was written since,
--- not the ledger's size (role: auditor). No row: no checkpoint yet.
-SELECT c.checkpoint_id, c.up_to_attempt_id, c.taken_at,
-       least(c.taken_at, (SELECT min(a.recorded_at) FROM symphony.payment_outbox_attempts a
-                           WHERE a.attempt_id > c.up_to_attempt_id)) AS since
+-- Where an audit from the latest checkpoint starts (role: auditor): the latest checkpoint
+-- (no row: no checkpoint yet), then audit_checkpoint_since.
+SELECT c.checkpoint_id, c.up_to_attempt_id, c.taken_at
   FROM symphony.ledger_checkpoints c
  ORDER BY c.checkpoint_id DESC
  LIMIT 1;
+
+-- name: audit_checkpoint_since
+-- The checkpoint's time, or the earliest recorded_at of a ledger row numbered above it if
+-- earlier (a row's recorded_at is its transaction's start, which may precede the checkpoint it
+-- committed after). Reads only the rows above the checkpoint through the primary key's range:
+-- the cost follows what was written since, not the ledger's size. The bound is a parameter
+-- (not a column of a join) so the planner sees how few rows lie above it (role: auditor).
+SELECT least(%(taken_at)s::timestamptz,
+             (SELECT min(x.recorded_at)
+                FROM (SELECT a.recorded_at FROM symphony.payment_outbox_attempts a
+                       WHERE a.attempt_id > %(up_to_attempt_id)s::bigint
+                       OFFSET 0) x)) AS since;
 
 -- name: audit_scope_ids
 -- The items an incremental audit checks (`since` given): registered, or with a ledger row
@@ -682,15 +689,27 @@ SELECT x.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject, x.proble
  LIMIT %(limit)s;
 
 -- name: audit_sequences
--- I8, through the owner's function (the auditor may not read sequence numbers).
+-- I8, through the owner's functions (the auditor may not read sequence numbers): the full one,
+-- or for an incremental audit the one that probes the items in scope (one branch runs).
 SELECT v.outbox_id, NULL::integer AS attempt_no, v.participant_id AS subject, v.problem,
        v.total
-  FROM symphony.audit_sequence_violations(%(since)s::timestamptz, %(limit)s) v;
+  FROM symphony.audit_sequence_violations(NULL, %(limit)s) v
+ WHERE %(since)s::timestamptz IS NULL
+UNION ALL
+SELECT v.outbox_id, NULL::integer, v.participant_id, v.problem, v.total
+  FROM symphony.audit_sequence_violations_in(%(scope_ids)s::uuid[], %(limit)s) v
+ WHERE %(since)s::timestamptz IS NOT NULL;
 
 -- name: audit_lease_fencing
--- I9, through the owner's function (no role may read a lease token).
+-- I9, through the owner's functions (no role may read a lease token): the full one, or for an
+-- incremental audit the one that reads the items in scope (one branch runs).
 SELECT v.outbox_id, v.attempt_no, NULL::text AS subject, v.problem, v.total
-  FROM symphony.audit_lease_violations(%(since)s::timestamptz, %(limit)s) v;
+  FROM symphony.audit_lease_violations(NULL, %(limit)s) v
+ WHERE %(since)s::timestamptz IS NULL
+UNION ALL
+SELECT v.outbox_id, v.attempt_no, NULL::text, v.problem, v.total
+  FROM symphony.audit_lease_violations_in(%(scope_ids)s::uuid[], %(limit)s) v
+ WHERE %(since)s::timestamptz IS NOT NULL;
 
 -- name: audit_no_failed_after_ambiguous
 -- I10: once an attempt of an item may have executed (a ZOMBIE_REQUEUE row, or the attempt
