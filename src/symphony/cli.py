@@ -617,7 +617,8 @@ def _payload_from(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError("give either --payload or --amount/--currency/--destination, "
                              "not both", code="CONFLICTING_ARGUMENTS")
         try:
-            payload = strict_json.loads(args.payload)
+            # Depth is the database's to refuse, with its own code (PAYLOAD_TOO_COMPLEX).
+            payload = strict_json.loads(args.payload, max_depth=None)
         except (ValueError, RecursionError):  # nested past Python's limit: no payment either
             raise UsageError("--payload is not valid JSON", code="INVALID_PAYLOAD_JSON") from None
         if not isinstance(payload, dict):
