@@ -72,6 +72,8 @@ UNREACHABLE: dict[str, str] = {
              "parser could run out of stack",
     "internal_error": "not a refusal: a payment stored and then unreadable",
     "not_found": "answered by the GET routes only",
+    "payment_not_cancelable": "answered by POST /v1/payments/{id}/cancel, whose body holds no "
+                              "payment data (an optional reason), never by a submission",
     "INVALID_VALUE": "an enum query parameter of the GET routes; the POST body has none",
     "OUT_OF_RANGE": "a range query parameter of the GET routes; the POST body has none",
     "INVALID_ID": "a UUID path or query parameter of the GET routes; the POST body has none",

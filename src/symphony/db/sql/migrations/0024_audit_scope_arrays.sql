@@ -16,9 +16,10 @@
 --   the key's last entry), a pending row whose number is not its registry's. These are the
 --   full function's problems on the items in scope; a gap or a duplicate that touches no item
 --   in scope is the full audit's (as any untouched history is).
--- * audit_lease_violations_in(p_scope, p_limit): I9 with the full function's body, its rows
---   restricted to the items of p_scope (a lease token reused across the scope and older
---   history is the full audit's). Keep it in step with audit_lease_violations.
+-- * audit_lease_violations_in(p_scope, p_limit): I9 with the full function's body (as 0023
+--   left it: a CANCELED row holds no lease), its rows restricted to the items of p_scope (a
+--   lease token reused across the scope and older history is the full audit's). Keep it in
+--   step with audit_lease_violations.
 -- * The full audit keeps calling the old functions (p_since NULL): unchanged.
 --
 -- Both are SECURITY DEFINER with a pinned search_path, return only ids and problem codes like
@@ -111,11 +112,14 @@ AS $$
                CASE
                    WHEN x.state = 'DISPATCHING' AND x.lease_token IS NULL
                        THEN 'DISPATCHING_WITHOUT_LEASE'
-                   WHEN x.state <> 'DISPATCHING'
+                   -- A cancellation is no outcome of a dispatch: it holds no lease.
+                   WHEN x.state = 'CANCELED' AND x.lease_token IS NOT NULL
+                       THEN 'CANCELED_WITH_LEASE'
+                   WHEN x.state NOT IN ('DISPATCHING', 'CANCELED')
                         AND (x.previous_state IS DISTINCT FROM 'DISPATCHING'
                              OR x.previous_attempt_no <> x.attempt_no - 1)
                        THEN 'NO_PRECEDING_DISPATCHING'
-                   WHEN x.state <> 'DISPATCHING'
+                   WHEN x.state NOT IN ('DISPATCHING', 'CANCELED')
                         AND (x.lease_token IS NULL OR x.lease_token <> x.previous_token)
                        THEN 'LEASE_MISMATCH'
                    WHEN x.lease_digest IS DISTINCT FROM sha256(uuid_send(x.lease_token))
