@@ -15,7 +15,11 @@ from tests.support.webhooks import LOOPBACK, admin, box_of, pay
 
 from symphony.db import Database
 from symphony.outbox.access import AccessStore, TokenKind, TokenScope
-from symphony.services.api.webhooks import webhook_health_router, webhook_routers
+from symphony.services.api.webhooks import (
+    webhook_health_router,
+    webhook_ops_router,
+    webhook_routers,
+)
 from symphony.webhooks import UrlPolicy, WebhookStore
 
 JSON = {"Content-Type": "application/json"}
@@ -23,7 +27,8 @@ JSON = {"Content-Type": "application/json"}
 
 @pytest.fixture
 async def api(isolated_db: Database) -> AsyncIterator[Running]:
-    routers = [*webhook_routers(box_of(isolated_db), LOOPBACK), webhook_health_router()]
+    routers = [*webhook_routers(box_of(isolated_db), LOOPBACK), webhook_health_router(),
+               webhook_ops_router()]
     async with serve(isolated_db, routers=routers) as r:
         yield r
 

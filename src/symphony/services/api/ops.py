@@ -29,7 +29,7 @@ from symphony.services.api.dashboard import dashboard_router
 from symphony.services.api.error import ApiError, ErrorBody
 from symphony.services.api.metrics import metrics_router
 from symphony.services.api.operators import operators_router
-from symphony.services.api.webhooks import webhook_health_router
+from symphony.services.api.webhooks import webhook_health_router, webhook_ops_router
 
 DEFAULT_FAILURES_LIMIT = 50
 DEFAULT_THROUGHPUT_MINUTES = 30
@@ -246,4 +246,5 @@ def operator_routers(
         metrics_router(process_registries=process_registries),
         dashboard_router(),
         webhook_health_router(),
+        webhook_ops_router(),
     ]

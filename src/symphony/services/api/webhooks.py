@@ -153,9 +153,11 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def webhook_routers(box: SecretBox | None, policy: UrlPolicy) -> list[APIRouter]:
-    """The participant's and the operator's webhook routes. Without a key (`box` None) the
-    routes that seal a secret answer 503 `webhook_key_missing`; the others work."""
-    return [_participant_router(box, policy), _operator_router()]
+    """The participant's webhook routes. Without a key (`box` None) the routes that seal a
+    secret answer 503 `webhook_key_missing`; the others work. The operator's webhook routes
+    (`webhook_ops_router`, `webhook_health_router`) are mounted with the operator API, where
+    the dashboard that uses them is."""
+    return [_participant_router(box, policy)]
 
 
 def _sealing(box: SecretBox | None) -> SecretBox:
@@ -236,7 +238,9 @@ def _participant_router(box: SecretBox | None, policy: UrlPolicy) -> APIRouter:
     return router
 
 
-def _operator_router() -> APIRouter:
+def webhook_ops_router() -> APIRouter:
+    """The operator's webhook routes: every endpoint, disable/enable, an endpoint's
+    deliveries, and the replay (an operator action recorded with the token)."""
     router = APIRouter(prefix="/v1/ops", tags=["operator"])
 
     @router.get("/webhook_endpoints", summary="every webhook endpoint, failing first",
