@@ -141,7 +141,7 @@ async def test_a_viewer_sees_everything_and_no_action_button(
     outbox_id = await put_under_review(OutboxStore(isolated_db), isolated_admin_dsn)
     receiver = Receiver(mode="status:503")
     await receiver.start()
-    hooked, delivery = await failed_delivery(isolated_db, receiver)
+    hooked, _delivery = await failed_delivery(isolated_db, receiver)
     try:
         await sign_in(page, f"{api.url}/", await token(isolated_db, TokenScope.VIEWER,
                                                        "night viewer"))
