@@ -1,4 +1,4 @@
--- 0021 — replaying a webhook delivery is an accountable operator action.
+-- 0024 — replaying a webhook delivery is an accountable operator action.
 --
 -- Why:
 -- * The webhooks migration let the API (as symphony_webhooks) and the command line (as
