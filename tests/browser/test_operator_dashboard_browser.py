@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from tests.support.api import Running, serve
@@ -373,3 +374,61 @@ async def test_planted_markup_renders_as_text(
         assert await page.page.locator(f"#{planted}").count() == 0, planted
     await shot(page, "operators-planted-text.png", full=True)
     assert page.problems == [], page.problems
+
+
+async def test_an_operator_cancels_a_payment_and_a_leased_one_is_refused_with_its_state(
+    api: Running, isolated_db: Database, page: Page
+) -> None:
+    expect = async_api.expect
+    store = OutboxStore(isolated_db)
+    pid = f"cancel-{uuid.uuid4().hex[:8]}"
+    await AccessStore(isolated_db).add_participant(pid, "Cancel Bank")
+    waiting = await store.enqueue(instruction(participant_id=pid))
+    racing = await store.enqueue(instruction(participant_id=pid))
+    await sign_in(page, f"{api.url}/", await token(isolated_db, TokenScope.OPERATOR,
+                                                   "dave on call"))
+
+    async def look_up(outbox_id: UUID) -> None:
+        await page.page.get_by_label("Outbox id").fill(str(outbox_id))
+        await page.page.get_by_role("button", name="Look up", exact=True).click()
+        await expect(page.page.locator("#lookup-result")).to_contain_text(str(outbox_id),
+                                                                          timeout=TIMEOUT_MS)
+
+    await look_up(waiting.outbox_id)
+    await page.page.get_by_role("button", name=f"Cancel payment {waiting.outbox_id}").click()
+    await page.page.get_by_role("button", name="Review…").click()
+    await expect(page.page.locator("#action-body [role=alert]")).to_contain_text(
+        "Give a reason")
+    await page.page.get_by_label("Reason", exact=True).fill("customer withdrew, ticket 512")
+    await page.page.get_by_role("button", name="Review…").click()
+    confirm = page.page.locator(".confirm")
+    await expect(confirm).to_contain_text(f"cancel payment {waiting.outbox_id} of {pid}")
+    await shot(page, "operators-cancel-confirm.png")
+    assert await store.ledger(waiting.outbox_id) == [], "nothing before Confirm"
+    await page.page.get_by_role("button", name="Confirm").click()
+    await expect(confirm).to_contain_text("Done", timeout=TIMEOUT_MS)
+    await expect(page.page.locator("#ledger")).to_contain_text("CANCELED", timeout=TIMEOUT_MS)
+    history = page.page.locator("#item-actions")
+    await expect(history).to_contain_text("CANCEL_PAYMENT")
+    await expect(history).to_contain_text("dave on call")
+    await expect(history).to_contain_text("customer withdrew, ticket 512")
+    assert await page.page.get_by_role(
+        "button", name=f"Cancel payment {waiting.outbox_id}").count() == 0
+    await history.scroll_into_view_if_needed()
+    await shot(page, "operators-canceled-history.png")
+    assert [r["state"] for r in await store.ledger(waiting.outbox_id)] == ["CANCELED"]
+    # A worker leases the other payment between the form and Confirm: refused, with its state.
+    await look_up(racing.outbox_id)
+    await page.page.get_by_role("button", name=f"Cancel payment {racing.outbox_id}").click()
+    await page.page.get_by_label("Reason", exact=True).fill("customer withdrew")
+    await page.page.get_by_role("button", name="Review…").click()
+    claimed = await store.claim("worker-race", 1000, 60)
+    assert racing.outbox_id in {c.outbox_id for c in claimed}
+    await page.page.get_by_role("button", name="Confirm").click()
+    await expect(confirm).to_contain_text("Not done: the payment cannot be canceled now",
+                                          timeout=TIMEOUT_MS)
+    await expect(confirm).to_contain_text("state: DISPATCHING")
+    await shot(page, "operators-cancel-409.png")
+    assert [r["state"] for r in await store.ledger(racing.outbox_id)] == ["DISPATCHING"]
+    # The one console error is the browser's note of the 409 answer.
+    assert [p for p in page.problems if "409" not in p] == [], page.problems

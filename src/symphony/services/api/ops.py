@@ -286,7 +286,8 @@ def ops_router() -> APIRouter:
         if not result.canceled:
             raise ApiError(409, "payment_not_cancelable",
                            "the payment cannot be canceled: an attempt of it may have reached "
-                           "the rail, or it has ended", current={"state": result.state})
+                           "the rail, or it has ended",
+                           current={"state": result.state, "refusal": result.refusal})
         return OpsCancelResult(
             action_id=result.action_id, outbox_id=result.outbox_id,
             participant_id=result.participant_id, result=result.outcome.value,

@@ -334,6 +334,12 @@
       tools.append(actionButton("Resolve…", () => openResolve(item.outbox_id),
         `Resolve item ${item.outbox_id}`));
     }
+    // Cancelable only while no attempt can have reached the rail: the database decides (a
+    // 409 says where the payment stands); the button is offered for a waiting payment.
+    if (mayAct() && item.state === "PENDING" && !item.review_reason) {
+      tools.append(actionButton("Cancel…", () => openCancel(item),
+        `Cancel payment ${item.outbox_id}`));
+    }
     box.append(tools);
     const table = el("table");
     table.id = "ledger";
@@ -728,8 +734,12 @@
       } catch (err) {
         if (err.status === 409) {
           const now = err.current ? Object.entries(err.current)
+            .filter(([, v]) => v !== null && v !== undefined)
             .map(([k, v]) => `${k}: ${v}`).join(", ") : "unknown";
-          result.textContent = `Not done: someone or something got there first. Now: ${now}.`;
+          result.textContent = err.code === "payment_not_cancelable"
+            ? `Not done: the payment cannot be canceled now (an attempt may have reached the ` +
+              `rail, or it has ended). Now: ${now}.`
+            : `Not done: someone or something got there first. Now: ${now}.`;
         } else if (err.status === 403) {
           result.textContent = `Not allowed: ${describe(err)}.`;
         } else {
@@ -783,6 +793,26 @@
       };
     };
     openAction("Resolve a review item", build);
+  }
+
+  function openCancel(item) {
+    openAction("Cancel a payment", (form) => {
+      const reason = reasonInput();
+      form.append(el("p", `Payment ${item.outbox_id} of ${item.participant_id} ` +
+        `(${item.rail_type}, instruction ${item.instruction_id}): canceled only if no attempt ` +
+        "of it can have reached the rail; it then never goes to the rail.", "notice"),
+        field("Reason", reason, "cancel-reason"));
+      return () => {
+        if (!reason.value.trim()) throw new Error("Give a reason.");
+        return {
+          summary: `cancel payment ${item.outbox_id} of ${item.participant_id}`,
+          path: `/v1/ops/payments/${encodeURIComponent(item.outbox_id)}/cancel`,
+          body: { reason: reason.value.trim() },
+          reopen: () => openCancel(item),
+          after: () => lookup(item.outbox_id),
+        };
+      };
+    });
   }
 
   function openRevokeParticipant(p) {
