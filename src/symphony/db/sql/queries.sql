@@ -1156,9 +1156,12 @@ SELECT delivery_id, participant_id, endpoint_id, event_id, event_seq, status, at
        last_attempt_at
   FROM symphony.ops_webhook_deliveries(%(endpoint_id)s, %(limit)s);
 
--- name: replay_webhook_delivery
-SELECT delivery_id, participant_id, endpoint_id, event_id, replay_of
-  FROM symphony.replay_webhook_delivery(%(delivery_id)s, %(requested_by)s);
+-- name: replay_webhook_delivery_by_operator
+-- Send a delivery's event again, recorded as the named operator's action (role: control).
+SELECT action_id, result, delivery_id, replay_of, participant_id, endpoint_id, event_id,
+       outbox_id, status, endpoint_status
+  FROM symphony.replay_webhook_delivery_by_operator(%(delivery_id)s, %(requested_by)s,
+                                                    %(reason)s);
 
 -- name: webhook_health
 -- Endpoint and delivery counts for the metrics and the dashboard (roles: delivery, webhooks,
@@ -1346,6 +1349,13 @@ SELECT action_id, participant_id, status, revoked_at
 SELECT action_id, token_id, revoked_at
   FROM symphony.ops_revoke_token(%(token_id)s, %(secret_hash)s, %(target_token_id)s,
                                  %(reason)s);
+
+-- name: ops_replay_webhook_delivery
+-- An operator token sends a webhook delivery's event again (role: operator).
+SELECT action_id, result, delivery_id, replay_of, participant_id, endpoint_id, event_id,
+       outbox_id, status, endpoint_status
+  FROM symphony.ops_replay_webhook_delivery(%(token_id)s, %(secret_hash)s, %(delivery_id)s,
+                                            %(reason)s);
 
 -- name: ops_participant_summary
 -- One participant's live counts, oldest pending item and recent outcomes (roles: readonly,
