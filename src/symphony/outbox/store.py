@@ -19,6 +19,7 @@ from symphony.db import (
     SymphonyError,
     refusal,
 )
+from symphony.outbox.ingest import EnqueueGroup
 from symphony.outbox.model import (
     BucketRange,
     ClaimedItem,
@@ -48,9 +49,6 @@ class OutboxStore:
 
     def __init__(self, db: Database, *, group_commit: bool = False) -> None:
         self.db = db
-        # Imported here: the group commit module uses this class.
-        from symphony.outbox.ingest import EnqueueGroup
-
         self._group = EnqueueGroup(self) if group_commit else None
 
     async def enqueue(self, instruction: PaymentInstruction) -> EnqueueResult:
