@@ -49,5 +49,3 @@ $$;
 
 REVOKE ALL ON FUNCTION symphony.replay_webhook_delivery(uuid, text)
     FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION symphony.replay_webhook_delivery(uuid, text)
-    TO symphony_control, symphony_webhooks;
