@@ -103,6 +103,12 @@ class SqlObject:
     def key(self) -> str:
         return f"{self.kind}/{self.name}"
 
+    @property
+    def qualified(self) -> tuple[str, str]:
+        """(schema, name) of the object: the file name, `symphony` unless it names another."""
+        schema, _, name = self.name.rpartition(".")
+        return schema or "symphony", name
+
 
 @dataclass(frozen=True, slots=True)
 class MigrationReport:
@@ -349,6 +355,7 @@ async def _apply_objects(
         await conn.execute("SET LOCAL check_function_bodies = off")
         for obj in todo:
             try:
+                await _revoke_every_grant(conn, obj)
                 await conn.execute(obj.sql)
             except psycopg.Error as exc:
                 raise translate(exc, f"migrate:objects/{obj.key}") from exc
@@ -366,6 +373,45 @@ async def _apply_objects(
                 "DELETE FROM symphony_meta.schema_objects WHERE object = ANY (%s)", (gone,))
         await conn.execute(_MIRROR_RECORD_GRANTS)
     return [o.key for o in todo]
+
+
+# The grants a function or view holds now (the owner's own aside), as REVOKE statements: a file
+# states every grant of its object, so one it no longer names is taken back.
+_REVOKE_GRANTS: dict[str, LiteralString] = {
+    "functions": """
+SELECT pg_catalog.format('REVOKE ALL ON FUNCTION %%s FROM %%s', p.oid::regprocedure,
+                         pg_catalog.string_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                                        ELSE a.grantee::regrole::text END, ', '))
+  FROM pg_catalog.pg_proc p, LATERAL pg_catalog.aclexplode(p.proacl) a
+ WHERE p.pronamespace = pg_catalog.to_regnamespace(%s) AND p.proname = %s
+   AND a.grantee <> p.proowner
+ GROUP BY p.oid
+""",
+    "views": """
+SELECT pg_catalog.format('REVOKE ALL ON %%s FROM %%s', c.oid::regclass,
+                         pg_catalog.string_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                                        ELSE a.grantee::regrole::text END, ', '))
+  FROM pg_catalog.pg_class c, LATERAL pg_catalog.aclexplode(c.relacl) a
+ WHERE c.relnamespace = pg_catalog.to_regnamespace(%s) AND c.relname = %s
+   AND c.relkind = 'v' AND a.grantee <> c.relowner
+ GROUP BY c.oid
+""",
+}
+
+
+async def _revoke_every_grant(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], obj: SqlObject
+) -> None:
+    """Take back every grant on the object(s) the file defines, in the transaction that applies
+    the file: its REVOKE/GRANT lines then are the object's whole privileges (a grant dropped
+    from the file is gone after the next run, as on a fresh database). Triggers hold none."""
+    query = _REVOKE_GRANTS.get(obj.kind)
+    if query is None:
+        return
+    cur = await conn.execute(query, obj.qualified)
+    for (statement,) in await cur.fetchall():
+        # Built by format() from the catalog's own quoted names: not outside input.
+        await conn.execute(str(statement))
 
 
 async def pending_migrations(admin_dsn: str) -> list[str]:
