@@ -92,3 +92,18 @@ def differences(
             if fields:
                 out.append(f"{key[0]} {key[1]} differs in {', '.join(fields)}")
     return out
+
+
+def file_key(kind: str, key: str) -> str:
+    """The object file (`sql/objects/<kind>/<name>`, as `SqlObject.key`) that defines the
+    object `objects()` names (kind, key): a function file holds every overload of its name, a
+    trigger file is named after the trigger; `symphony.` is left out of file names."""
+    if kind == "function":
+        qualified, folder = key.split("(", 1)[0], "functions"
+    elif kind == "view":
+        qualified, folder = key, "views"
+    else:
+        schema, _table, trigger = key.split(".")
+        qualified, folder = f"{schema}.{trigger}", "triggers"
+    schema, name = qualified.split(".")
+    return f"{folder}/{name}" if schema == "symphony" else f"{folder}/{schema}.{name}"

@@ -35,10 +35,13 @@ from pathlib import Path
 os.environ.setdefault("SYMPHONY_ENV", "test")
 
 from symphony.db import EmbeddedServer, migrate, test_only
-from symphony.db.migration import OBJECT_KINDS, load_migrations
+from symphony.db.migration import OBJECT_KINDS, load_migrations, load_objects
 from symphony.db.tests import catalog
 
 OBJECTS = Path(__file__).resolve().parent.parent / "sql" / "objects"
+MOVED = Path(__file__).resolve().parent / "moved_objects.sha256"
+"""The checksum of each object file as this script wrote it: test_migration_objects proves
+that every file still unchanged since then defines exactly what the numbered migrations did."""
 ROOT = OBJECTS.parents[4]
 
 _DOLLAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
@@ -333,7 +336,10 @@ async def main() -> int:
             await migrate(versioned, objects=False)
             if not args.check:
                 count = await write_files(versioned, OBJECTS)
-                print(f"wrote {count} object files under {OBJECTS.relative_to(ROOT)}")
+                MOVED.write_text("".join(f"{o.checksum}  {o.key}\n" for o in load_objects()),
+                                 encoding="utf-8")
+                print(f"wrote {count} object files under {OBJECTS.relative_to(ROOT)} and "
+                      f"their checksums to {MOVED.relative_to(ROOT)}")
             both = await test_only.create_database(admin, f"o_{uuid.uuid4().hex[:8]}")
             await migrate(both)
             diff = catalog.differences(await catalog.objects(versioned),

@@ -8,8 +8,8 @@
 * The migrator applies a changed file again (and the schema status reports it pending until
   then), applies every file after a numbered migration, records nothing of a failed run,
   forgets a file that is gone, and applies no object below the last migration.
-* Numbered migrations after the objects moved out create no function, view or trigger
-  unless a statement of their own needs it mid-way (marked).
+* Numbered migrations after the objects moved out define no function, view or trigger
+  (nor grant or comment on one): those live in their files only.
 """
 
 from __future__ import annotations
@@ -41,8 +41,7 @@ from symphony.outbox import verify
 
 # The last numbered migration written before the objects moved to sql/objects/: the ones up
 # to it hold the objects' history; the ones after it may not define objects (see below).
-LAST_MIGRATION_WITH_OBJECTS = 23
-_MID_WAY = "-- needed mid-way:"
+LAST_MIGRATION_WITH_OBJECTS = 25
 
 
 def _run(coro: Any) -> Any:
@@ -143,6 +142,52 @@ def test_each_object_has_exactly_one_file() -> None:
                          rf"([a-z_]+\.)?{name}\b", o.sql), f"{o.key} defines {name}"
 
 
+# -- behaviour unchanged: the files say what the numbered migrations said ---------------------
+
+_MOVED = Path(__file__).resolve().parent / "moved_objects.sha256"
+
+
+def _moved() -> dict[str, str]:
+    """{file key: checksum} of the object files as objects_from_migrations wrote them."""
+    out = {}
+    for line in _MOVED.read_text(encoding="utf-8").splitlines():
+        checksum, key = line.split()
+        out[key] = checksum
+    return out
+
+
+async def test_unchanged_object_files_define_exactly_what_the_numbered_migrations_did(
+    server_admin_dsn: str, fresh: tuple[str, dict[tuple[str, str], Any]],
+) -> None:
+    """A database built by the numbered migrations alone (what every release up to the move
+    ran) and one built by `symphony migrate` (the migrations, then the files) hold the same
+    function definitions (pg_get_functiondef: body, SECURITY DEFINER, SET search_path,
+    volatility), views (pg_get_viewdef and columns), triggers (pg_get_triggerdef and whether
+    they fire), privileges, owners and comments — for every file not edited since it was
+    written from the migrations (each one, on the day of the move)."""
+    _, objects = fresh
+    current = {o.key: o.checksum for o in load_objects()}
+    unchanged = {key for key, checksum in _moved().items() if current.get(key) == checksum}
+    name, dsn = await _migrated(server_admin_dsn, objects=False)
+    try:
+        plain = await catalog.objects(dsn)
+    finally:
+        await test_only.drop_database(server_admin_dsn, name)
+
+    # No object is defined by a numbered migration alone: each has its file.
+    assert {catalog.file_key(*k) for k in plain} <= current.keys()
+    compared = {k for k in plain.keys() | objects.keys() if catalog.file_key(*k) in unchanged}
+    assert catalog.differences({k: plain[k] for k in compared if k in plain},
+                               {k: objects[k] for k in compared if k in objects}) == []
+    assert {catalog.file_key(*k) for k in compared} == unchanged, "each file defines something"
+
+
+def test_the_moved_checksums_name_files_that_were_shipped() -> None:
+    moved = _moved()
+    assert len(moved) >= 100 and "functions/enqueue_payment_outbox" in moved
+    assert all(re.fullmatch(r"[0-9a-f]{64}", c) for c in moved.values())
+
+
 # -- upgrading from every earlier version -----------------------------------------------------
 
 _ENQUEUE = ("SELECT outbox_id FROM symphony.enqueue_payment_outbox(%s, %s, %s, 'RTP', "
@@ -229,8 +274,42 @@ async def _seed(dsn: str) -> dict[str, uuid.UUID]:
     repaired = await test_only.query_no_role(
         dsn, "SELECT outbox_id FROM symphony.repair_expired_leases(10)")
     assert [r["outbox_id"] for r in repaired] == [ids["zombie"]]
+    if await _exists(dsn, "symphony.cancel_payment(text,uuid,text)"):
+        # CANCELED (0022 adds the value, 0023 the rules and the functions: at 0022 the
+        # ledger's transition trigger still refuses it): one canceled after a retryable
+        # attempt, one while it waited for its first.
+        await dispatch("canceled-after-retry", "RETRYABLE", participant="bank-b")
+        await _cancel(dsn, "bank-b", ids["canceled-after-retry"])
+        await _cancel(dsn, "bank-a", await enqueue("canceled"))
     await enqueue("pending")
     return ids
+
+
+async def _cancel(dsn: str, participant: str, outbox_id: uuid.UUID) -> None:
+    [row] = await test_only.query_no_role(
+        dsn, "SELECT result FROM symphony.cancel_payment(%s, %s, 'upgrade test')",
+        (participant, outbox_id))
+    assert row["result"] == "CANCELED"
+
+
+_STATES = """
+SELECT DISTINCT state::text AS state FROM symphony.payment_outbox_attempts
+UNION
+SELECT 'WAITING' WHERE EXISTS (
+    SELECT 1 FROM symphony.payment_instruction_registry r
+     WHERE NOT EXISTS (SELECT 1 FROM symphony.payment_outbox_attempts a
+                        WHERE a.outbox_id = r.outbox_id))
+UNION
+SELECT 'LEASED' WHERE EXISTS (SELECT 1 FROM symphony.payment_outbox_pending
+                               WHERE lease_token IS NOT NULL)
+"""
+_ENUM = "SELECT unnest(enum_range(NULL::symphony.attempt_state))::text AS state"
+
+
+async def _states(dsn: str) -> set[str]:
+    """The states the seeded payments went through: every ledger state written, WAITING for a
+    payment never attempted, LEASED for one being dispatched."""
+    return {str(r["state"]) for r in await test_only.query_no_role(dsn, _STATES)}
 
 
 _ROWS = """
@@ -292,7 +371,12 @@ async def test_a_database_at_an_earlier_version_upgrades_to_the_fresh_objects(
                                           template=earlier_versions[version])
     try:
         ids = await _seed(dsn)
-        assert version < 4 or len(ids) >= 7, "payments in every state"
+        if version >= 4:   # the first version with functions to write a payment
+            known = {str(r["state"]) for r in await test_only.query_no_role(dsn, _ENUM)}
+            if version == 22:
+                known.remove("CANCELED")   # the value exists; nothing may write it until 0023
+            assert await _states(dsn) == known | {"WAITING", "LEASED"}, "every state"
+            assert version < 23 or {"canceled", "canceled-after-retry"} <= ids.keys()
         before = await _rows(dsn)
 
         report = await migrate(dsn)
@@ -367,6 +451,28 @@ async def test_a_changed_file_is_applied_again_and_pending_until_then(
         await db.close()
 
 
+async def test_a_grant_left_out_of_a_file_is_taken_back(
+    scratch: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    privilege = ("SELECT has_function_privilege('symphony_ingest', "
+                 "'symphony.cancel_payment(text, uuid, text)', 'EXECUTE') AS ok")
+    assert await test_only.query_no_role(scratch, privilege) == [{"ok": True}]
+    changed = _changed(load_objects(), "functions/cancel_payment",
+                       "GRANT EXECUTE ON FUNCTION symphony.cancel_payment(text, uuid, text)\n"
+                       "    TO symphony_ingest;", "")
+    monkeypatch.setattr(migration_module, "load_objects", lambda: changed)
+
+    assert (await migrate(scratch)).objects_applied == ["functions/cancel_payment"]
+
+    assert await test_only.query_no_role(scratch, privilege) == [{"ok": False}]
+    # As on a fresh database built from that file: no grant at all beside the owner's.
+    [row] = await test_only.query_no_role(
+        scratch, "SELECT count(*) AS n FROM pg_proc p, aclexplode(p.proacl) a "
+                 " WHERE p.oid = 'symphony.cancel_payment(text, uuid, text)'::regprocedure "
+                 "   AND a.grantee <> p.proowner")
+    assert row["n"] == 0
+
+
 async def test_a_numbered_migration_makes_every_object_apply_again(
     scratch: str, monkeypatch: pytest.MonkeyPatch,
     fresh: tuple[str, dict[tuple[str, str], Any]],
@@ -432,18 +538,99 @@ async def test_a_file_that_is_gone_is_forgotten_and_up_to_applies_no_object(
         await test_only.drop_database(server_admin_dsn, name)
 
 
-def test_later_migrations_define_objects_only_when_needed_mid_way() -> None:
-    defining = re.compile(
-        r"CREATE\s+(OR\s+REPLACE\s+)?(CONSTRAINT\s+)?(FUNCTION|VIEW|TRIGGER|MATERIALIZED\s+VIEW)"
-        r"\s+(?!pg_temp\.)", re.I)
-    offenders = []
-    for m in load_migrations():
-        if m.version <= LAST_MIGRATION_WITH_OBJECTS:
-            continue
-        for st in split_statements(m.name, m.sql):
-            if defining.match(st.text) and _MID_WAY not in st.comment:
-                offenders.append(f"{m.name}: {st.text.splitlines()[0]}")
+# What only an object file may say: creating or altering a function, procedure, view or
+# trigger (a CONSTRAINT trigger too), switching a trigger on or off, a grant or comment on a
+# function or view. Searched in the whole text (comments aside), so an EXECUTE inside a DO
+# block is caught too; a pg_temp function (a one-off helper of a data step, gone with the
+# session) is not an object of the schema and stays allowed, and so does every DROP.
+_DEFINES_AN_OBJECT = re.compile(
+    r"\bCREATE\s+(?:OR\s+REPLACE\s+)?(?:CONSTRAINT\s+)?(?:TEMP(?:ORARY)?\s+)?"
+    r"(?:RECURSIVE\s+)?(?:MATERIALIZED\s+)?(?:FUNCTION|PROCEDURE|VIEW|TRIGGER)\s+"
+    r"(?!pg_temp\.)"
+    r"|\bALTER\s+(?:FUNCTION|PROCEDURE|ROUTINE|VIEW|MATERIALIZED\s+VIEW|TRIGGER)\b"
+    r"|\b(?:ENABLE|DISABLE)\s+(?:ALWAYS\s+|REPLICA\s+)?TRIGGER\b"
+    r"|\b(?:GRANT|REVOKE)\b[^;]*?\bON\s+(?:ALL\s+)?(?:FUNCTIONS?|PROCEDURES?|ROUTINES?)\b"
+    r"|\bCOMMENT\s+ON\s+(?:FUNCTION|PROCEDURE|VIEW|TRIGGER)\b",
+    re.I)
+_GRANT_ON = re.compile(r"\b(?:GRANT|REVOKE)\b[^;]*?\bON\s+(?:TABLE\s+)?"
+                       r"(?P<names>[a-z0-9_.,\s]+?)\s+(?:TO|FROM)\b", re.I)
+
+
+def _without_comments(sql: str) -> str:
+    return re.sub(r"--[^\n]*", "", sql)
+
+
+def _object_statements(migration: Migration, views: set[str]) -> list[str]:
+    """The statements of a migration that define, alter, grant or comment on a function, view
+    or trigger."""
+    found = []
+    for st in split_statements(migration.name, migration.sql):
+        text = _without_comments(st.text)
+        granted = {n.strip().lower() for m in _GRANT_ON.finditer(text)
+                   for n in m["names"].split(",")}
+        if _DEFINES_AN_OBJECT.search(text) or granted & views:
+            found.append(f"{migration.name}: {st.text.splitlines()[0]}")
+    return found
+
+
+def _views() -> set[str]:
+    return {".".join(o.qualified) for o in load_objects() if o.kind == "views"}
+
+
+def test_no_numbered_migration_after_the_move_defines_a_function_view_or_trigger() -> None:
+    offenders = [line for m in load_migrations() if m.version > LAST_MIGRATION_WITH_OBJECTS
+                 for line in _object_statements(m, _views())]
     assert offenders == [], (
-        "functions, views and triggers live in src/symphony/db/sql/objects/ (see its "
-        "README.md); a migration defines one only when a statement of its own needs it "
-        f"mid-way, marked {_MID_WAY!r}")
+        "a function, view or trigger (its body, its grants, its comment) is written in its "
+        "file under src/symphony/db/sql/objects/, never in a numbered migration (see that "
+        "folder's README.md): edit the file; a migration holds only the DROP of a signature "
+        "change")
+
+
+def test_the_migrations_before_the_move_are_what_the_rule_would_refuse() -> None:
+    # The rule is not vacuous: it finds the objects in the migrations that moved out.
+    found = [line for m in load_migrations() if m.version <= LAST_MIGRATION_WITH_OBJECTS
+             for line in _object_statements(m, _views())]
+    assert any("enqueue_payment_outbox(" in line for line in found)
+    assert any("CREATE TRIGGER" in line for line in found)
+    assert any("CREATE VIEW" in line or "CREATE OR REPLACE VIEW" in line for line in found)
+
+
+@pytest.mark.parametrize("statement", [
+    "CREATE OR REPLACE FUNCTION symphony.f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;",
+    "CREATE FUNCTION symphony.f(a int) RETURNS int LANGUAGE sql AS 'SELECT 1';",
+    "create or replace procedure symphony.p() language sql as $$ select 1 $$;",
+    "CREATE VIEW symphony.v AS SELECT 1;",
+    "CREATE OR REPLACE VIEW symphony.outbox_supervisor_status AS SELECT 1;",
+    "CREATE TRIGGER t AFTER INSERT ON symphony.payment_events "
+    "FOR EACH ROW EXECUTE FUNCTION symphony.f();",
+    "CREATE CONSTRAINT TRIGGER t AFTER INSERT ON symphony.payment_events "
+    "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION symphony.f();",
+    "ALTER FUNCTION symphony.f() SET search_path = symphony, pg_catalog, pg_temp;",
+    "ALTER TABLE symphony.payment_events ENABLE ALWAYS TRIGGER t;",
+    "GRANT EXECUTE ON FUNCTION symphony.f() TO symphony_ingest;",
+    "REVOKE EXECUTE ON FUNCTION symphony.f() FROM symphony_control;",
+    "GRANT SELECT ON symphony.outbox_supervisor_status TO symphony_readonly;",
+    "COMMENT ON FUNCTION symphony.f() IS 'x';",
+    "DO $$ BEGIN EXECUTE 'CREATE FUNCTION symphony.f() RETURNS int LANGUAGE sql "
+    "AS ''SELECT 1'''; END $$;",
+])
+def test_the_rule_catches_each_way_of_defining_an_object(statement: str) -> None:
+    migration = Migration(99, "0099_x.sql", f"-- why\n{statement}\n", "0" * 64)
+    assert _object_statements(migration, {"symphony.outbox_supervisor_status"}) != []
+
+
+@pytest.mark.parametrize("statement", [
+    "DROP FUNCTION symphony.f(int);",
+    "DROP VIEW IF EXISTS symphony.v;",
+    "DROP TRIGGER t ON symphony.payment_events;",
+    "CREATE FUNCTION pg_temp.backfill() RETURNS void LANGUAGE sql AS $$ SELECT $$;",
+    "CREATE TABLE symphony.t (a int CONSTRAINT t_pkey PRIMARY KEY);",
+    "CREATE INDEX t_a_idx ON symphony.t (a);",
+    "GRANT SELECT ON symphony.payment_events TO symphony_readonly;",
+    "ALTER TABLE symphony.t ADD CONSTRAINT t_a_check CHECK (a > 0);",
+    "-- CREATE FUNCTION symphony.f() in a comment\nSELECT 1;",
+])
+def test_the_rule_lets_tables_data_and_drops_through(statement: str) -> None:
+    migration = Migration(99, "0099_x.sql", f"-- why\n{statement}\n", "0" * 64)
+    assert _object_statements(migration, {"symphony.outbox_supervisor_status"}) == []
