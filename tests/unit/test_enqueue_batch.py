@@ -303,3 +303,25 @@ async def test_ingest_may_wake_the_workers(db: Database) -> None:
 @pytest.mark.parametrize("role", [r for r in Role if r is not Role.INGEST])
 async def test_no_other_role_wakes_the_workers(db: Database, role: Role) -> None:
     assert_sqlstate(await refused(db, role, WAKE_CALL), "42501")
+
+
+@pytest.mark.parametrize("overrides", [o for o in OVERRIDES if "participant_id" not in o],
+                         ids=lambda v: repr(v)[:50])
+async def test_a_revoked_participants_bad_instruction_gets_the_same_refusal_on_both_paths(
+    db: Database, overrides: dict[str, Any]
+) -> None:
+    """The order of the one validation (enqueue_check_input: the ids' forms, then the
+    participant, then the rail and the payload) is the same alone and in a batch: a bad
+    instruction from a revoked participant gets one and the same refusal on both paths."""
+    store = OutboxStore(db)
+    p = await register_participant(db)
+    await AccessStore(db).revoke_participant(p)
+    bad = instruction(participant_id=p, **overrides)
+    with pytest.raises(SymphonyError) as single:
+        await store.enqueue(bad)
+    [err] = await store.enqueue_batch([bad])
+    assert isinstance(err, SymphonyError)
+    assert (err.sqlstate, err.code) == (single.value.sqlstate, single.value.code)
+    # Where the participant stands in that order: after the ids' forms, before the rest.
+    expected_first = {"instruction_id", "idempotency_key"} & overrides.keys()
+    assert (single.value.sqlstate == "SY030") is not bool(expected_first)
