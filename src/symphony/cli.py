@@ -544,7 +544,7 @@ def _payload_from(args: argparse.Namespace) -> dict[str, Any]:
                              "not both", code="CONFLICTING_ARGUMENTS")
         try:
             payload = json.loads(args.payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past Python's limit: no payment either
             raise UsageError("--payload is not valid JSON", code="INVALID_PAYLOAD_JSON") from None
         if not isinstance(payload, dict):
             raise UsageError("--payload must be a JSON object", code="INVALID_PAYLOAD_JSON")

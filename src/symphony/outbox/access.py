@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from symphony.db import Database, Role
@@ -70,6 +70,13 @@ class Caller:
     token_id: UUID
     kind: TokenKind
     participant_id: str | None
+
+
+class Authenticator(Protocol):
+    """Turns a presented token into its caller, or None when it is not (or no longer) valid.
+    `AccessStore` is the one that asks the database; the API wraps it in a cache."""
+
+    async def authenticate(self, token: str) -> Caller | None: ...
 
 
 def _secret_hash(salt: bytes, secret: str) -> bytes:

@@ -27,13 +27,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 from symphony.db import SymphonyError
 from symphony.outbox.model import EnqueueResult, PaymentInstruction
-
-if TYPE_CHECKING:
-    from symphony.outbox.store import OutboxStore
+from symphony.outbox.storable import check_storable
 
 DEFAULT_MAX_BATCH = 100
 DEFAULT_MAX_IN_FLIGHT = 1
@@ -43,12 +42,27 @@ log = logging.getLogger("symphony.outbox")
 _Waiter = tuple[PaymentInstruction, "asyncio.Future[EnqueueResult]"]
 
 
+class BatchEnqueuer(Protocol):
+    """What a group commit needs of the store that owns it (`OutboxStore` is one): the group
+    sits below the store, so it names the three calls it makes instead of the store's class."""
+
+    async def enqueue_or_error(
+        self, instruction: PaymentInstruction
+    ) -> EnqueueResult | SymphonyError: ...
+
+    async def enqueue_batch(
+        self, instructions: Sequence[PaymentInstruction], *, wake_after_commit: bool = False
+    ) -> list[EnqueueResult | SymphonyError]: ...
+
+    async def wake_workers(self) -> None: ...
+
+
 class EnqueueGroup:
     """Gathers concurrent `enqueue` calls into batches (see the module docstring)."""
 
     def __init__(
         self,
-        store: OutboxStore,
+        store: BatchEnqueuer,
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
@@ -66,7 +80,11 @@ class EnqueueGroup:
         self._wake_again = False
 
     async def submit(self, instruction: PaymentInstruction) -> EnqueueResult:
-        """Enqueue one instruction in the next batch; its own result, or its own error."""
+        """Enqueue one instruction in the next batch; its own result, or its own error.
+
+        What the database cannot store at all (`check_storable`) is refused here, before the
+        instruction joins a batch: in one, it would make the server refuse the whole batch."""
+        check_storable(instruction)
         future: asyncio.Future[EnqueueResult] = asyncio.get_running_loop().create_future()
         self._queue.append((instruction, future))
         self._kick()

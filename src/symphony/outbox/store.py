@@ -34,6 +34,7 @@ from symphony.outbox.model import (
     ReviewOutcome,
     SupervisorStatus,
 )
+from symphony.outbox.storable import check_storable
 
 # Most instructions one batch statement carries (the function's own bound).
 MAX_ENQUEUE_BATCH = 1000
@@ -470,8 +471,11 @@ def _completion_result(row: dict[str, Any]) -> CompletionResult:
 
 
 def _payload_body(instruction: PaymentInstruction) -> str:
+    """The payload as the JSON text the enqueue functions receive, once `check_storable`
+    passed it."""
+    check_storable(instruction)
     try:
-        body = json.dumps(instruction.payload, separators=(",", ":"), allow_nan=False)
+        return json.dumps(instruction.payload, separators=(",", ":"), allow_nan=False)
     except RecursionError:
         # Nested past Python's own limit: far beyond the database's 32 levels anyway.
         raise InvalidRequestError(
@@ -483,18 +487,6 @@ def _payload_body(instruction: PaymentInstruction) -> str:
             "payload must be a JSON object of strings, numbers, booleans, lists and objects",
             code="INVALID_PAYLOAD", context="enqueue",
         ) from None
-    if not body.isascii() or "\\ud" in body.lower():
-        try:
-            # json.dumps escapes a lone surrogate (text that came from undecodable bytes,
-            # such as a command-line argument) as \udcff, which the database would refuse
-            # as malformed JSON; say what it is instead.
-            json.dumps(instruction.payload, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidRequestError(
-                "payload holds text that is not valid Unicode (undecodable bytes)",
-                code="INVALID_TEXT_ENCODING", context="enqueue",
-            ) from None
-    return body
 
 
 def _enqueue_result(row: dict[str, Any]) -> EnqueueResult:

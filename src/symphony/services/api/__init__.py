@@ -8,10 +8,9 @@ dependencies a router uses to require a participant or an operator token.
 
 from __future__ import annotations
 
-from symphony.outbox.access import Caller
+from symphony.outbox.access import Authenticator, Caller
 from symphony.services.api.app import create_app
 from symphony.services.api.auth import (
-    Authenticator,
     CachedAuthenticator,
     require_operator,
     require_participant,

@@ -31,8 +31,8 @@ from symphony.db import (
     SymphonyError,
 )
 from symphony.outbox import OutboxStore
-from symphony.outbox.access import AccessStore
-from symphony.services.api.auth import Authenticator, CachedAuthenticator
+from symphony.outbox.access import AccessStore, Authenticator
+from symphony.services.api.auth import CachedAuthenticator
 from symphony.services.api.config import ApiConfig
 from symphony.services.api.context import ApiContext, get_context
 from symphony.services.api.error import (
@@ -71,6 +71,9 @@ def create_app(
         redoc_url=None,
         openapi_url="/openapi.json",
         responses={500: {"model": ErrorBody, "description": "unexpected failure"}},
+        # No redirect from `/path/` to `/path`: Starlette builds its Location from the
+        # request's Host header. A trailing slash is a miss like any other (404 envelope).
+        redirect_slashes=False,
     )
     app.state.symphony = ApiContext(
         db=db,

@@ -2,10 +2,11 @@
 
 `require_participant` and `require_operator` are FastAPI dependencies that return the
 authenticated `Caller`; any router (the participant API here, the operator API elsewhere)
-declares one of them and never sees a token. A missing, malformed, unknown or revoked token is
-401 with `WWW-Authenticate: Bearer`; so is a token of the wrong kind (an operator token on a
-participant endpoint and the reverse), which keeps one answer for "these credentials do not
-open this door".
+declares one of them and never sees a token. A missing token is 401 with
+`WWW-Authenticate: Bearer`. A malformed, unknown or revoked token, and a real token of the
+wrong kind (an operator token on a participant endpoint and the reverse), all get one and the
+same answer (`refused_token()`: status, code, message and headers alike), so an answer never
+tells a caller that what it holds is somebody's real token.
 
 Verified tokens may be remembered for `ApiConfig.auth_cache_seconds` (default 2, at most 5):
 a revocation is refused at most that long after it committed. The cache keys on a SHA-256 of
@@ -19,24 +20,18 @@ import hashlib
 import re
 import time
 from collections.abc import Callable
-from typing import Annotated, Final, Protocol
+from typing import Annotated, Final
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from symphony.outbox.access import Caller, TokenKind
+from symphony.outbox.access import Authenticator, Caller, TokenKind
 from symphony.services.api.context import ApiContext, get_context
 from symphony.services.api.error import ApiError
 
 # RFC 6750 token68 characters, bounded: anything else is refused before the database is asked.
 _TOKEN: Final = re.compile(r"[A-Za-z0-9._~+/-]{1,512}=*")
 _MAX_CACHE_ENTRIES: Final = 10_000
-
-
-class Authenticator(Protocol):
-    """Turns a presented token into its caller, or None when it is not (or no longer) valid."""
-
-    async def authenticate(self, token: str) -> Caller | None: ...
 
 
 class CachedAuthenticator:
@@ -94,6 +89,13 @@ def _unauthorized(message: str, *, invalid_token: bool) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": challenge})
 
 
+def refused_token() -> ApiError:
+    """The one answer to credentials that do not open this door: malformed, unknown, revoked,
+    of a revoked participant, or a real token of the other kind. Any distinction here would
+    confirm to whoever holds a token that it is a real one."""
+    return _unauthorized("the token is not valid for this endpoint", invalid_token=True)
+
+
 async def _caller(
     request: Request, credentials: HTTPAuthorizationCredentials | None, context: ApiContext
 ) -> Caller:
@@ -101,12 +103,10 @@ async def _caller(
     if header is None:
         raise _unauthorized("a bearer token is required", invalid_token=False)
     if credentials is None or not _TOKEN.fullmatch(credentials.credentials):
-        raise _unauthorized("the Authorization header must be `Bearer <token>`",
-                            invalid_token=True)
+        raise refused_token()
     caller = await context.authenticator.authenticate(credentials.credentials)
     if caller is None:
-        raise _unauthorized("the token is not valid (unknown, revoked or expired)",
-                            invalid_token=True)
+        raise refused_token()
     return caller
 
 
@@ -118,7 +118,7 @@ async def require_participant(
     """The caller, who must hold a participant token."""
     caller = await _caller(request, credentials, context)
     if caller.kind != TokenKind.PARTICIPANT or not caller.participant_id:
-        raise _unauthorized("this endpoint needs a participant token", invalid_token=True)
+        raise refused_token()
     request.state.participant_id = caller.participant_id
     return caller
 
@@ -131,6 +131,6 @@ async def require_operator(
     """The caller, who must hold an operator token."""
     caller = await _caller(request, credentials, context)
     if caller.kind != TokenKind.OPERATOR:
-        raise _unauthorized("this endpoint needs an operator token", invalid_token=True)
+        raise refused_token()
     request.state.operator_token_id = str(caller.token_id)
     return caller

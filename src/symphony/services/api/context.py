@@ -4,16 +4,13 @@ the config, held by the app and handed out by the `get_context` dependency."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from fastapi import Request
 
 from symphony.db import Database
 from symphony.outbox import OutboxStore
+from symphony.outbox.access import Authenticator
 from symphony.services.api.config import ApiConfig
-
-if TYPE_CHECKING:
-    from symphony.services.api.auth import Authenticator
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ from symphony.db import IdempotencyConflictError, InvalidRequestError, SymphonyE
 from symphony.outbox import PaymentInstruction
 from symphony.outbox.access import Caller
 from symphony.outbox.model import ParticipantPayment, PaymentAttempt
-from symphony.services.api.auth import require_participant
+from symphony.services.api.auth import refused_token, require_participant
 from symphony.services.api.context import ApiContext, get_context
 from symphony.services.api.error import ApiError, ErrorBody, FieldError, validation_field_error
 
@@ -347,15 +347,28 @@ def _idempotency_key(request: Request) -> str:
 
 def _parse_json(raw: bytes) -> Any:
     try:
-        value = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        value = json.loads(raw.decode("utf-8"), parse_constant=_no_constant,
+                           object_pairs_hook=_unique_members)
         _check_json(value, 0)
     except (ValueError, RecursionError, UnicodeError):
-        raise ApiError(400, "invalid_json", "the request body is not valid UTF-8 JSON") from None
+        raise ApiError(400, "invalid_json", "the request body is not valid UTF-8 JSON "
+                       "(with each member name at most once per object)") from None
     return value
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose member names are unique (RFC 8259 says they SHOULD be). Readers differ
+    on a repeated name (first wins, last wins, error): a proxy or an auditor reading the first
+    `amount` must never see another payment than the one stored, so a repeat is refused at
+    any depth, whatever its value. Names are compared decoded (`"a"` and `"\u0061"` are one)."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise ValueError("a member name is repeated")
+    return value
 
 
 def _check_json(value: Any, depth: int) -> None:
@@ -409,8 +422,9 @@ def _refusal(exc: InvalidRequestError) -> ApiError:
 
 
 def _inactive() -> ApiError:
-    return ApiError(401, "unauthorized", "the participant of this token is not active",
-                    headers={"WWW-Authenticate": 'Bearer realm="symphony", error="invalid_token"'})
+    # A participant revoked while its token was cached (or between authentication and the
+    # enqueue): answered exactly like an unknown token.
+    return refused_token()
 
 
 def _not_found() -> ApiError:

@@ -15,8 +15,8 @@ from fastapi import APIRouter, FastAPI
 
 from symphony.db import Database
 from symphony.http_server import EmbeddedHttpServer
+from symphony.outbox.access import Authenticator
 from symphony.services.api.app import create_app
-from symphony.services.api.auth import Authenticator
 from symphony.services.api.config import ApiConfig
 
 _GRACEFUL_SHUTDOWN_SECONDS: Final = 5

@@ -35,7 +35,9 @@ async def _read_json(request: Request) -> tuple[Any, JSONResponse | None]:
 
 def create_app(simulator: RailSimulator) -> FastAPI:
     """Build the simulator's ASGI app around ``simulator`` (shared, so tests can inspect it)."""
-    app = FastAPI(title="Symphony rail simulator", docs_url=None, redoc_url=None)
+    # No trailing-slash redirect: its Location would be built from the request's Host header.
+    app = FastAPI(title="Symphony rail simulator", docs_url=None, redoc_url=None,
+                  redirect_slashes=False)
 
     # Every handler is ``async def`` on purpose: they then run on the event
     # loop, never in FastAPI's thread pool, which the simulator's lock relies on.
