@@ -40,6 +40,8 @@ DATABASE_SUITES = [
     # the engine
     "tests/unit/test_enqueue.py",
     "tests/unit/test_enqueue_batch.py",
+    "tests/unit/test_destination_characters.py",
+    "tests/unit/test_db_error_logging.py",
     "tests/unit/test_executor_worker.py",
     "tests/unit/test_worker_buckets.py",
     "tests/unit/test_zombie_repair_proof.py",
