@@ -2,7 +2,7 @@
 
 The suite's own server is the embedded PostgreSQL 18 (tests/support/database.py). This
 module runs a cluster from a directory of binaries (`initdb`, `pg_ctl`, `postgres`,
-`pg_basebackup`) so that the database suites can run on 15 and 16 (scripts/pg-versions.sh)
+`pg_basebackup`) so that the database suites can run on 15 and 16 (scripts/pg_versions.py)
 and the failover test can build a primary and a streaming standby from the same binaries.
 
 A cluster listens on a Unix socket in its own directory and, when asked, on 127.0.0.1 only.
@@ -182,13 +182,21 @@ class Cluster:
         The standby names itself `name` in `application_name`, which the primary's
         `synchronous_standby_names` can list.
         """
-        standby = Cluster(self.bindir, root, tcp=True)
-        conninfo = f"host=127.0.0.1 port={self.port} user={ADMIN} application_name={name}"
+        standby = Cluster(self.bindir, root, tcp=self.tcp)
+        conninfo = f"host={self.root} port={self.port} user={ADMIN} application_name={name}"
         standby._run("pg_basebackup", "-D", str(standby.data_dir), "-d", conninfo,
                      "-X", "stream", "-R", "--checkpoint=fast", "--no-sync")
         # The copied postgresql.conf names the primary's port and socket; a later line wins.
-        standby.configure(hot_standby="on")
+        # Promoted, the standby is a primary with no standby of its own: it must not wait for
+        # one (synchronous_standby_names is read only by a primary).
+        standby.configure(hot_standby="on", synchronous_standby_names="''")
         return standby
+
+    def detach_from_primary(self) -> None:
+        """A standby stops streaming (its walreceiver ends) and keeps what it has received."""
+        with (self.data_dir / "postgresql.auto.conf").open("a") as conf:
+            conf.write("primary_conninfo = ''\n")
+        self._run("pg_ctl", "-D", str(self.data_dir), "reload")
 
     # --- helpers ----------------------------------------------------------------------------
 

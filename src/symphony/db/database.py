@@ -24,6 +24,7 @@ import asyncio
 import contextvars
 import logging
 import re
+import weakref
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -252,6 +253,9 @@ class Database:
         self._pools: dict[Principal, psycopg_pool.AsyncConnectionPool[Any]] = {}
         self._pool_lock = asyncio.Lock()
         self._closed = False
+        # Pool checks under way after a broken connection (one per pool at a time).
+        self._checking: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- construction -------------------------------------------------------------------------
 
@@ -427,9 +431,12 @@ class Database:
                 context=context,
             )
         token = _ACTIVE_ROLE.set(role)
+        pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
+        used: psycopg.AsyncConnection[Any] | None = None
         try:
             pool = await self._pool(self.principal_for(role))
             async with pool.connection() as conn:
+                used = conn
                 await _begin(conn, role, context, snapshot=snapshot)
                 tx = Transaction(conn, role, context)
                 try:
@@ -455,13 +462,54 @@ class Database:
                         code="TRANSACTION_ABORTED",
                         context=context,
                     )
+                watch = _COMMIT_WATCHES.get(conn)
+                if watch is not None:
+                    watch.canceled = False
                 await conn.execute(_COMMIT)
+                if watch is not None and watch.canceled:
+                    log.error("a commit's wait for the synchronous standby was canceled: "
+                              "committed on the primary only, refused to the caller",
+                              extra={"context": context})
+                    raise DatabaseUnavailableError(
+                        "the transaction committed on the primary, but the synchronous "
+                        "standby never confirmed it (the wait was canceled): it may not "
+                        "survive the loss of the primary, so it is not acknowledged; retry "
+                        "(an idempotent retry is answered once the standby has it)",
+                        code="COMMIT_NOT_REPLICATED", context=context,
+                    )
         except SymphonyError:
+            if used is not None and used.broken and pool is not None:
+                await self._check_pool(pool)
             raise
         except (psycopg.Error, UnicodeError, psycopg_pool.PoolTimeout, OSError) as exc:
+            if used is not None and used.broken and pool is not None:
+                await self._check_pool(pool)
             raise translate(exc, context) from exc
         finally:
             _ACTIVE_ROLE.reset(token)
+
+    async def _check_pool(self, pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
+        """A pooled connection broke (its server died, restarted, or failed over): test the
+        pool's idle ones now, in the background, so that each dead one is replaced at once
+        instead of failing one request of its own. New connections follow the DSN, so with
+        `target_session_attrs=read-write` they reach whichever host is the primary now."""
+        if pool.name in self._checking:
+            return
+        self._checking.add(pool.name)
+        task = asyncio.get_running_loop().create_task(pool.check())
+        self._background.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._background.discard(finished)
+            self._checking.discard(pool.name)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.warning("checking the %s pool failed: %s", pool.name,
+                            type(finished.exception()).__name__)
+
+        task.add_done_callback(done)
+        # One turn of the loop: the check takes every idle connection out of the pool in its
+        # first step, before the next request can be handed a dead one.
+        await asyncio.sleep(0)
 
     async def fetch_all(
         self, role: Role, query: str, params: Params = None, *, label: str | None = None
@@ -567,6 +615,7 @@ class Database:
                 min_size=min(self.settings.pool_min_size, self.settings.pool_max_size),
                 max_size=self.settings.pool_max_size,
                 kwargs={"autocommit": True, "row_factory": dict_row},
+                configure=_watch_commits,
                 reset=_reset_connection,
                 timeout=float(self.settings.connect_timeout_s),
                 name=principal.value,
@@ -633,6 +682,38 @@ async def _rollback(conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute(_ROLLBACK)
     except psycopg.Error:
         log.warning("rollback failed; the pool will discard the connection")
+
+
+# PostgreSQL's words (syncrep.c) when a COMMIT's wait for the synchronous standby is
+# canceled: the transaction stays committed on the primary and the COMMIT succeeds with this
+# WARNING only. A server whose lc_messages is not English words it otherwise (see
+# docs/deployment.md: keep lc_messages = 'C' on a server with synchronous standbys).
+_SYNC_WAIT_CANCELED = "canceling wait for synchronous replication"
+
+
+class _CommitWatch:
+    """Notices, on one pooled connection, a COMMIT whose synchronous-standby wait was cut."""
+
+    __slots__ = ("canceled",)
+
+    def __init__(self) -> None:
+        self.canceled = False
+
+    def __call__(self, diag: psycopg.errors.Diagnostic) -> None:
+        if (diag.message_primary or "").startswith(_SYNC_WAIT_CANCELED):
+            self.canceled = True
+
+
+_COMMIT_WATCHES: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], _CommitWatch] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _watch_commits(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Pool `configure` callback: every pooled connection watches its COMMITs' warnings."""
+    watch = _CommitWatch()
+    conn.add_notice_handler(watch)
+    _COMMIT_WATCHES[conn] = watch
 
 
 async def _reset_connection(conn: psycopg.AsyncConnection[Any]) -> None:

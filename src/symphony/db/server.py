@@ -96,7 +96,7 @@ def require_supported_version(version: int, where: str) -> None:
     """Refuse a server older than the oldest one a test has run on (`MIN_SERVER_VERSION`).
 
     `version` is the `server_version_num` form (150018 is 15.18). CI runs the database suites
-    on 15, 16 and 18 (scripts/pg-versions.sh); symphony.db.compat holds what differs.
+    on 15, 16 and 18 (scripts/pg_versions.py); symphony.db.compat holds what differs.
     """
     if version < MIN_SERVER_VERSION:
         raise UnsupportedServerError(
