@@ -220,7 +220,8 @@ async def per_insert(dsn: str, db: Database, inserts: int, cycles: int) -> dict[
         done = 0
         while done < cycles and (claimed := await store.claim(f"bench-{tag}", 100, 60)):
             await store.complete_batch([Completion(c.outbox_id, c.lease_token,
-                                                   Outcome.DISPATCHED) for c in claimed])
+                                                   Outcome.DISPATCHED,
+                                                       rail_transaction_id="rtx-test") for c in claimed])
             done += len(claimed)
         return time.perf_counter() - started
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psycopg
 from common import BenchServer, Progress, percentile, stats
+from growth import grow_ledger_to, ledger_rows
 from limit import prepare as prepare_pgbench
 from limit import run_pgbench
 
@@ -426,26 +427,6 @@ class Procrastinate:
 
 # -- growth --------------------------------------------------------------------------------------
 
-_FILL = """
-WITH items AS (
-    SELECT gen_random_uuid() AS outbox_id, gen_random_uuid() AS lease_token,
-           s.n + %(offset)s AS n
-      FROM generate_series(1, %(items)s) AS s(n)
-), reg AS (
-    INSERT INTO symphony.payment_instruction_registry
-        (instruction_id, idempotency_key, outbox_id, participant_id, sequence_id, rail_type,
-         payload)
-    SELECT 'g-' || n, 'k', outbox_id, %(participant)s, n, 'RTP', %(payload)s::jsonb FROM items
-    RETURNING outbox_id
-)
--- A dispatch and its completion under one lease, as the functions write them (I9).
-INSERT INTO symphony.payment_outbox_attempts (outbox_id, attempt_no, state, worker_id,
-                                              lease_token, rail_transaction_id)
-SELECT reg.outbox_id, a.no, a.state::symphony.attempt_state, 'bench-growth', i.lease_token,
-       CASE WHEN a.no = 2 THEN 'g' END
-  FROM reg JOIN items i ON i.outbox_id = reg.outbox_id
- CROSS JOIN (VALUES (1, 'DISPATCHING'), (2, 'DISPATCHED')) AS a(no, state)
-"""
 
 
 async def growth_point(ours: Ours, reps: int) -> dict[str, float]:
@@ -478,32 +459,6 @@ def settle_repaired(bench: BenchServer) -> None:
     with psycopg.connect(bench.dsn("symphony"), autocommit=True) as conn:
         conn.execute("UPDATE symphony.payment_outbox_pending SET next_attempt_at = now()"
                      " WHERE review_reason IS NULL AND lease_token IS NULL")
-
-
-def ledger_rows(bench: BenchServer) -> int:
-    with psycopg.connect(bench.dsn("symphony")) as conn:
-        row = conn.execute("SELECT count(*) FROM symphony.payment_outbox_attempts").fetchone()
-        return int(row[0]) if row else 0
-
-
-def grow_ledger_to(bench: BenchServer, participant: str, rows: int, offset: int) -> int:
-    """Append terminal histories (DISPATCHING + DISPATCHED) until the ledger has `rows`."""
-    need = rows - ledger_rows(bench)
-    items = max(0, need // 2)
-    with psycopg.connect(bench.dsn("symphony"), autocommit=True) as conn:
-        for start in range(0, items, 100_000):
-            n = min(100_000, items - start)
-            conn.execute(_FILL, {"items": n, "offset": offset, "participant": participant,
-                                 "payload": json.dumps(PAYLOAD)})
-            offset += n
-        if items:
-            conn.execute(
-                "INSERT INTO symphony.participant_outbox_sequences (participant_id,"
-                " last_sequence_id) VALUES (%s, %s) ON CONFLICT (participant_id) DO UPDATE"
-                " SET last_sequence_id = EXCLUDED.last_sequence_id", (participant, offset))
-            conn.execute("VACUUM ANALYZE symphony.payment_outbox_attempts")
-            conn.execute("VACUUM ANALYZE symphony.payment_instruction_registry")
-    return offset
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -586,9 +541,10 @@ async def main(argv: list[str]) -> int:
             participant = f"bench-{ours.run}-growth"
             for rows in prof.growth:
                 progress.step(f"growth: ledger to {rows:,} rows")
-                offset = grow_ledger_to(bench, participant, rows, offset)
+                offset = grow_ledger_to(bench.dsn("symphony"), participant, rows, offset,
+                                        payload=PAYLOAD)
                 point = await growth_point(ours, R)
-                point["ledger_rows"] = ledger_rows(bench)
+                point["ledger_rows"] = ledger_rows(bench.dsn("symphony"))
                 results["growth"][str(rows)] = point
                 progress.advance(f"growth {rows:,}")
             settle_repaired(bench)

@@ -24,7 +24,7 @@ audit violations, ...); 2 the command cannot run as given (bad arguments, bad in
 missing configuration, schema not migrated). Logs go to stderr at `SYMPHONY_LOG_LEVEL`
 (default INFO), as JSON lines unless stderr is a terminal (see `symphony.log`).
 
-Each command logs in as one principal: `api` as symphony_api_svc (ingest + readonly),
+Each command logs in as one principal: `api` as symphony_api_svc (ingest, readonly, operator),
 `worker` and `repair` as symphony_executor_svc, `enqueue` as symphony_ingest_svc, `status`,
 `audit verify` and `audit export-checkpoints` as symphony_reader_svc, `audit checkpoint` as
 symphony_control_svc. Given
@@ -74,6 +74,7 @@ from symphony.outbox import (
     PaymentInstruction,
     ReviewDecision,
     TokenKind,
+    TokenScope,
 )
 from symphony.repair import ZombieRepairConfig, ZombieRepairWorker, zombie_threshold_from_env
 from symphony.services.api import ApiConfig
@@ -298,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(p_list)
     p_list.set_defaults(handler=cmd_participants_list)
     p_revoke = participant_commands.add_parser(
-        "revoke", help="revoke a participant and all its tokens (for good)")
+        "revoke", help="revoke a participant and all its tokens (for good); its payments "
+                       "already accepted still go on (obligations)")
     p_revoke.add_argument("participant_id", metavar="ID")
     _json_flag(p_revoke)
     p_revoke.set_defaults(handler=cmd_participants_revoke)
@@ -312,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     t_issue.add_argument("--participant", metavar="ID",
                          help="the participant a participant token speaks for")
     t_issue.add_argument("--label", default="", help="what the token is for")
+    t_issue.add_argument(
+        "--scope", choices=["viewer", "operator"],
+        help="an operator token's scope: viewer reads (the default), operator also acts "
+             "(resolve, cancel, replay, revoke)")
     _json_flag(t_issue)
     t_issue.set_defaults(handler=cmd_tokens_issue)
     t_revoke = token_commands.add_parser("revoke", help="revoke a token")
@@ -721,16 +727,30 @@ def cmd_participants_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+REVOCATION_NOTE = (
+    "accepted payments are obligations: the participant's pending payments are still "
+    "dispatched and retried as usual; revoking stops new payments and its tokens, and only "
+    "an operator's cancellation of a payment stops that payment"
+)
+
+
 def cmd_participants_revoke(args: argparse.Namespace) -> int:
     settings = database_settings()
 
-    async def go() -> Participant:
+    async def go() -> tuple[Participant, int]:
         async with await Database.open(settings) as db:
-            return await AccessStore(db).revoke_participant(args.participant_id)
+            access = AccessStore(db)
+            revoked = await access.revoke_participant(args.participant_id)
+            # Counted after the revocation committed: no new payment of it can join them.
+            return revoked, await access.pending_payment_count(args.participant_id)
 
-    revoked = _run(go())
-    emit(args, _participant_dict(revoked),
-         f"revoked participant {_participant_line(revoked)}; its tokens no longer work")
+    revoked, pending = _run(go())
+    payments = "payment" if pending == 1 else "payments"
+    emit(args,
+         {**_participant_dict(revoked), "pending_payments": pending,
+          "pending_payments_continue": True, "note": REVOCATION_NOTE},
+         f"revoked participant {_participant_line(revoked)}; its tokens no longer work\n"
+         f"{pending} pending {payments} of it go on: {REVOCATION_NOTE}")
     return EXIT_OK
 
 
@@ -740,18 +760,24 @@ _TOKEN_WARNING = ("this token is shown only now: Symphony stores a salted hash o
 
 def cmd_tokens_issue(args: argparse.Namespace) -> int:
     kind = TokenKind(args.kind.upper())
+    if args.scope is not None and kind != TokenKind.OPERATOR:
+        raise UsageError("--scope is for operator tokens (a participant token acts for its "
+                         "participant only)", code="INVALID_TOKEN_REQUEST")
+    scope = TokenScope(args.scope.upper()) if args.scope else None
     settings = database_settings()
 
     async def go() -> Any:
         async with await Database.open(settings) as db:
             return await AccessStore(db).issue_token(
-                kind, participant_id=args.participant, label=args.label)
+                kind, participant_id=args.participant, label=args.label, scope=scope)
 
     issued = _run(go())
     data = {"token_id": issued.token_id, "kind": issued.kind.value,
             "participant_id": issued.participant_id, "label": issued.label,
+            "scope": issued.scope.value if issued.scope else None,
             "created_at": issued.created_at, "token": issued.token, "warning": _TOKEN_WARNING}
-    whom = f"participant {issued.participant_id}" if issued.participant_id else "the operator"
+    whom = (f"participant {issued.participant_id}" if issued.participant_id
+            else f"the operator (scope {issued.scope.value if issued.scope else '-'})")
     if not getattr(args, "json", False):
         print(f"warning: {_TOKEN_WARNING}", file=sys.stderr, flush=True)
     emit(args, data, f"issued token {issued.token_id} for {whom}:\n{issued.token}")

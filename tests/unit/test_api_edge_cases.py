@@ -11,8 +11,11 @@ token store): each test covers a class of requests, not one example.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import uuid4
@@ -24,18 +27,21 @@ from tests.support.api import Member, Running, new_member, payment_body, row_cou
 
 from symphony.db import Database
 from symphony.outbox.access import AccessStore, TokenKind
-from symphony.services.api.ops import operator_routers
 from symphony.services.rail_sim.app import create_app as create_rail_sim_app
 from symphony.services.rail_sim.simulator import RailSimulator
+from symphony.services.system.api import product_routers
 
 JSON = {"Content-Type": "application/json"}
 SAMPLE_ID = "00000000-0000-4000-8000-000000000000"
+BODY_DEADLINE = 6.0
 
 
 @pytest.fixture
 async def api(isolated_db: Database) -> AsyncIterator[Running]:
-    async with serve(isolated_db, routers=operator_routers(),
-                     authenticator=AccessStore(isolated_db)) as running:
+    # The product's routers, as `symphony api` mounts them: a route added there is covered.
+    async with serve(isolated_db, routers=product_routers(),
+                     authenticator=AccessStore(isolated_db),
+                     body_timeout_seconds=BODY_DEADLINE) as running:
         yield running
 
 
@@ -234,3 +240,94 @@ async def test_the_rail_simulator_redirects_nothing_either() -> None:
                                             headers={"Host": "evil.example"})
             assert "location" not in response.headers, (method, path)
             assert response.status_code == 404, (method, path, response.status_code)
+
+
+# -- ambiguous framing (issue 14, item 9) --------------------------------------------------
+
+
+def _exchange(url: str, raw: bytes, *, wait: float = 10.0) -> bytes:
+    """Send `raw` on one connection and read until the server closes it (or `wait` passes:
+    then the connection was kept open, which the caller's assertion reports)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=wait) as sock:
+        sock.sendall(raw)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except TimeoutError:
+            received += b"<still open>"
+    return received
+
+
+def _smuggling_requests(token: str) -> list[bytes]:
+    body = json.dumps(payment_body()).encode()
+    smuggled = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    auth = f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+    cases = []
+    for first, second in (("Content-Length: {n}", "Transfer-Encoding: chunked"),
+                          ("Transfer-Encoding: chunked", "Content-Length: {n}"),
+                          ("content-length: {n}", "transfer-encoding: chunked"),
+                          ("Content-Length: {n}", "Transfer-Encoding: gzip, chunked")):
+        for payload in (chunked, b"0\r\n\r\n" + smuggled):
+            head = (f"POST /v1/payments HTTP/1.1\r\nHost: api\r\nIdempotency-Key: k-{uuid4()}\r\n"
+                    f"{auth}{first}\r\n{second}\r\n\r\n").replace("{n}", str(len(payload)))
+            cases.append(head.encode() + payload + smuggled)
+        cases.append((f"GET /healthz HTTP/1.1\r\nHost: api\r\n{first}\r\n{second}\r\n\r\n")
+                     .replace("{n}", "5").encode() + b"0\r\n\r\n" + smuggled)
+    return cases
+
+
+async def test_content_length_with_transfer_encoding_is_400_and_closed(
+    api: Running, alice: Member, isolated_admin_dsn: str
+) -> None:
+    before = await row_counts(isolated_admin_dsn)
+    for raw in _smuggling_requests(alice.token):
+        answer = await asyncio.to_thread(_exchange, api.url, raw)
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+        # One answer, then the server closed: the request behind it was never served.
+        assert answer.count(b"HTTP/1.1 ") == 1, answer
+        assert b"<still open>" not in answer, answer
+        assert b"connection: close" in answer.lower()
+    assert await row_counts(isolated_admin_dsn) == before
+    # The same request framed once is served, and a pipelined one behind it too.
+    body = json.dumps(payment_body()).encode()
+    good = (f"POST /v1/payments HTTP/1.1\r\nHost: api\r\nIdempotency-Key: k-{uuid4()}\r\n"
+            f"Authorization: Bearer {alice.token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    answer = await asyncio.to_thread(
+        _exchange, api.url,
+        good + b"GET /healthz HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 201 ") and answer.count(b"HTTP/1.1 200 ") == 1, answer
+
+
+# -- a body is awaited only for a caller with a token (issue 14, item 2) -------------------
+
+
+def _stalled_without_token(url: str, method: str, path: str) -> tuple[bytes, float]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=BODY_DEADLINE + 5) as sock:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: api\r\nContent-Type: "
+                     "application/json\r\nContent-Length: 100\r\n\r\n{".encode())
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received, time.monotonic() - started
+
+
+async def test_every_route_with_a_body_refuses_a_caller_without_a_token_before_reading_it(
+    api: Running,
+) -> None:
+    """FastAPI reads a body declared as a parameter before it runs the route's dependencies
+    (authentication among them): a route that did so would wait out the body deadline for
+    any anonymous client. Every route that takes a body must answer 401 at once instead
+    (read the body in the handler, after the auth dependency, as POST /v1/payments does)."""
+    with_body = [(m, p) for m, p in _every_route(api.server.app)
+                 if m in ("POST", "PUT", "PATCH", "DELETE")]
+    assert ("POST", "/v1/payments") in with_body
+    for method, path in with_body:
+        answer, took = await asyncio.to_thread(_stalled_without_token, api.url, method, path)
+        assert answer.startswith(b"HTTP/1.1 401 "), (method, path, answer[:120])
+        assert took < BODY_DEADLINE / 2, (method, path, took)

@@ -10,7 +10,7 @@ from uuid import uuid4
 
 import httpx
 import pytest
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from tests.support.api import serve
 
 from symphony.db import Database, Principal
@@ -52,8 +52,10 @@ def probe_router() -> APIRouter:
         return {"kind": caller.kind}
 
     @router.post("/probe/echo")
-    async def echo(caller: Annotated[Caller, Depends(require_participant)]) -> dict[str, str]:
-        return {"ok": "yes"}
+    async def echo(
+        request: Request, caller: Annotated[Caller, Depends(require_participant)]
+    ) -> dict[str, int]:
+        return {"read": len(await request.body())}
 
     @router.get("/probe/slow")
     async def slow() -> dict[str, str]:
@@ -266,3 +268,57 @@ async def test_the_database_away_after_authentication_is_503(
             assert_envelope(listed, 503, "service_unavailable")
     finally:
         await dead.close()
+
+
+def test_connection_limits_have_documented_defaults_and_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from symphony.db import ConfigurationError
+    from symphony.http_server import FD_RESERVE, ConnectionLimits, connection_budget
+
+    for name in ("BODY_TIMEOUT_SECONDS", "HEADER_TIMEOUT_SECONDS", "KEEP_ALIVE_SECONDS",
+                 "MAX_CONNECTIONS", "MAX_HEADER_BYTES"):
+        monkeypatch.delenv(f"SYMPHONY_API_{name}", raising=False)
+    config = ApiConfig.load()
+    assert (config.body_timeout_seconds, config.header_timeout_seconds,
+            config.keep_alive_seconds, config.max_connections, config.max_header_bytes) == (
+        10.0, 10.0, 5, 1000, 16384)
+    assert config.connection_limits() == ConnectionLimits()
+    monkeypatch.setenv("SYMPHONY_API_MAX_CONNECTIONS", "300")
+    monkeypatch.setenv("SYMPHONY_API_BODY_TIMEOUT_SECONDS", "2.5")
+    assert ApiConfig.load().connection_limits().max_connections == 300
+    assert ApiConfig.load().body_timeout_seconds == 2.5
+    for bad in ({"body_timeout_seconds": 0}, {"header_timeout_seconds": -1},
+                {"keep_alive_seconds": 0}, {"max_connections": 7},
+                {"max_connections": 10**6}, {"max_header_bytes": 100}):
+        with pytest.raises(ConfigurationError) as info:
+            ApiConfig.load(**bad)
+        assert info.value.code == "INVALID_API_CONFIG"
+        assert next(iter(bad)) in info.value.message
+    # Never more connections than the descriptors leave room for.
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY:
+        assert connection_budget(10**6) == max(8, soft - FD_RESERVE)
+    assert connection_budget(10) <= 10
+
+
+async def test_a_body_is_read_after_authentication_and_under_a_deadline(
+    db: Database, tokens: FakeTokens
+) -> None:
+    """In-process companion of tests/integration/test_api_slow_clients.py: a stalled body
+    without a token is answered 401 at once; with one, 408 at the deadline; both close."""
+    async with serve(db, routers=[probe_router()], authenticator=tokens,
+                     body_timeout_seconds=0.5) as api:
+        host, port = api.url.removeprefix("http://").rsplit(":", 1)
+        for auth, expected in ((b"", b"HTTP/1.1 401 "),
+                               (b"Authorization: Bearer sy_pt_alpha\r\n", b"HTTP/1.1 408 ")):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"POST /probe/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n"
+                         + auth + b"\r\n{")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            assert answer.startswith(expected), answer
+            assert b"connection: close" in answer.lower()

@@ -367,6 +367,27 @@ def test_participants_add_list_revoke(
     assert code == 1 and body["error"]["code"] == "PARTICIPANT_NOT_ACTIVE"
 
 
+def test_participants_revoke_says_its_pending_payments_go_on(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Accepted payments are obligations: revoking stops new ones, not these, and says so.
+    pid = unique("cli-revoked")
+    assert main(["participants", "add", pid, "--name", "Revoked Bank"]) == 0
+    for _ in range(2):
+        assert main(enqueue_args(unique("cli"), unique("key"), participant=pid)) == 0
+    capsys.readouterr()
+    code, revoked = run_json(capsys, "participants", "revoke", pid)
+    assert code == 0 and revoked["status"] == "REVOKED"
+    assert revoked["pending_payments"] == 2 and revoked["pending_payments_continue"] is True
+    assert "obligations" in revoked["note"] and "still dispatched" in revoked["note"]
+    # Again (harmless), as text.
+    assert main(["participants", "revoke", pid]) == 0
+    out = capsys.readouterr().out
+    assert f"revoked participant {pid}  REVOKED" in out
+    assert "2 pending payments of it go on: accepted payments are obligations" in out
+    assert "only an operator's cancellation of a payment stops that payment" in out
+
+
 def test_participants_text_output(
     cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -430,3 +451,27 @@ def test_tokens_issue_text_output_warns_on_stderr(
     token = captured.out.strip().splitlines()[-1]
     assert token.startswith("sy_op_") and len(token) == len("sy_op_") + 32 + 1 + 43
     assert token not in captured.err
+
+
+@pytest.mark.parametrize(("argv", "scope"), [
+    ([], "VIEWER"), (["--scope", "viewer"], "VIEWER"), (["--scope", "operator"], "OPERATOR")])
+def test_tokens_issue_operator_scope(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str], argv: list[str], scope: str
+) -> None:
+    code, issued = run_json(capsys, "tokens", "issue", "--kind", "operator", *argv)
+    assert code == 0 and issued["scope"] == scope
+
+    async def who(token: str) -> Any:
+        async with await Database.open(cli_env) as db:
+            return await AccessStore(db).authenticate(token)
+
+    caller = asyncio.run(who(issued["token"]))
+    assert caller is not None and caller.scope.value == scope
+
+
+def test_tokens_issue_scope_is_for_operator_tokens_only(
+    cli_env: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, body = run_json(capsys, "tokens", "issue", "--kind", "participant", "--participant",
+                          "participant-cli", "--scope", "operator")
+    assert code == 2 and body["error"]["code"] == "INVALID_TOKEN_REQUEST"

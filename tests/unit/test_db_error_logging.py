@@ -9,6 +9,7 @@ value with spaces)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -86,6 +87,20 @@ async def test_a_traceback_describes_the_driver_error_instead_of_quoting_it(
     assert "sqlstate=22P02" in exc_text and "Traceback" in exc_text
 
 
+async def test_a_task_groups_driver_errors_are_described_too(db: Database) -> None:
+    async def fail() -> None:
+        await db.fetch_one(Role.READONLY, "participant_payment",
+                           {"participant_id": "p-1", "outbox_id": "QZXV MKRDST JWPLX"})
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(fail())
+    except BaseExceptionGroup as exc:
+        rendered = format_exception(exc)
+    _assert_no_marks(rendered)
+    assert "sqlstate=22P02" in rendered and "[INVALID_DATA]" in rendered
+
+
 async def test_our_own_refusals_keep_their_message_and_where_they_were_raised(
     db: Database,
 ) -> None:
@@ -97,7 +112,8 @@ async def test_our_own_refusals_keep_their_message_and_where_they_were_raised(
     assert cause is not None
     described = describe_error(cause)
     assert "sqlstate=SY011" in described and "constraint=enqueue_instruction_id" in described
-    assert "where='PL/pgSQL function enqueue_payment_outbox(" in described
+    assert "where='PL/pgSQL function enqueue_check_input(" in described
+    assert "< PL/pgSQL function enqueue_payment_outbox(" in described
     assert "message='instruction_id must be" in described
 
 

@@ -140,7 +140,8 @@ async def test_key_is_remembered_after_the_item_is_terminal(isolated_db: Databas
     original = instruction()
     first = await store.enqueue(original)
     [item] = [c for c in await store.claim("w", 1000, 60) if c.outbox_id == first.outbox_id]
-    await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED))
+    await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED,
+                                    rail_transaction_id="rtx-test"))
     replay = await store.enqueue(original)
     assert replay.outbox_id == first.outbox_id
     assert not replay.created and replay.state == "DISPATCHED"

@@ -137,7 +137,7 @@ async def test_completion_finds_items_by_primary_key(
         "         WHERE lease_token IS NOT NULL LIMIT 20), "
         "  array_fill('DISPATCHED'::text, ARRAY[20]), array_fill(NULL::text, ARRAY[20]), "
         "  array_fill(NULL::text, ARRAY[20]), array_fill(false, ARRAY[20]), "
-        "  array_fill(NULL::text, ARRAY[20]))",
+        "  array_fill('rtx-plan'::text, ARRAY[20]))",
     )
     assert "payment_outbox_pending_pkey" in plans, plans
     assert "Seq Scan on payment_outbox_pending" not in plans, plans
@@ -188,7 +188,7 @@ async def test_bucket_completion_finds_items_by_primary_key(
         "         WHERE lease_token IS NOT NULL ORDER BY outbox_id LIMIT 20), "
         "  array_fill('DISPATCHED'::text, ARRAY[20]), array_fill(NULL::text, ARRAY[20]), "
         "  array_fill(NULL::text, ARRAY[20]), array_fill(false, ARRAY[20]), "
-        "  array_fill(NULL::text, ARRAY[20]), b.bucket, b.bucket) c",
+        "  array_fill('rtx-plan'::text, ARRAY[20]), b.bucket, b.bucket) c",
     )
     assert "payment_outbox_pending_pkey" in plans, plans
     assert "Seq Scan on payment_outbox_pending" not in plans, plans

@@ -43,11 +43,14 @@ async def _ledger(admin_dsn: str, outbox_id: UUID) -> list[dict[str, Any]]:
 
 
 async def _append(admin_dsn: str, outbox_id: UUID, attempt_no: int, state: str) -> None:
+    # A DISPATCHED row carries a transaction id (its own rule, tested elsewhere), so each
+    # test here meets the rule it is about.
+    transaction_id = "rtx-append" if state == "DISPATCHED" else None
     await test_only.query_as_owner(
         admin_dsn,
-        "INSERT INTO symphony.payment_outbox_attempts (outbox_id, attempt_no, state) "
-        "VALUES (%s, %s, %s)",
-        (outbox_id, attempt_no, state),
+        "INSERT INTO symphony.payment_outbox_attempts "
+        "  (outbox_id, attempt_no, state, rail_transaction_id) VALUES (%s, %s, %s, %s)",
+        (outbox_id, attempt_no, state, transaction_id),
     )
 
 
@@ -127,7 +130,8 @@ async def test_second_dispatched_is_refused(isolated_db: Database) -> None:
     admin = isolated_db.endpoint.admin_dsn
     store = OutboxStore(isolated_db)
     item = await _claimed(store)
-    await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED))
+    await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED,
+                                    rail_transaction_id="rtx-test"))
     with pytest.raises(InvariantViolationError) as info:
         await _append(admin, item.outbox_id, 3, "DISPATCHED")
     assert info.value.sqlstate == "SY300"
@@ -136,8 +140,9 @@ async def test_second_dispatched_is_refused(isolated_db: Database) -> None:
         await test_only.statements_no_role(admin, [
             ("ALTER TABLE symphony.payment_outbox_attempts "
              "DISABLE TRIGGER payment_outbox_attempts_legal_transition", None),
-            ("INSERT INTO symphony.payment_outbox_attempts (outbox_id, attempt_no, state) "
-             "VALUES (%s, 3, 'DISPATCHED')", (item.outbox_id,)),
+            ("INSERT INTO symphony.payment_outbox_attempts "
+             "  (outbox_id, attempt_no, state, rail_transaction_id) "
+             "VALUES (%s, 3, 'DISPATCHED', 'rtx-again')", (item.outbox_id,)),
         ])
     assert unique.value.sqlstate == "23505"
     assert unique.value.code == "DUPLICATE_DISPATCHED"
@@ -154,8 +159,9 @@ async def test_second_terminal_row_is_refused_by_the_index(isolated_db: Database
         await test_only.statements_no_role(admin, [
             ("ALTER TABLE symphony.payment_outbox_attempts "
              "DISABLE TRIGGER payment_outbox_attempts_legal_transition", None),
-            ("INSERT INTO symphony.payment_outbox_attempts (outbox_id, attempt_no, state) "
-             "VALUES (%s, 3, 'DISPATCHED')", (item.outbox_id,)),
+            ("INSERT INTO symphony.payment_outbox_attempts "
+             "  (outbox_id, attempt_no, state, rail_transaction_id) "
+             "VALUES (%s, 3, 'DISPATCHED', 'rtx-again')", (item.outbox_id,)),
         ])
     assert info.value.sqlstate == "23505"
     assert info.value.code == "DUPLICATE_TERMINAL"
@@ -164,7 +170,8 @@ async def test_second_terminal_row_is_refused_by_the_index(isolated_db: Database
 async def test_completing_twice_is_fenced(isolated_db: Database) -> None:
     store = OutboxStore(isolated_db)
     item = await _claimed(store)
-    done = Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED)
+    done = Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED,
+                      rail_transaction_id="rtx-test")
     await store.complete(done)
     with pytest.raises(LeaseFencedError) as info:
         await store.complete(done)
@@ -209,7 +216,8 @@ async def test_stale_lease_token_is_refused_and_writes_nothing(isolated_db: Data
     )
     foreign = UUID("00000000-0000-4000-8000-000000000000")
     with pytest.raises(LeaseFencedError) as info:
-        await store.complete(Completion(item.outbox_id, foreign, Outcome.DISPATCHED))
+        await store.complete(Completion(item.outbox_id, foreign, Outcome.DISPATCHED,
+                                        rail_transaction_id="rtx-test"))
     assert info.value.sqlstate == "SY200"
     assert info.value.code == "LEASE_NOT_HELD"
     assert await _ledger(admin, item.outbox_id) == before_ledger
@@ -217,7 +225,8 @@ async def test_stale_lease_token_is_refused_and_writes_nothing(isolated_db: Data
         admin, "SELECT * FROM symphony.payment_outbox_pending WHERE outbox_id = %s",
         (item.outbox_id,),
     ) == before_pending
-    await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED))
+    await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED,
+                                    rail_transaction_id="rtx-test"))
 
 
 async def test_lease_repaired_away_fences_the_old_holder(isolated_db: Database) -> None:
@@ -233,7 +242,8 @@ async def test_lease_repaired_away_fences_the_old_holder(isolated_db: Database) 
     repaired = await store.repair_expired_leases(100)
     assert item.outbox_id in {r.outbox_id for r in repaired}
     with pytest.raises(LeaseFencedError):
-        await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED))
+        await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED,
+                                        rail_transaction_id="rtx-test"))
     assert [r["state"] for r in await _ledger(admin, item.outbox_id)] == [
         "DISPATCHING", "ZOMBIE_REQUEUE"]
 
@@ -245,7 +255,7 @@ async def test_batch_completion_fences_only_the_stale_item(isolated_db: Database
     stale = await _claimed(store)
     results = await store.complete_batch([
         Completion(good.outbox_id, good.lease_token, Outcome.DISPATCHED, rail_transaction_id="t1"),
-        Completion(stale.outbox_id, good.lease_token, Outcome.DISPATCHED),
+        Completion(stale.outbox_id, good.lease_token, Outcome.DISPATCHED, rail_transaction_id="t2"),
     ])
     by_id = {r.outbox_id: r for r in results}
     assert not by_id[good.outbox_id].fenced and by_id[good.outbox_id].state == "DISPATCHED"
@@ -340,7 +350,8 @@ async def test_ambiguous_outcome_cannot_be_recorded_as_failed(isolated_db: Datab
         await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.FAILED,
                                         error_code="RAIL_TIMEOUT", ambiguous=True))
     assert info.value.sqlstate == "SY024"
-    await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED))
+    await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED,
+                                    rail_transaction_id="rtx-test"))
 
 
 async def test_retry_backoff_grows_and_is_bounded(isolated_db: Database) -> None:
@@ -393,4 +404,5 @@ async def test_completion_outcome_is_validated(
              "ambiguous": False, "rail_transaction_id": None},
         )
     assert info.value.sqlstate == "SY024" and info.value.code == code
-    await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED))
+    await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED,
+                                    rail_transaction_id="rtx-test"))

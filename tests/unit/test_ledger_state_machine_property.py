@@ -71,8 +71,11 @@ def test_ledger_accepts_exactly_the_legal_histories(
                 with conn.transaction():  # a savepoint: a refusal undoes only this append
                     conn.execute(
                         "INSERT INTO symphony.payment_outbox_attempts "
-                        "(outbox_id, attempt_no, state) VALUES (%s, %s, %s)",
-                        (outbox_id, attempt_no, state),
+                        "(outbox_id, attempt_no, state, rail_transaction_id) "
+                        "VALUES (%s, %s, %s, %s)",
+                        # A DISPATCHED row carries its proof (a rule of its own).
+                        (outbox_id, attempt_no, state,
+                         "rtx-model" if state == "DISPATCHED" else None),
                     )
                 accepted = True
             except psycopg.Error as exc:

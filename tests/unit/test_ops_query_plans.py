@@ -42,7 +42,7 @@ def seeded_dsn(isolated_settings: DatabaseSettings) -> str:
             # were dispatched, the rest wait for a retry (pending).
             conn.execute(
                 "INSERT INTO symphony.payment_outbox_attempts "
-                "  (outbox_id, attempt_no, state, error_code, recorded_at) "
+                "  (outbox_id, attempt_no, state, error_code, recorded_at, rail_transaction_id) "
                 "SELECT r.outbox_id, n, "
                 "       (CASE WHEN n %% 2 = 1 THEN 'DISPATCHING' "
                 "             WHEN n < 10 THEN 'RETRYABLE' "
@@ -50,7 +50,8 @@ def seeded_dsn(isolated_settings: DatabaseSettings) -> str:
                 "             WHEN r.sequence_id %% 4 = 0 THEN 'DISPATCHED' "
                 "             ELSE 'RETRYABLE' END)::symphony.attempt_state, "
                 "       CASE WHEN n = 10 AND r.sequence_id %% 5 = 0 THEN 'DECLINED' END, "
-                "       now() - (%s * 10 - r.sequence_id * 10 - n) * interval '10 second' "
+                "       now() - (%s * 10 - r.sequence_id * 10 - n) * interval '10 second', "
+                "       CASE WHEN n = 10 THEN 'rtx-plan' END "
                 "  FROM symphony.payment_instruction_registry r, generate_series(1, 10) n "
                 " WHERE r.instruction_id LIKE 'plan-%%' "
                 " ORDER BY r.outbox_id, n",

@@ -46,9 +46,10 @@ def seeded_dsn(isolated_settings: DatabaseSettings) -> str:
                 "SELECT outbox_id, participant_id, sequence_id "
                 "  FROM symphony.payment_instruction_registry WHERE sequence_id % 2 = 1")
             conn.execute(
-                "INSERT INTO symphony.payment_outbox_attempts (outbox_id, attempt_no, state) "
+                "INSERT INTO symphony.payment_outbox_attempts "
+                "  (outbox_id, attempt_no, state, rail_transaction_id) "
                 "SELECT r.outbox_id, n, CASE n WHEN 1 THEN 'DISPATCHING' ELSE 'DISPATCHED' END"
-                "       ::symphony.attempt_state "
+                "       ::symphony.attempt_state, CASE n WHEN 2 THEN 'rtx-plan' END "
                 "  FROM symphony.payment_instruction_registry r, generate_series(1, 2) n "
                 " WHERE r.sequence_id % 2 = 0 ORDER BY r.outbox_id, n")
         for table in ("payment_instruction_registry", "payment_outbox_pending",

@@ -88,7 +88,8 @@ async def _claim_only(store: OutboxStore, outbox_id: uuid.UUID) -> Completion:
     if others:
         await store.complete_batch([
             Completion(c.outbox_id, c.lease_token, Outcome.RETRYABLE, "TEST") for c in others])
-    return Completion(mine[0].outbox_id, mine[0].lease_token, Outcome.DISPATCHED)
+    return Completion(mine[0].outbox_id, mine[0].lease_token, Outcome.DISPATCHED,
+                      rail_transaction_id="rtx-test")
 
 
 async def test_a_payment_reads_in_its_logical_state(reads_db: Database, isolated_admin_dsn: str

@@ -487,6 +487,100 @@ async def test_lookup_is_unknown_for_anything_but_a_clear_answer(handler: Handle
     assert result.status is LookupStatus.UNKNOWN
 
 
+# --- what proves a payment was executed (issue 14, item 3) -----------------------------
+# Failed on main: a lookup answered 200 {"status": "EXECUTED"} (no reference, no transaction
+# id: a generic or cached page) confirmed the payment, and any string (empty, 10 kB, with
+# NULs) passed as the transaction id. Both a lookup and a dispatch success now need the item's
+# own reference and a transaction id the ledger can record unchanged.
+
+# Transaction ids that prove nothing or cannot be stored as they are, by class.
+BAD_TRANSACTION_IDS: list[Any] = [
+    None, "", " ", "   ", 0, 123, 1.5, True, [], ["rtx-1"], {"id": "rtx-1"},
+    "r" * 201, "rtx-\x00-1", "rtx-\n1", "rtx-\t1", "rtx-\x7f", "rtx-\x85",
+    "rtx-\u200b", "rtx-\u2028", "rtx-\ufeff", "rtx-\u061c", "rtx-\ud800",
+    "rtx-\ue000", "rtx-\U000e0001", "\u00a0", " rtx-1", "rtx-1 ",
+]
+GOOD_TRANSACTION_IDS = ["rtx-1", "TX 2026/12/05:000123", "r" * 200, "Überweisung-7", "7"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"status": "EXECUTED"},
+        {"status": "EXECUTED", "rail_transaction_id": "rtx-1"},
+        {"reference": None, "status": "EXECUTED", "rail_transaction_id": "rtx-1"},
+        {"reference": REF.upper(), "status": "EXECUTED", "rail_transaction_id": "rtx-1"},
+        {"reference": REF + " ", "status": "EXECUTED", "rail_transaction_id": "rtx-1"},
+        executed("another-reference"),
+        {"reference": REF, "rail_transaction_id": "rtx-1"},
+        {"reference": REF, "status": "executed", "rail_transaction_id": "rtx-1"},
+    ],
+    ids=["status-only", "no-reference", "null-reference", "other-case", "padded-reference",
+         "other-reference", "no-status", "lowercase-status"],
+)
+async def test_lookup_that_does_not_name_this_payment_is_unknown(body: dict[str, Any]) -> None:
+    result = await lookup_with(answering(200, body))
+    assert result.status is LookupStatus.UNKNOWN
+    assert result.rail_transaction_id is None
+
+
+@pytest.mark.parametrize("transaction_id", BAD_TRANSACTION_IDS)
+async def test_lookup_without_a_usable_transaction_id_is_unknown(transaction_id: Any) -> None:
+    body: dict[str, Any] = {"reference": REF, "status": "EXECUTED"}
+    body["rail_transaction_id"] = transaction_id
+    # ASCII JSON: an escape such as "\ud800" reaches the parser as a rail would send it.
+    result = await lookup_with(answering(200, content=json.dumps(body).encode()))
+    assert result.status is LookupStatus.UNKNOWN
+    assert result.rail_transaction_id is None
+
+
+async def test_lookup_with_no_transaction_id_member_is_unknown() -> None:
+    result = await lookup_with(answering(200, {"reference": REF, "status": "EXECUTED"}))
+    assert result.status is LookupStatus.UNKNOWN
+
+
+@pytest.mark.parametrize("transaction_id", GOOD_TRANSACTION_IDS)
+async def test_lookup_and_dispatch_keep_a_good_transaction_id_unchanged(
+    transaction_id: str,
+) -> None:
+    body = executed(rail_transaction_id=transaction_id)
+    looked_up = await lookup_with(answering(200, body))
+    dispatched = await dispatch_with(answering(201, body))
+    assert looked_up == LookupResult(LookupStatus.EXECUTED, rail_transaction_id=transaction_id)
+    assert dispatched == DispatchResult(DispatchOutcome.SUCCESS,
+                                        rail_transaction_id=transaction_id)
+
+
+@pytest.mark.parametrize("transaction_id", BAD_TRANSACTION_IDS)
+async def test_dispatch_success_without_a_usable_transaction_id_is_ambiguous(
+    transaction_id: Any,
+) -> None:
+    body: dict[str, Any] = {"reference": REF, "status": "EXECUTED"}
+    body["rail_transaction_id"] = transaction_id
+    result = await dispatch_with(answering(201, content=json.dumps(body).encode()))
+    assert (result.outcome, result.code) == (DispatchOutcome.AMBIGUOUS,
+                                             "RAIL_MALFORMED_RESPONSE")
+    assert result.rail_transaction_id is None
+
+
+async def test_dispatch_success_that_names_no_reference_is_ambiguous() -> None:
+    result = await dispatch_with(answering(200, {"rail_transaction_id": "rtx-1"}))
+    assert (result.outcome, result.code) == (DispatchOutcome.AMBIGUOUS,
+                                             "RAIL_MALFORMED_RESPONSE")
+
+
+@pytest.mark.parametrize("transaction_id", BAD_TRANSACTION_IDS)
+def test_results_built_elsewhere_cannot_claim_execution_without_proof(
+    transaction_id: Any,
+) -> None:
+    # Any RailClient, not only the HTTP one: the result types refuse the claim themselves.
+    success = DispatchResult(DispatchOutcome.SUCCESS, rail_transaction_id=transaction_id)
+    assert (success.outcome, success.code, success.rail_transaction_id) == (
+        DispatchOutcome.AMBIGUOUS, "RAIL_MALFORMED_RESPONSE", None)
+    found = LookupResult(LookupStatus.EXECUTED, rail_transaction_id=transaction_id)
+    assert (found.status, found.rail_transaction_id) == (LookupStatus.UNKNOWN, None)
+
+
 # --- against a real simulator on loopback ------------------------------------------
 
 

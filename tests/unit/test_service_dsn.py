@@ -100,12 +100,14 @@ def test_routing_with_every_principal_is_unchanged() -> None:
         Role.EXECUTOR: Principal.EXECUTOR,
         Role.READONLY: Principal.READER,
         Role.AUDITOR: Principal.READER,
+        # 0013: the operator actions, only through the API's login.
+        Role.OPERATOR: Principal.API,
     }
 
 
 def test_routing_through_the_api_principal_alone() -> None:
     assert route_roles([Principal.API]) == {
-        Role.INGEST: Principal.API, Role.READONLY: Principal.API,
+        Role.INGEST: Principal.API, Role.READONLY: Principal.API, Role.OPERATOR: Principal.API,
     }
     assert route_roles([Principal.EXECUTOR]) == {Role.EXECUTOR: Principal.EXECUTOR}
 
@@ -140,7 +142,8 @@ async def test_worker_dsn_claims_completes_and_repairs_but_cannot_enqueue(
         claimed = {c.outbox_id: c for c in await store.claim("dsn-worker", 10, 60)}
         assert set(claimed) == {first.outbox_id, second.outbox_id}
         done = await store.complete(Completion(
-            first.outbox_id, claimed[first.outbox_id].lease_token, Outcome.DISPATCHED))
+            first.outbox_id, claimed[first.outbox_id].lease_token, Outcome.DISPATCHED,
+                rail_transaction_id="rtx-test"))
         assert done.state == "DISPATCHED"
 
         await _expire_leases(admin)
@@ -188,7 +191,7 @@ async def test_api_dsn_enqueues_and_reads_but_cannot_claim_or_become_more(
 
     async with await Database.open_for_service(Service.API) as db:
         assert db.principals == {Principal.API}
-        assert db.roles == {Role.INGEST, Role.READONLY}
+        assert db.roles == {Role.INGEST, Role.READONLY, Role.OPERATOR}
         store = OutboxStore(db)
         enqueued = await store.enqueue(instruction())
         assert enqueued.created
@@ -206,7 +209,7 @@ async def test_api_dsn_enqueues_and_reads_but_cannot_claim_or_become_more(
         with pytest.raises(RoleError):
             await store.claim("api-would-claim", 1, 60)
         # Refused by the server: its roles cannot claim, and it cannot SET ROLE further.
-        for role in (Role.INGEST, Role.READONLY):
+        for role in (Role.INGEST, Role.READONLY, Role.OPERATOR):
             with pytest.raises(PermissionDeniedError) as denied:
                 await test_only.execute_as_role(db, role, CLAIM_SQL)
             assert denied.value.sqlstate == "42501"
@@ -374,7 +377,7 @@ def unique_db_name() -> str:
 
 @pytest.mark.parametrize(
     ("service", "principal", "roles"),
-    [(Service.API, Principal.API, {Role.INGEST, Role.READONLY}),
+    [(Service.API, Principal.API, {Role.INGEST, Role.READONLY, Role.OPERATOR}),
      (Service.WORKER, Principal.EXECUTOR, {Role.EXECUTOR}),
      (Service.REPAIR, Principal.EXECUTOR, {Role.EXECUTOR})],
 )

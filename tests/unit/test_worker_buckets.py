@@ -165,11 +165,13 @@ async def test_a_completion_outside_the_range_is_fenced_and_writes_nothing(
     [item] = await queue.store.claim(unique("w"), 1, 60, buckets=buckets)
     assert queue.bucket_of[item.participant_id] in buckets
     [fenced] = await queue.store.complete_batch(
-        [Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED)], buckets=other)
+        [Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED,
+                    rail_transaction_id="rtx-test")], buckets=other)
     assert fenced.fenced
     assert [r["state"] for r in await queue.store.ledger(item.outbox_id)] == ["DISPATCHING"]
     [done] = await queue.store.complete_batch(
-        [Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED)], buckets=buckets)
+        [Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED,
+                    rail_transaction_id="rtx-test")], buckets=buckets)
     assert not done.fenced and done.state == "DISPATCHED"
 
 

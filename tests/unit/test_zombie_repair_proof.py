@@ -128,7 +128,7 @@ async def _prove_once(
     assert reclaimed[0].needs_lookup and reclaimed[0].attempt_no == 3
     assert reclaimed[0].attempt_count == 2
     done = await store.complete(Completion(outbox_id, reclaimed[0].lease_token,
-                                           Outcome.DISPATCHED))
+                                           Outcome.DISPATCHED, rail_transaction_id="rtx-test"))
     assert done.state == "DISPATCHED"
     final = await _ledger(admin_dsn, outbox_id)
     assert [r["state"] for r in final] == [
@@ -148,7 +148,7 @@ async def test_live_lease_is_not_repaired(
     ledger = await _ledger(isolated_admin_dsn, enqueued.outbox_id)
     assert [r["state"] for r in ledger] == ["DISPATCHING"]
     await store.complete(Completion(enqueued.outbox_id, claimed[0].lease_token,
-                                    Outcome.DISPATCHED))
+                                    Outcome.DISPATCHED, rail_transaction_id="rtx-test"))
 
 
 async def test_live_lease_is_never_taken_whatever_the_threshold(
@@ -179,7 +179,8 @@ async def test_live_lease_is_never_taken_whatever_the_threshold(
     assert claimed and claimed[0].outbox_id == enqueued.outbox_id
     await make_due(isolated_admin_dsn, enqueued.outbox_id)
     for item in await store.claim("cleanup", 100, THRESHOLD):
-        await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED))
+        await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED,
+                                        rail_transaction_id="rtx-test"))
 
 
 async def test_expired_lease_younger_than_the_threshold_waits(
@@ -202,7 +203,8 @@ async def test_expired_lease_younger_than_the_threshold_waits(
         enqueued.outbox_id]
     await make_due(isolated_admin_dsn, enqueued.outbox_id)
     for item in await store.claim("cleanup", 100, THRESHOLD):
-        await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED))
+        await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED,
+                                        rail_transaction_id="rtx-test"))
 
 
 async def test_repair_is_bounded_by_batch_size(
@@ -226,7 +228,8 @@ async def test_repair_is_bounded_by_batch_size(
     # Leave the module's queue empty for the tests after this one.
     await make_due(isolated_admin_dsn, *ids)
     for item in await store.claim("cleanup", 100, THRESHOLD):
-        await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED))
+        await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED,
+                                        rail_transaction_id="rtx-test"))
 
 
 @pytest.mark.parametrize("raw", ["0", "-5", "abc", "1.5", "86401"])

@@ -52,7 +52,7 @@ class DatabaseSettings(BaseSettings):
     api_database_url: SecretStr | None = Field(
         default=None,
         validation_alias="SYMPHONY_API_DATABASE_URL",
-        description="DSN of symphony_api_svc (ingest + readonly) for `symphony api`. "
+        description="DSN of symphony_api_svc (ingest, readonly, operator) for `symphony api`. "
         "Unset: the admin/embedded mode.",
     )
     executor_database_url: SecretStr | None = Field(

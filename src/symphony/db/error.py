@@ -80,7 +80,19 @@ class ConfigurationError(SymphonyError):
     default_code = "CONFIGURATION_ERROR"
 
 
-class DatabaseUnavailableError(SymphonyError):
+class TransientDatabaseError(SymphonyError):
+    """Nothing was written, and the same statement may well succeed a little later.
+
+    The base of the failures a caller that must not lose what it holds (the worker holding a
+    rail's answer) retries: the database unreachable (`DatabaseUnavailableError`), or a
+    statement cancelled for its lock or statement timeout (`QueryTimeoutError`: 55P03,
+    57014), e.g. while a long maintenance statement holds a lock it needs.
+    """
+
+    default_code = "DATABASE_BUSY"
+
+
+class DatabaseUnavailableError(TransientDatabaseError):
     """The server cannot be reached, or the connection broke."""
 
     default_code = "DATABASE_UNAVAILABLE"
@@ -152,8 +164,9 @@ class InvariantViolationError(SymphonyError):
     default_code = "INVARIANT_VIOLATION"
 
 
-class QueryTimeoutError(SymphonyError):
-    """A statement ran past its timeout and was cancelled."""
+class QueryTimeoutError(TransientDatabaseError):
+    """A statement ran past its timeout, or waited past the lock timeout, and was cancelled
+    (its transaction rolled back: nothing of it was written)."""
 
     default_code = "QUERY_TIMEOUT"
 
@@ -231,6 +244,18 @@ _BY_SQLSTATE: dict[str, _Mapping] = {
                       "FAILED or RETRY, the operator's name and a reason"),
     "SY050": _Mapping(InvalidRequestError, "CHECKPOINT_NEEDS_READ_COMMITTED",
                       "a ledger checkpoint must be taken in a READ COMMITTED transaction"),
+    # Operator actions (the operators migration).
+    "SY060": _Mapping(PermissionDeniedError, "OPERATOR_TOKEN_INVALID",
+                      "the acting token is not a live operator token"),
+    "SY061": _Mapping(PermissionDeniedError, "INSUFFICIENT_SCOPE",
+                      "only an operator token of OPERATOR scope may act (this one may read)"),
+    "SY062": _Mapping(ConflictError, "ALREADY_REVOKED",
+                      "the participant or token is already revoked"),
+    "SY063": _Mapping(InvalidRequestError, "INVALID_ACTION_REASON",
+                      "an operator action needs a reason of 1-500 printable characters"),
+    "SY064": _Mapping(InvalidRequestError, "INVALID_HEARTBEAT",
+                      "a heartbeat needs a version, a start time, an in-flight count >= 0 and "
+                      "a staleness of 1-3600 s"),
     "SY100": _Mapping(IdempotencyConflictError, "IDEMPOTENCY_KEY_REUSED",
                       "the idempotency key was already used with a different request"),
     "SY200": _Mapping(LeaseFencedError, "LEASE_NOT_HELD",
@@ -277,6 +302,10 @@ _BY_CONSTRAINT: dict[str, _Mapping] = {
     "payment_outbox_pending_pkey": _Mapping(
         InvariantViolationError, "DUPLICATE_PENDING",
         "an outbox item can be pending only once"),
+    "payment_outbox_attempts_dispatched_transaction_id": _Mapping(
+        InvariantViolationError, "DISPATCHED_WITHOUT_TRANSACTION_ID",
+        "a payment is recorded DISPATCHED only with the rail's transaction id (1-200 "
+        "characters, not blank, without control characters)"),
     "payment_outbox_attempts_append_only": _Mapping(
         InvariantViolationError, "HISTORY_IS_APPEND_ONLY",
         "the attempt ledger is append-only: rows cannot be changed or removed"),
@@ -479,5 +508,9 @@ def format_exception(exc: BaseException) -> str:
             parts.append(f"{name}: {describe_error(item)}\n")
         else:
             parts.append("".join(traceback.format_exception_only(item)))
+        if isinstance(item, BaseExceptionGroup):  # a task group's failures, each rendered so
+            for number, sub in enumerate(item.exceptions, 1):
+                inner = format_exception(sub).replace("\n", "\n  | ")
+                parts.append(f"  +---------------- {number} ----------------\n  | {inner}\n")
         parts.append(link)
     return "".join(parts).rstrip("\n")

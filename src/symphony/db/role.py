@@ -14,13 +14,17 @@ from enum import StrEnum
 
 
 class Role(StrEnum):
-    """The five runtime roles. Values are the PostgreSQL role names (part of the contract)."""
+    """The runtime roles. Values are the PostgreSQL role names (part of the contract).
+
+    OPERATOR (the operators migration) may only execute the operator actions, each of which verifies the acting
+    operator token itself; the API's login may become it."""
 
     CONTROL = "symphony_control"
     INGEST = "symphony_ingest"
     EXECUTOR = "symphony_executor"
     READONLY = "symphony_readonly"
     AUDITOR = "symphony_auditor"
+    OPERATOR = "symphony_operator"
 
 
 class Principal(StrEnum):
@@ -38,7 +42,7 @@ ROLES_OF_PRINCIPAL: dict[Principal, frozenset[Role]] = {
     Principal.INGEST: frozenset({Role.INGEST}),
     Principal.EXECUTOR: frozenset({Role.EXECUTOR}),
     Principal.READER: frozenset({Role.READONLY, Role.AUDITOR}),
-    Principal.API: frozenset({Role.INGEST, Role.READONLY}),
+    Principal.API: frozenset({Role.INGEST, Role.READONLY, Role.OPERATOR}),
 }
 
 # Which principal serves a role when a Database holds several that could: the single-purpose
@@ -79,6 +83,7 @@ SERVICE_PRINCIPAL: dict[Service, Principal] = {
     Service.WORKER: Principal.EXECUTOR,
     Service.REPAIR: Principal.EXECUTOR,
 }
-"""The only principal each service logs in as (the API: ingest + readonly; the rest: executor)."""
+"""The only principal each service logs in as (the API: ingest, readonly and operator; the
+rest: executor)."""
 
 OWNER_ROLE = "symphony_owner"

@@ -5,7 +5,14 @@ their API tokens (`AccessStore`); the auditor's checks and ledger checkpoints (`
 
 from __future__ import annotations
 
-from symphony.outbox.access import AccessStore, Caller, IssuedToken, Participant, TokenKind
+from symphony.outbox.access import (
+    AccessStore,
+    Caller,
+    IssuedToken,
+    Participant,
+    TokenKind,
+    TokenScope,
+)
 from symphony.outbox.audit import (
     AuditReport,
     AuditStore,
@@ -59,6 +66,7 @@ __all__ = [
     "ReviewOutcome",
     "SupervisorStatus",
     "TokenKind",
+    "TokenScope",
     "Violation",
     "verify",
 ]

@@ -42,6 +42,14 @@ class TokenKind(StrEnum):
     OPERATOR = "OPERATOR"
 
 
+class TokenScope(StrEnum):
+    """What an operator token may do: VIEWER reads, OPERATOR also acts. Fixed at issue;
+    operator tokens issued before scopes existed are VIEWER (least privilege)."""
+
+    VIEWER = "VIEWER"
+    OPERATOR = "OPERATOR"
+
+
 @dataclass(frozen=True, slots=True)
 class Participant:
     participant_id: str
@@ -61,6 +69,7 @@ class IssuedToken:
     label: str
     token: str = field(repr=False)
     created_at: datetime
+    scope: TokenScope | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +79,17 @@ class Caller:
     token_id: UUID
     kind: TokenKind
     participant_id: str | None
+    # Who the caller is, not which caller: left out of equality.
+    scope: TokenScope | None = field(default=None, compare=False)
+    label: str = field(default="", compare=False)
+    # The salted hash the database keeps (it opens nothing over HTTP): an operator action
+    # hands it back to the database, which verifies the acting token itself.
+    credential: bytes = field(default=b"", repr=False, compare=False)
+
+    @property
+    def may_act(self) -> bool:
+        """Whether this caller holds an operator token of OPERATOR scope."""
+        return self.kind == TokenKind.OPERATOR and self.scope == TokenScope.OPERATOR
 
 
 class Authenticator(Protocol):
@@ -113,19 +133,39 @@ class AccessStore:
         return [_participant(r) for r in rows]
 
     async def revoke_participant(self, participant_id: str) -> Participant:
-        """Revoke the participant and every token of it, at once; repeating is harmless."""
+        """Revoke the participant and every token of it, at once; repeating is harmless.
+
+        Its payments already accepted are not touched: accepted payments are obligations and
+        go on (dispatched, retried, repaired) until each is settled or an operator cancels
+        it. Revoking stops new payments and the participant's tokens only."""
         row = await self.db.fetch_one(
             Role.CONTROL, "revoke_participant", {"participant_id": participant_id}
         )
         assert row is not None
         return _participant(row)
 
+    async def pending_payment_count(self, participant_id: str) -> int:
+        """How many of the participant's payments are still pending (queued, retrying,
+        leased or under review): after a revocation, those that still go on."""
+        row = await self.db.fetch_one(
+            Role.CONTROL, "participant_pending_count", {"participant_id": participant_id}
+        )
+        return int(row["pending"]) if row else 0
+
     async def issue_token(
-        self, kind: TokenKind, *, participant_id: str | None = None, label: str = ""
+        self,
+        kind: TokenKind,
+        *,
+        participant_id: str | None = None,
+        label: str = "",
+        scope: TokenScope | None = None,
     ) -> IssuedToken:
         """A new token; the returned `token` text is not stored anywhere and cannot be shown
-        again."""
+        again. An operator token is a VIEWER unless `scope` says OPERATOR; a participant
+        token has no scope."""
         kind = TokenKind(kind)
+        if kind == TokenKind.OPERATOR:
+            scope = TokenScope(scope) if scope is not None else TokenScope.VIEWER
         token_id = uuid.uuid4()
         secret = base64.urlsafe_b64encode(secrets.token_bytes(_SECRET_BYTES)).decode().rstrip("=")
         salt = secrets.token_bytes(_SALT_BYTES)
@@ -138,6 +178,7 @@ class AccessStore:
                 "label": label,
                 "secret_salt": salt,
                 "secret_hash": _secret_hash(salt, secret),
+                "scope": None if scope is None else TokenScope(scope).value,
             },
         )
         assert row is not None
@@ -148,6 +189,7 @@ class AccessStore:
             label=str(row["label"]),
             token=f"sy_{_PREFIX[kind.value]}_{token_id.hex}_{secret}",
             created_at=row["created_at"],
+            scope=None if row["scope"] is None else TokenScope(row["scope"]),
         )
 
     async def revoke_token(self, token_id: UUID) -> None:
@@ -169,9 +211,9 @@ class AccessStore:
             salt = None if salt_row is None else salt_row["secret_salt"]
             if salt is None:
                 return None
+            credential = _secret_hash(bytes(salt), secret)
             row = await tx.fetch_one(
-                "authenticate_api_token",
-                {"token_id": token_id, "secret_hash": _secret_hash(bytes(salt), secret)},
+                "authenticate_api_token", {"token_id": token_id, "secret_hash": credential},
             )
         if row is None:
             return None
@@ -179,4 +221,11 @@ class AccessStore:
         # The prefix is part of what was shown; a token re-labelled by hand does not pass.
         if _PREFIX[kind.value] != prefix:
             return None
-        return Caller(token_id=row["token_id"], kind=kind, participant_id=row["participant_id"])
+        return Caller(
+            token_id=row["token_id"],
+            kind=kind,
+            participant_id=row["participant_id"],
+            scope=None if row["scope"] is None else TokenScope(row["scope"]),
+            label=str(row["label"]),
+            credential=credential,
+        )

@@ -11,6 +11,7 @@ from symphony.rails.client import (
     LookupStatus,
     RailClient,
     is_valid_reference,
+    transaction_id_problem,
     validate_reference,
 )
 from symphony.rails.http import HttpRailClient
@@ -25,5 +26,6 @@ __all__ = [
     "LookupStatus",
     "RailClient",
     "is_valid_reference",
+    "transaction_id_problem",
     "validate_reference",
 ]

@@ -57,6 +57,31 @@ def storable_text(value: object, limit: int) -> str | None:
     return text[: max(limit - 3, 0)] + "..."
 
 
+def transaction_id_problem(value: object) -> str | None:
+    """Why `value` cannot be recorded as the rail's transaction id, or None when it can.
+
+    The transaction id is what makes a payment DISPATCHED: the proof an operator reconciles
+    against the rail. It is therefore checked, never cleaned: a string of 1-200 printable
+    characters (no control, format, surrogate, private-use or unassigned code points, no
+    whitespace but the plain space, and not at either end). The database refuses a
+    DISPATCHED row without one (migration `dispatched_needs_transaction_id`); anything this
+    accepts, the database stores unchanged.
+    """
+    if value is None:
+        return "no rail_transaction_id"
+    if not isinstance(value, str):
+        return "rail_transaction_id is not a string"
+    if not value.strip(" "):
+        return "rail_transaction_id is empty"
+    if len(value) > MAX_TRANSACTION_ID_LENGTH:
+        return f"rail_transaction_id is longer than {MAX_TRANSACTION_ID_LENGTH} characters"
+    if not value.isprintable():
+        return "rail_transaction_id holds unprintable characters"
+    if value != value.strip(" "):
+        return "rail_transaction_id starts or ends with a space"
+    return None
+
+
 def bound_detail(detail: str | None) -> str | None:
     """Clip a human-readable detail so results stay small enough to log and store."""
     return storable_text(detail, MAX_DETAIL_LENGTH)
@@ -64,7 +89,13 @@ def bound_detail(detail: str | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class DispatchResult:
-    """The classified answer to one dispatch attempt; never carries secrets."""
+    """The classified answer to one dispatch attempt; never carries secrets.
+
+    A SUCCESS is the rail's proof of execution, so it must carry a transaction id that
+    `transaction_id_problem` accepts: a SUCCESS without one is turned into AMBIGUOUS
+    (`RAIL_MALFORMED_RESPONSE`) here, whoever builds it, and the worker looks the payment up
+    instead of recording it DISPATCHED on no evidence.
+    """
 
     outcome: DispatchOutcome
     code: str | None = None
@@ -74,11 +105,19 @@ class DispatchResult:
     def __post_init__(self) -> None:
         # Enforced here rather than at every call site so no producer of a result can leak
         # an unbounded or unstorable rail answer into storage.
+        if self.outcome is DispatchOutcome.SUCCESS:
+            problem = transaction_id_problem(self.rail_transaction_id)
+            if problem is not None:
+                object.__setattr__(self, "outcome", DispatchOutcome.AMBIGUOUS)
+                object.__setattr__(self, "code", "RAIL_MALFORMED_RESPONSE")
+                object.__setattr__(self, "detail", f"success without proof: {problem}")
+                object.__setattr__(self, "rail_transaction_id", None)
+        else:
+            object.__setattr__(
+                self, "rail_transaction_id",
+                storable_text(self.rail_transaction_id, MAX_TRANSACTION_ID_LENGTH))
         object.__setattr__(self, "code", storable_text(self.code, MAX_CODE_LENGTH))
         object.__setattr__(self, "detail", bound_detail(self.detail))
-        object.__setattr__(
-            self, "rail_transaction_id",
-            storable_text(self.rail_transaction_id, MAX_TRANSACTION_ID_LENGTH))
 
 
 class LookupStatus(StrEnum):
@@ -91,17 +130,29 @@ class LookupStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class LookupResult:
-    """The rail's answer to "did you execute this reference?"."""
+    """The rail's answer to "did you execute this reference?".
+
+    EXECUTED settles a payment without a second send, so, like a dispatch SUCCESS, it must
+    carry a transaction id that `transaction_id_problem` accepts: without one it is UNKNOWN
+    (the item stays open and is asked about again), whoever builds the result.
+    """
 
     status: LookupStatus
     rail_transaction_id: str | None = None
     detail: str | None = None
 
     def __post_init__(self) -> None:
+        if self.status is LookupStatus.EXECUTED:
+            problem = transaction_id_problem(self.rail_transaction_id)
+            if problem is not None:
+                object.__setattr__(self, "status", LookupStatus.UNKNOWN)
+                object.__setattr__(self, "detail", f"EXECUTED without proof: {problem}")
+                object.__setattr__(self, "rail_transaction_id", None)
+        else:
+            object.__setattr__(
+                self, "rail_transaction_id",
+                storable_text(self.rail_transaction_id, MAX_TRANSACTION_ID_LENGTH))
         object.__setattr__(self, "detail", bound_detail(self.detail))
-        object.__setattr__(
-            self, "rail_transaction_id",
-            storable_text(self.rail_transaction_id, MAX_TRANSACTION_ID_LENGTH))
 
 
 class RailClient(Protocol):

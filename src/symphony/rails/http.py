@@ -18,7 +18,7 @@ Dispatch (``POST /v1/payments``):
 =======================  ===========================  =========  ============================
 answer                   body                         outcome    code
 =======================  ===========================  =========  ============================
-200 / 201                the executed payment         SUCCESS    (none; transaction id set)
+200 / 201                the executed payment (*)     SUCCESS    (none; transaction id set)
 200 / 201                anything else                AMBIGUOUS  RAIL_MALFORMED_RESPONSE
 503 / 429 / 408          rail-shaped                  RETRYABLE  the rail's code
 503 / 429 / 408          bare                         AMBIGUOUS  RAIL_UNCONFIRMED_<status>
@@ -47,11 +47,18 @@ Lookup (``GET /v1/payments/<reference>``):
 =======================  ===========================================  =========
 answer                   body                                         status
 =======================  ===========================================  =========
-200                      ``status`` EXECUTED for the same reference   EXECUTED
+200                      the executed payment (*)                     EXECUTED
 404                      rail-shaped with code NOT_FOUND              NOT_FOUND
 404                      bare, or another code                        UNKNOWN
 anything else            any, or no answer at all                     UNKNOWN
 =======================  ===========================================  =========
+
+(*) "The executed payment" is a JSON object whose ``reference`` equals the item's
+(present, not defaulted: a cached or generic page names no payment), whose ``status``, if
+given on a dispatch and always on a lookup, is ``EXECUTED``, and whose
+``rail_transaction_id`` is 1-200 printable characters (``transaction_id_problem``): it is
+what the ledger records as proof, so it is checked, never cleaned or cut. Anything less
+leaves the item open: AMBIGUOUS (looked up before any resend) or UNKNOWN (asked again).
 
 The shared ``httpx.AsyncClient`` ignores proxy and certificate settings from
 the environment (``trust_env=False``): which intermediaries sit in front of a
@@ -74,6 +81,7 @@ from symphony.rails.client import (
     DispatchResult,
     LookupResult,
     LookupStatus,
+    transaction_id_problem,
     validate_reference,
 )
 
@@ -348,12 +356,14 @@ def _classify_success(
 
     if document is None:
         return malformed("body too large" if body is None else "body is not a JSON object")
+    if document.get("reference") != reference:
+        # An answer for another payment, or for none (a cached or generic page), must never
+        # confirm this one.
+        return malformed("answer does not name this payment's reference")
     transaction_id = document.get("rail_transaction_id")
-    if not isinstance(transaction_id, str) or not transaction_id:
-        return malformed("missing rail_transaction_id")
-    if document.get("reference", reference) != reference:
-        # An answer for another payment must never confirm this one.
-        return malformed("answer names a different reference")
+    problem = transaction_id_problem(transaction_id)
+    if problem is not None:
+        return malformed(problem)
     if document.get("status", "EXECUTED") != "EXECUTED":
         return malformed(f"unexpected status {str(document.get('status'))[:40]!r}")
     return DispatchResult(
@@ -375,15 +385,18 @@ def _classify_lookup(reference: str, status: int, body: bytes | None) -> LookupR
         return LookupResult(LookupStatus.UNKNOWN, detail=f"HTTP {status}")
     if document is None:
         return LookupResult(LookupStatus.UNKNOWN, detail="malformed lookup answer")
-    if document.get("reference", reference) != reference:
-        return LookupResult(LookupStatus.UNKNOWN, detail="answer names a different reference")
+    if document.get("reference") != reference:
+        # Only an answer about this payment says anything about it: a generic or cached page
+        # ("EXECUTED" and nothing else) would otherwise confirm every payment looked up.
+        return LookupResult(
+            LookupStatus.UNKNOWN, detail="answer does not name this payment's reference")
     if document.get("status") != "EXECUTED":
         return LookupResult(
             LookupStatus.UNKNOWN,
             detail=f"rail status {str(document.get('status'))[:40]!r}",
         )
     transaction_id = document.get("rail_transaction_id")
-    return LookupResult(
-        LookupStatus.EXECUTED,
-        rail_transaction_id=transaction_id if isinstance(transaction_id, str) else None,
-    )
+    problem = transaction_id_problem(transaction_id)
+    if problem is not None or not isinstance(transaction_id, str):
+        return LookupResult(LookupStatus.UNKNOWN, detail=f"EXECUTED without proof: {problem}")
+    return LookupResult(LookupStatus.EXECUTED, rail_transaction_id=transaction_id)

@@ -305,11 +305,20 @@ SELECT participant_id, display_name, status, created_at, revoked_at
 SELECT participant_id, display_name, status, created_at, revoked_at
   FROM symphony.revoke_participant(%(participant_id)s);
 
+-- name: participant_pending_count
+-- How many of the participant's payments are still pending (queued, waiting out a retry,
+-- leased or under review): what a revocation leaves to go on (role: control). Run once per
+-- revocation, not a hot query.
+SELECT count(*) AS pending
+  FROM symphony.payment_outbox_pending
+ WHERE participant_id = %(participant_id)s;
+
 -- name: issue_api_token
 -- The application sends only the salt and sha256(salt || secret); the secret stays with it.
-SELECT token_id, kind, participant_id, label, created_at
-  FROM symphony.issue_api_token(%(token_id)s, %(kind)s, %(participant_id)s, %(label)s,
-                                %(secret_salt)s, %(secret_hash)s);
+-- scope: VIEWER or OPERATOR for an operator token, NULL for a participant's.
+SELECT token_id, kind, participant_id, label, scope, created_at
+  FROM symphony.issue_scoped_api_token(%(token_id)s, %(kind)s, %(participant_id)s,
+                                       %(label)s, %(secret_salt)s, %(secret_hash)s, %(scope)s);
 
 -- name: revoke_api_token
 SELECT token_id, revoked_at FROM symphony.revoke_api_token(%(token_id)s);
@@ -320,7 +329,7 @@ SELECT symphony.api_token_salt(%(token_id)s) AS secret_salt;
 
 -- name: authenticate_api_token
 -- One row for a live token with this hash, else none (role: readonly).
-SELECT token_id, kind, participant_id
+SELECT token_id, kind, participant_id, scope, label
   FROM symphony.authenticate_api_token(%(token_id)s, %(secret_hash)s);
 
 -- participant-scoped reads (role: readonly) -----------------------------------------------------
@@ -1040,3 +1049,212 @@ SELECT item, outbox_id, sequence_id, state, created, created_at, error_sqlstate,
 -- name: wake_outbox_workers
 -- Wake the workers after a batch enqueued with wake_after_commit committed (role: ingest).
 SELECT symphony.wake_outbox_workers();
+
+-- operators (docs: README "Operator API") -----------------------------------------------------
+
+-- name: ops_browse_payments
+-- The queue browse, newest first, by cursor (created_at, outbox_id) over the registry's
+-- created_at index (roles: readonly, control). At most `window` registry rows are looked at
+-- per call; the state and rail filters apply to those, so a rare state costs bounded calls,
+-- never a pass over the registry. The last row (edge = true) is the window's oldest row and
+-- how many rows it held: where the next call continues when the page is not full.
+WITH w AS MATERIALIZED (
+    SELECT r.outbox_id, r.participant_id, r.instruction_id, r.rail_type, r.payload,
+           r.created_at
+      FROM symphony.payment_instruction_registry r
+     WHERE r.created_at <= %(after_at)s::timestamptz
+       AND (r.created_at, r.outbox_id) < (%(after_at)s::timestamptz, %(after_id)s::uuid)
+     ORDER BY r.created_at DESC, r.outbox_id DESC
+     LIMIT %(window)s
+),
+hits AS (
+    SELECT w.*, x.state, x.attempt_count, x.next_attempt_at, x.last_error_code, x.updated_at
+      FROM w
+      CROSS JOIN LATERAL (
+          SELECT CASE WHEN l.state IN ('DISPATCHED', 'FAILED', 'CANCELED') THEN l.state
+                      WHEN p.review_since IS NOT NULL THEN 'REVIEW'
+                      WHEN p.lease_expires_at IS NOT NULL THEN 'DISPATCHING'
+                      WHEN p.outbox_id IS NOT NULL THEN 'PENDING'
+                      ELSE 'PENDING' END AS state,
+                 p.attempt_count, p.next_attempt_at,
+                 coalesce(CASE WHEN l.state IN ('DISPATCHED', 'FAILED', 'CANCELED')
+                               THEN l.error_code END, p.last_error_code) AS last_error_code,
+                 coalesce(l.recorded_at, w.created_at) AS updated_at
+            FROM (SELECT 1) one
+            LEFT JOIN LATERAL (
+                SELECT a.state::text AS state, a.error_code, a.recorded_at
+                  FROM symphony.payment_outbox_attempts a
+                 WHERE a.outbox_id = w.outbox_id AND a.participant_id = w.participant_id
+                 ORDER BY a.attempt_no DESC
+                 LIMIT 1) l ON true
+            LEFT JOIN symphony.payment_outbox_pending p
+              ON p.outbox_id = w.outbox_id AND p.participant_id = w.participant_id
+      ) x
+     WHERE (%(state)s::text IS NULL OR x.state = %(state)s::text)
+       AND (%(rail)s::text IS NULL OR w.rail_type = %(rail)s::text)
+     ORDER BY w.created_at DESC, w.outbox_id DESC
+     LIMIT %(limit)s
+)
+SELECT false AS edge, 0::bigint AS scanned, h.outbox_id, h.participant_id, h.instruction_id,
+       h.rail_type, h.payload, h.created_at, h.state, h.attempt_count, h.next_attempt_at,
+       h.last_error_code, h.updated_at
+  FROM hits h
+UNION ALL
+SELECT true, (SELECT count(*) FROM w), e.outbox_id, e.participant_id, NULL, NULL, NULL,
+       e.created_at, NULL, NULL, NULL, NULL, NULL
+  FROM (SELECT w.outbox_id, w.participant_id, w.created_at FROM w
+         ORDER BY w.created_at, w.outbox_id LIMIT 1) e;
+
+-- name: ops_browse_participant_payments
+-- ops_browse_payments for one participant, over the registry's (participant_id, created_at,
+-- outbox_id) index.
+WITH w AS MATERIALIZED (
+    SELECT r.outbox_id, r.participant_id, r.instruction_id, r.rail_type, r.payload,
+           r.created_at
+      FROM symphony.payment_instruction_registry r
+     WHERE r.participant_id = %(participant)s::text
+       AND r.created_at <= %(after_at)s::timestamptz
+       AND (r.created_at, r.outbox_id) < (%(after_at)s::timestamptz, %(after_id)s::uuid)
+     -- participant_id leads the order as it leads the index (one value: the same order).
+     ORDER BY r.participant_id DESC, r.created_at DESC, r.outbox_id DESC
+     LIMIT %(window)s
+),
+hits AS (
+    SELECT w.*, x.state, x.attempt_count, x.next_attempt_at, x.last_error_code, x.updated_at
+      FROM w
+      CROSS JOIN LATERAL (
+          SELECT CASE WHEN l.state IN ('DISPATCHED', 'FAILED', 'CANCELED') THEN l.state
+                      WHEN p.review_since IS NOT NULL THEN 'REVIEW'
+                      WHEN p.lease_expires_at IS NOT NULL THEN 'DISPATCHING'
+                      ELSE 'PENDING' END AS state,
+                 p.attempt_count, p.next_attempt_at,
+                 coalesce(CASE WHEN l.state IN ('DISPATCHED', 'FAILED', 'CANCELED')
+                               THEN l.error_code END, p.last_error_code) AS last_error_code,
+                 coalesce(l.recorded_at, w.created_at) AS updated_at
+            FROM (SELECT 1) one
+            LEFT JOIN LATERAL (
+                SELECT a.state::text AS state, a.error_code, a.recorded_at
+                  FROM symphony.payment_outbox_attempts a
+                 WHERE a.outbox_id = w.outbox_id AND a.participant_id = w.participant_id
+                 ORDER BY a.attempt_no DESC
+                 LIMIT 1) l ON true
+            LEFT JOIN symphony.payment_outbox_pending p
+              ON p.outbox_id = w.outbox_id AND p.participant_id = w.participant_id
+      ) x
+     WHERE (%(state)s::text IS NULL OR x.state = %(state)s::text)
+       AND (%(rail)s::text IS NULL OR w.rail_type = %(rail)s::text)
+     ORDER BY w.created_at DESC, w.outbox_id DESC
+     LIMIT %(limit)s
+)
+SELECT false AS edge, 0::bigint AS scanned, h.outbox_id, h.participant_id, h.instruction_id,
+       h.rail_type, h.payload, h.created_at, h.state, h.attempt_count, h.next_attempt_at,
+       h.last_error_code, h.updated_at
+  FROM hits h
+UNION ALL
+SELECT true, (SELECT count(*) FROM w), e.outbox_id, e.participant_id, NULL, NULL, NULL,
+       e.created_at, NULL, NULL, NULL, NULL, NULL
+  FROM (SELECT w.outbox_id, w.participant_id, w.created_at FROM w
+         ORDER BY w.created_at, w.outbox_id LIMIT 1) e;
+
+-- name: ops_browse_review
+-- The review queue, oldest first, by cursor (review_since, outbox_id) over the review index
+-- (roles: readonly, control): items that may have executed and wait for an operator.
+SELECT p.outbox_id, p.participant_id, r.instruction_id, r.rail_type, r.payload, r.created_at,
+       'REVIEW'::text AS state, p.attempt_count, p.next_attempt_at, p.last_error_code,
+       p.review_since AS updated_at, p.review_reason, p.review_since
+  FROM symphony.payment_outbox_pending p
+  JOIN symphony.payment_instruction_registry r
+    ON r.outbox_id = p.outbox_id AND r.participant_id = p.participant_id
+ WHERE p.review_reason IS NOT NULL
+   AND (p.review_since, p.outbox_id) > (%(after_at)s::timestamptz, %(after_id)s::uuid)
+   AND (%(participant)s::text IS NULL OR p.participant_id = %(participant)s::text)
+   AND (%(rail)s::text IS NULL OR r.rail_type = %(rail)s::text)
+ ORDER BY p.review_since, p.outbox_id
+ LIMIT %(limit)s;
+
+-- name: ops_item_actions
+-- An item's operator history, oldest first (roles: readonly, control).
+SELECT action_id, action, actor_token_id, actor_label, reason, outcome, recorded_at,
+       recorded_by
+  FROM symphony.ops_item_actions(%(outbox_id)s);
+
+-- name: ops_participant_actions
+-- The newest operator actions about one participant (roles: readonly, control).
+SELECT a.action_id, a.action, a.outbox_id, a.target, a.actor_token_id, a.actor_label,
+       a.reason, a.outcome, a.recorded_at, a.recorded_by
+  FROM symphony_ops.operator_actions a
+ WHERE a.participant_id = %(participant_id)s
+ ORDER BY a.action_id DESC
+ LIMIT %(limit)s;
+
+-- name: ops_api_tokens
+-- Every token without its secret material, newest first (roles: readonly, control).
+SELECT token_id, kind, scope, participant_id, label, created_at, revoked_at
+  FROM symphony.ops_api_tokens(%(limit)s);
+
+-- name: ops_resolve_review
+-- An operator token resolves an item under review (role: operator).
+SELECT action_id, outbox_id, decision, state, attempt_no
+  FROM symphony.ops_resolve_review(%(token_id)s, %(secret_hash)s, %(outbox_id)s,
+                                   %(decision)s, %(reason)s, %(rail_transaction_id)s);
+
+-- name: ops_revoke_participant
+-- An operator token revokes a participant and its tokens (role: operator).
+SELECT action_id, participant_id, status, revoked_at
+  FROM symphony.ops_revoke_participant(%(token_id)s, %(secret_hash)s, %(participant_id)s,
+                                       %(reason)s);
+
+-- name: ops_revoke_token
+-- An operator token revokes a token (role: operator).
+SELECT action_id, token_id, revoked_at
+  FROM symphony.ops_revoke_token(%(token_id)s, %(secret_hash)s, %(target_token_id)s,
+                                 %(reason)s);
+
+-- name: ops_participant_summary
+-- One participant's live counts, oldest pending item and recent outcomes (roles: readonly,
+-- control).
+SELECT participant_id, display_name, status, bucket, due, scheduled, dispatching, zombies,
+       under_review, pending_total, oldest_pending_at, dispatched_last_hour, failed_last_hour,
+       dispatched_last_day, failed_last_day, observed_at
+  FROM symphony.ops_participant_summary(%(participant_id)s);
+
+-- the fleet -------------------------------------------------------------------------------------
+
+-- name: record_worker_heartbeat
+-- One heartbeat of a worker: one upsert per heartbeat interval (role: executor).
+SELECT symphony.record_worker_heartbeat(
+    %(worker_id)s, %(bucket_from)s, %(bucket_to)s, %(version)s, %(started_at)s,
+    %(last_cycle_at)s, %(in_flight)s, %(stale_after_seconds)s) AS heartbeat_at;
+
+-- name: end_worker_heartbeat
+-- A worker that stops cleanly leaves the fleet (role: executor).
+SELECT symphony.end_worker_heartbeat(%(worker_id)s) AS ended;
+
+-- name: fleet_workers
+-- Every worker that sent a heartbeat in the last day, live ones first (roles: readonly,
+-- auditor, control). Stale: no heartbeat within its own stale_after_seconds.
+SELECT h.worker_id, h.bucket_from, h.bucket_to, h.version, h.started_at, h.last_cycle_at,
+       h.in_flight, h.heartbeat_at, h.stale_after_seconds,
+       h.heartbeat_at + make_interval(secs => h.stale_after_seconds) < now() AS stale,
+       extract(epoch FROM now() - h.heartbeat_at)::double precision AS heartbeat_age_seconds,
+       now() AS observed_at
+  FROM symphony_ops.worker_heartbeats h
+ ORDER BY h.heartbeat_at + make_interval(secs => h.stale_after_seconds) < now(),
+          h.bucket_from, h.worker_id;
+
+-- name: fleet_uncovered_buckets
+-- The routing buckets (0-255) that no live worker covers, as ranges (roles: readonly,
+-- auditor, control). Empty while one live worker covers everything.
+WITH uncovered AS (
+    SELECT b.bucket
+      FROM generate_series(0, 255) AS b(bucket)
+     WHERE NOT EXISTS (
+         SELECT 1 FROM symphony_ops.worker_heartbeats h
+          WHERE h.heartbeat_at + make_interval(secs => h.stale_after_seconds) >= now()
+            AND b.bucket BETWEEN h.bucket_from AND h.bucket_to)
+)
+SELECT min(u.bucket) AS bucket_from, max(u.bucket) AS bucket_to
+  FROM (SELECT x.bucket, x.bucket - row_number() OVER (ORDER BY x.bucket) AS grp
+          FROM uncovered x) u
+ GROUP BY u.grp
+ ORDER BY 1;

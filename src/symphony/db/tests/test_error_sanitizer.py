@@ -81,8 +81,9 @@ async def test_unique_violation_maps_by_constraint_name(db: Database) -> None:
         await test_only.statements_no_role(db.endpoint.admin_dsn, [
             ("ALTER TABLE symphony.payment_outbox_attempts "
              "DISABLE TRIGGER payment_outbox_attempts_legal_transition", None),
-            ("INSERT INTO symphony.payment_outbox_attempts (outbox_id, attempt_no, state) "
-             "VALUES (%(id)s, 1001, 'DISPATCHED'), (%(id)s, 1002, 'DISPATCHED')",
+            ("INSERT INTO symphony.payment_outbox_attempts "
+             "  (outbox_id, attempt_no, state, rail_transaction_id) "
+             "VALUES (%(id)s, 1001, 'DISPATCHED', 'rtx-1'), (%(id)s, 1002, 'DISPATCHED', 'rtx-2')",
              {"id": outbox_id}),
         ])
     assert info.value.sqlstate == "23505"

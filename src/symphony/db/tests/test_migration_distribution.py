@@ -196,7 +196,8 @@ async def test_distribution_keys_keep_every_item_in_every_state(
     # bucket, every due item is claimed from the buckets that hold it, the review resolves.
     buckets = BucketRange.all()
     [done] = await store.complete_batch(
-        [Completion(held.outbox_id, held.lease_token, Outcome.DISPATCHED)], buckets=buckets)
+        [Completion(held.outbox_id, held.lease_token, Outcome.DISPATCHED,
+                    rail_transaction_id="rtx-test")], buckets=buckets)
     assert not done.fenced and done.state == "DISPATCHED"
     await test_only.query_no_role(
         dsn, "UPDATE symphony.payment_outbox_pending SET next_attempt_at = now() "

@@ -60,7 +60,8 @@ async def _enqueue_at_0006(db: Database, instruction_id: str, participant: str) 
 async def _claim_one(store: OutboxStore, outbox_id: uuid.UUID) -> Completion:
     [item] = await store.claim("mig-worker", 1, 120)
     assert item.outbox_id == outbox_id
-    return Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED)
+    return Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED,
+                      rail_transaction_id="rtx-test")
 
 
 # The digest columns a later migration (tamper-evident ledger) adds and backfills are left

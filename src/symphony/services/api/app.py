@@ -92,6 +92,7 @@ def create_app(
     app.add_middleware(
         RequestContextMiddleware,
         body_limit_bytes=config.body_limit_bytes,
+        body_timeout_seconds=config.body_timeout_seconds,
         request_timeout_seconds=config.request_timeout_seconds,
         retry_after_seconds=config.retry_after_seconds,
     )

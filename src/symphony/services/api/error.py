@@ -98,6 +98,18 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=all_headers)
 
 
+class RequestRefused(StarletteHTTPException):
+    """A refusal raised below the routes (while a route reads the body, say), answered with
+    the envelope's `code` and `message`. An HTTPException, so FastAPI passes it through even
+    where it wraps other errors of reading a body into a 400."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(status, detail=message, headers=dict(headers or {}))
+        self.code = code
+        self.message = message
+
+
 # Starlette's own refusals (no such route, wrong method), in the envelope.
 _HTTP_CODES: Final[dict[int, tuple[str, str]]] = {
     400: ("bad_request", "the request is malformed"),
@@ -118,7 +130,10 @@ async def handle_api_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code, message = _HTTP_CODES.get(exc.status_code, ("http_error", "the request failed"))
+    if isinstance(exc, RequestRefused):
+        code, message = exc.code, exc.message
+    else:
+        code, message = _HTTP_CODES.get(exc.status_code, ("http_error", "the request failed"))
     return error_response(request_id_of(request), exc.status_code, code, message,
                           headers=dict(exc.headers or {}))
 

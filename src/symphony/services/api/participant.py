@@ -21,8 +21,6 @@ byte for byte what the first request got. The state is not in it (it changes); f
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from datetime import datetime
 from enum import StrEnum
@@ -38,6 +36,7 @@ from symphony.outbox import PaymentInstruction
 from symphony.outbox.access import Caller
 from symphony.outbox.model import ParticipantPayment, PaymentAttempt
 from symphony.services.api.auth import refused_token, require_participant
+from symphony.services.api.body import read_json
 from symphony.services.api.context import ApiContext, get_context
 from symphony.services.api.error import ApiError, ErrorBody, FieldError, validation_field_error
 
@@ -47,7 +46,6 @@ DEFAULT_PAGE: Final = 50
 # Printable ASCII without space, '"', ',' and '\\': nothing a proxy could split, fold or
 # unescape, and exactly what the database accepts as a key (1-255 printable characters).
 _IDEMPOTENCY_KEY: Final = re.compile(r'[!#-+\--\[\]-~]{1,255}')
-_MAX_JSON_DEPTH: Final = 32
 # Payment data is the participant's: no shared cache may keep it.
 _NO_STORE: Final = {"Cache-Control": "no-store"}
 
@@ -177,7 +175,7 @@ ContextDep = Annotated[ApiContext, Depends(get_context)]
     response_model=PaymentCreated,
     responses={
         200: {"model": PaymentCreated, "description": "a replay: the payment already exists"},
-        **_errors(400, 401, 413, 415, 422, 503),
+        **_errors(400, 401, 408, 413, 415, 422, 503),
     },
     openapi_extra={"requestBody": {
         "required": True,
@@ -196,7 +194,7 @@ async def create_payment(
 ) -> JSONResponse:
     _require_json(request)
     key = _idempotency_key(request)
-    body = _parse_json(await request.body())
+    body = await read_json(request)
     payment = _validated(body)
     payload: dict[str, Any] = {
         "amount": payment.amount, "currency": payment.currency,
@@ -343,51 +341,6 @@ def _idempotency_key(request: Request) -> str:
                        "the Idempotency-Key must be 1-255 printable ASCII characters without "
                        "space, quote, comma or backslash")
     return key
-
-
-def _parse_json(raw: bytes) -> Any:
-    try:
-        value = json.loads(raw.decode("utf-8"), parse_constant=_no_constant,
-                           object_pairs_hook=_unique_members)
-        _check_json(value, 0)
-    except (ValueError, RecursionError, UnicodeError):
-        raise ApiError(400, "invalid_json", "the request body is not valid UTF-8 JSON "
-                       "(with each member name at most once per object)") from None
-    return value
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """An object whose member names are unique (RFC 8259 says they SHOULD be). Readers differ
-    on a repeated name (first wins, last wins, error): a proxy or an auditor reading the first
-    `amount` must never see another payment than the one stored, so a repeat is refused at
-    any depth, whatever its value. Names are compared decoded (`"a"` and `"\u0061"` are one)."""
-    value = dict(pairs)
-    if len(value) != len(pairs):
-        raise ValueError("a member name is repeated")
-    return value
-
-
-def _check_json(value: Any, depth: int) -> None:
-    """What json.loads lets through but JSON text and PostgreSQL cannot hold: lone surrogates,
-    infinite numbers (1e999), and nesting deeper than any payment needs."""
-    if depth > _MAX_JSON_DEPTH:
-        raise ValueError("nested too deeply")
-    if isinstance(value, str):
-        value.encode("utf-8")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("number out of range")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            key.encode("utf-8")
-            _check_json(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_json(item, depth + 1)
 
 
 def _validated(body: Any) -> PaymentRequest:

@@ -44,4 +44,5 @@ class ApiServer(EmbeddedHttpServer):
             graceful_shutdown_seconds=_GRACEFUL_SHUTDOWN_SECONDS,
             # The request-context middleware logs each request, with its id; no banner.
             server_header=False,
+            limits=config.connection_limits(),
         )

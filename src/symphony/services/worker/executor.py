@@ -43,7 +43,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
-from symphony.db import PENDING_CHANNEL, DatabaseUnavailableError, Role, SymphonyError
+from symphony.db import PENDING_CHANNEL, Role, SymphonyError, TransientDatabaseError
 from symphony.outbox import ClaimedItem, Completion, CompletionResult, OutboxStore, Outcome
 from symphony.rails import DispatchOutcome, DispatchResult, LookupStatus, RailClient
 from symphony.rails.client import (
@@ -81,7 +81,8 @@ _COMPLETION_GROUP_MAX: Final = 64
 _COMPLETION_GROUP_WAIT_SECONDS: Final = 0.005
 # Time the final completion statement gets after the grace period ran out.
 _COMPLETION_SLACK_SECONDS: Final = 15.0
-# Backoff of a completion retried while the database is unreachable.
+# Backoff of a completion retried while the database is unreachable or busy (lock and
+# statement timeouts).
 _RECORD_RETRY_FIRST: Final = 0.2
 _RECORD_RETRY_MAX: Final = 5.0
 
@@ -440,17 +441,20 @@ class ExecutorWorker(LoopService[CycleResult]):
         """Record the outcomes in one statement; if it is refused, one by one (see the module
         docstring). A stale lease never refuses the statement: it comes back fenced.
 
-        While the database is unreachable (a restart, a failover) the statement is retried
-        with backoff until `deadline` (shortly before the leases end): the rail's answers are
-        known here and nowhere else, and giving up at once would leave the items leased until
-        the zombie repair, and a lookup, settle them a lease later. A retry after a commit
-        whose answer was lost comes back fenced (the lease is gone), never recorded twice.
+        While the database is unreachable (a restart, a failover) or the statement is
+        cancelled for its lock or statement timeout (a long ledger checkpoint, a migration or
+        an operator's statement holding a lock the ledger insert needs), the statement is
+        retried with backoff until `deadline` (shortly before the leases end): the rail's
+        answers are known here and nowhere else, and giving up would leave the items leased
+        until the zombie repair, and a lookup, settle them a lease later. Such a failure wrote
+        nothing; a retry after a commit whose answer was lost comes back fenced (the lease is
+        gone), never recorded twice.
         """
         if not completions:
             return []
         try:
             return await self._complete_while_reachable(completions, deadline)
-        except DatabaseUnavailableError:
+        except TransientDatabaseError:
             raise  # nothing item by item would fare better; the repair covers the leases
         except SymphonyError as exc:
             self.log.warning(
@@ -459,7 +463,7 @@ class ExecutorWorker(LoopService[CycleResult]):
             )
         results: list[CompletionResult] = []
         for completion in completions:
-            results.extend(await self._record_one(completion))
+            results.extend(await self._record_one(completion, deadline))
         return results
 
     async def _complete_while_reachable(
@@ -469,7 +473,7 @@ class ExecutorWorker(LoopService[CycleResult]):
         while True:
             try:
                 return await self._complete(completions)
-            except DatabaseUnavailableError as exc:
+            except TransientDatabaseError as exc:
                 now = datetime.now(UTC)
                 if deadline is None or now + timedelta(seconds=delay) >= deadline or (
                     self._grace_deadline is not None
@@ -484,11 +488,13 @@ class ExecutorWorker(LoopService[CycleResult]):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RECORD_RETRY_MAX)
 
-    async def _record_one(self, completion: Completion) -> list[CompletionResult]:
+    async def _record_one(
+        self, completion: Completion, deadline: datetime | None = None
+    ) -> list[CompletionResult]:
         for attempt in (completion, _escaped(completion)):
             try:
-                return await self._complete([attempt])
-            except DatabaseUnavailableError:
+                return await self._complete_while_reachable([attempt], deadline)
+            except TransientDatabaseError:
                 raise
             except SymphonyError as exc:
                 self.log.error(
