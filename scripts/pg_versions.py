@@ -50,6 +50,7 @@ DATABASE_SUITES = [
     "tests/unit/test_participant_reads.py",
     "tests/unit/test_ops_queries.py",
     "tests/unit/test_access.py",
+    "tests/unit/test_operators.py",
     "tests/unit/test_distribution_ready.py",
     "tests/unit/test_outbox_metrics.py",
     # money safety and audit
@@ -61,6 +62,7 @@ DATABASE_SUITES = [
     "tests/unit/test_hot_query_plans.py",
     "tests/unit/test_ops_query_plans.py",
     "tests/unit/test_participant_query_plans.py",
+    "tests/unit/test_operator_query_plans.py",
     # concurrency and the model check (CI size: SYMPHONY_MODEL_EXAMPLES/STEPS defaults)
     "tests/integration/test_outbox_concurrency.py",
     "tests/integration/test_outbox_model_check.py",

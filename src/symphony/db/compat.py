@@ -16,9 +16,11 @@ would hand it the role's privileges, and the migration is rolled back instead. T
 checksum is always the shipped file's, so a database migrated on 15 and later upgraded to 16
 or 18 (pg_upgrade) carries the same record as one migrated there.
 
-Any other 16+-only grant option in a migration (`SET FALSE`, `INHERIT TRUE` ...) has no 15
-spelling: the migrator refuses such a migration on 15 with MIGRATION_NEEDS_NEWER_SERVER
-before running it, rather than with a syntax error from the middle of it.
+Any other 16+-only grant option in a migration's top-level statements (`SET FALSE`,
+`INHERIT TRUE` ...) has no 15 spelling: the migrator refuses such a migration on 15 with
+MIGRATION_NEEDS_NEWER_SERVER before running it, rather than with a syntax error from the
+middle of it. A migration may also choose its spelling itself, in a DO block that reads
+`server_version_num` (0014 does): dollar-quoted bodies are left to the migration.
 
 Runtime queries need no shim: the one catalog check that differs (`pg_has_role(..., 'SET')`,
 16+) is written so that 15 evaluates `MEMBER` instead (queries.sql, login_identity).
@@ -42,7 +44,20 @@ _ROLE_GRANT_WITH_OPTIONS = re.compile(
 # Whatever is left of the 16+ grant options after the rewrite above.
 _OTHER_GRANT_OPTIONS = re.compile(r"\bWITH\s+(?:INHERIT|SET)\s+(?:TRUE|FALSE|OPTION)\b",
                                   re.IGNORECASE)
-_LINE_COMMENT = re.compile(r"--[^\n]*")
+# What is not a top-level statement: dollar-quoted bodies (functions, DO blocks: a migration
+# may branch on server_version_num in one, as 0014 does), comments and string literals.
+_NOT_STATEMENTS = (
+    re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$.*?\$\1\$", re.DOTALL),
+    re.compile(r"/\*.*?\*/", re.DOTALL),
+    re.compile(r"--[^\n]*"),
+    re.compile(r"'(?:[^']|'')*'"),
+)
+
+
+def _statements_only(sql: str) -> str:
+    for pattern in _NOT_STATEMENTS:
+        sql = pattern.sub(" ", sql)
+    return sql
 
 
 def major(server_version: int) -> int:
@@ -72,7 +87,7 @@ def adapt_migration(sql: str, server_version: int) -> AdaptedMigration:
         return f"GRANT {match['role']} TO {match['member']};"
 
     adapted = _ROLE_GRANT_WITH_OPTIONS.sub(spell_for_15, sql)
-    leftover = _OTHER_GRANT_OPTIONS.search(_LINE_COMMENT.sub("", adapted))
+    leftover = _OTHER_GRANT_OPTIONS.search(_statements_only(adapted))
     problem = None
     if leftover is not None:
         problem = (f"it grants a role with `{leftover.group(0)}`, which PostgreSQL "
