@@ -88,6 +88,17 @@ class BenchServer:
             shutil.rmtree(self.home, ignore_errors=True)
 
 
+def asyncpg_connect(dsn: str) -> Any:
+    """An asyncpg connection (awaitable) to a libpq key=value DSN, which asyncpg does not
+    parse: the same host, port, user, password and database."""
+    import asyncpg
+
+    p = psycopg.conninfo.conninfo_to_dict(dsn)
+    return asyncpg.connect(host=p.get("host"), port=int(p.get("port") or 5432),
+                           user=p.get("user"), password=p.get("password"),
+                           database=p.get("dbname"))
+
+
 def stats(values: list[float]) -> dict[str, Any]:
     """Median with min and max (and the runs), what every figure of the table is."""
     if not values:

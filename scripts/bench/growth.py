@@ -36,6 +36,20 @@ SELECT reg.outbox_id, a.no, a.state::symphony.attempt_state, 'bench-growth', i.l
  ORDER BY i.n, a.no
 """
 
+# The payment.created event of each item just filled: the pending table's trigger writes it for
+# an enqueued item, and the fill writes no pending rows (its items are terminal at once). The
+# DISPATCHED rows' events come from the ledger's own trigger. Without them the audit's E1
+# refuses the filled ledger (EVENT_MISSING).
+_CREATED_EVENTS = """
+SELECT symphony.append_payment_events(
+           array_agg(r.participant_id ORDER BY r.sequence_id),
+           array_agg(r.outbox_id ORDER BY r.sequence_id),
+           array_agg('payment.created'::text ORDER BY r.sequence_id))
+  FROM symphony.payment_instruction_registry r
+ WHERE r.participant_id = %(participant)s
+   AND r.sequence_id > %(offset)s AND r.sequence_id <= %(offset)s + %(items)s
+"""
+
 
 def ledger_rows(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
@@ -55,6 +69,8 @@ def grow_ledger_to(dsn: str, participant: str, rows: int, offset: int, *,
             n = min(chunk, items - start)
             conn.execute(_FILL, {"items": n, "offset": offset, "participant": participant,
                                  "payload": json.dumps(payload)})
+            conn.execute(_CREATED_EVENTS, {"items": n, "offset": offset,
+                                           "participant": participant})
             offset += n
         if items:
             conn.execute(

@@ -7,12 +7,14 @@
     symphony api [--host H] [--port P]        the HTTP API (participant and operator)
     symphony enqueue ...                      submit one payment instruction
     symphony status                           queue counts and zombies
-    symphony audit verify [--since T]         check I1-I10 and the ledger's digests (auditor)
+    symphony audit verify [--since T | --since-checkpoint]  I1-I10 and the ledger's digests (auditor)
     symphony audit checkpoint                 anchor every ledger chain (control role)
     symphony audit export-checkpoints         the checkpoints as JSON lines (auditor role)
     symphony participants add|list|revoke     who may submit payments (control role)
     symphony tokens issue|revoke              API tokens, shown once at issue (control role)
     symphony rail-sim                         the payment rail simulator
+    symphony delivery [--once]                webhook delivery service (delivery role)
+    symphony webhooks list|deliveries|disable|enable|replay   webhook endpoints (control role)
     symphony db url | db stop                 the admin DSN; stop the embedded server
 
 `--json` prints one JSON document on stdout, for scripts; an error then is
@@ -27,7 +29,7 @@ missing configuration, schema not migrated). Logs go to stderr at `SYMPHONY_LOG_
 Each command logs in as one principal: `api` as symphony_api_svc (ingest, readonly, operator),
 `worker` and `repair` as symphony_executor_svc, `enqueue` as symphony_ingest_svc, `status`,
 `audit verify` and `audit export-checkpoints` as symphony_reader_svc, `audit checkpoint` as
-symphony_control_svc. Given
+symphony_control_svc, `delivery` as symphony_delivery_svc. Given
 that principal's own DSN (`SYMPHONY_<PRINCIPAL>_DATABASE_URL`) a command needs neither the
 admin DSN nor the credentials file; without it, it uses the admin/embedded mode.
 """
@@ -49,6 +51,7 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from symphony import log as symphony_log
+from symphony import strict_json
 from symphony.db import (
     ConfigurationError,
     Database,
@@ -56,6 +59,7 @@ from symphony.db import (
     EmbeddedServer,
     InvalidRequestError,
     MigrationError,
+    NotFoundError,
     Principal,
     Role,
     Service,
@@ -76,14 +80,17 @@ from symphony.outbox import (
     TokenKind,
     TokenScope,
 )
+from symphony.outbox.operators import OperatorStore
 from symphony.repair import ZombieRepairConfig, ZombieRepairWorker, zombie_threshold_from_env
 from symphony.services.api import ApiConfig
+from symphony.services.delivery import DeliveryConfig, DeliveryProcess
 from symphony.services.rail_sim import add_arguments as add_rail_sim_arguments
 from symphony.services.rail_sim import config_from_args as rail_sim_config_from_args
 from symphony.services.rail_sim import run_rail_sim
 from symphony.services.system import RunOptions, run_system
 from symphony.services.system.api import build_api_server
 from symphony.services.worker import WorkerConfig, WorkerProcess, stop_on_signals
+from symphony.webhooks import WebhookSettings, WebhookStore, configured_secret_box
 
 log = logging.getLogger("symphony.cli")
 
@@ -266,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(resolve)
     resolve.set_defaults(handler=cmd_review_resolve)
 
+    history = commands.add_parser(
+        "history", help="one item's ledger and the operator actions on it (who, why)")
+    history.add_argument("outbox_id", type=_outbox_id, help="the item's outbox_id")
+    _json_flag(history)
+    history.set_defaults(handler=cmd_history)
+
     audit = commands.add_parser("audit", help="auditor checks")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     verify = audit_commands.add_parser(
@@ -273,9 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--limit", type=_positive_int, default=_AUDIT_LIMIT_DEFAULT,
                         help=f"most violations listed per check (default "
                              f"{_AUDIT_LIMIT_DEFAULT}, at most 10000); all are counted")
-    verify.add_argument("--since", type=_timestamp, metavar="TIMESTAMP",
-                        help="incremental: only items registered or with a ledger row at or "
-                             "after this ISO 8601 time (with a time zone)")
+    scope = verify.add_mutually_exclusive_group()
+    scope.add_argument("--since", type=_timestamp, metavar="TIMESTAMP",
+                       help="incremental: only items registered or with a ledger row at or "
+                            "after this ISO 8601 time (with a time zone)")
+    scope.add_argument("--since-checkpoint", action="store_true",
+                       help="the routine audit: only what was written after the latest "
+                            "checkpoint, and every live item (full without a checkpoint; "
+                            "without either flag the audit is full)")
     _json_flag(verify)
     verify.set_defaults(handler=cmd_audit_verify)
     checkpoint = audit_commands.add_parser(
@@ -329,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_rail_sim_arguments(rail_sim)
     rail_sim.set_defaults(handler=cmd_rail_sim)
 
+    _webhook_commands(commands)
+
     db = commands.add_parser("db", help="the database server")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     url = db_commands.add_parser("url", help="print the admin DSN (starts the embedded server)")
@@ -337,6 +357,54 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(stop)
     stop.set_defaults(handler=cmd_db_stop)
     return parser
+
+
+def _webhook_commands(commands: Any) -> None:
+    delivery = commands.add_parser("delivery", help="run the webhook delivery service")
+    delivery.add_argument("--once", action="store_true",
+                          help="one fan-out/claim/call/record cycle, then exit")
+    delivery.add_argument("--worker-id", help="lease holder name (default delivery-host-pid)")
+    delivery.add_argument("--batch-size", type=_positive_int, help="deliveries per cycle")
+    delivery.add_argument("--concurrency", type=_positive_int, help="calls in flight at most")
+    delivery.add_argument("--metrics-port", type=int, metavar="PORT",
+                          help="serve Prometheus metrics on 127.0.0.1:PORT")
+    _json_flag(delivery)
+    delivery.set_defaults(handler=cmd_delivery)
+
+    webhooks = commands.add_parser("webhooks", help="webhook endpoints (operator)")
+    actions = webhooks.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
+    w_list = actions.add_parser("list", help="endpoints with their health, failing first")
+    w_list.add_argument("--status", choices=["enabled", "disabled", "deleted", "failing"],
+                        help="only endpoints in this state")
+    w_list.add_argument("--failing", action="store_true", help="same as --status failing")
+    w_list.add_argument("--limit", type=_positive_int, default=100)
+    _json_flag(w_list)
+    w_list.set_defaults(handler=cmd_webhooks_list)
+    w_deliveries = actions.add_parser("deliveries", help="an endpoint's newest deliveries")
+    w_deliveries.add_argument("endpoint_id", type=_uuid_arg("an endpoint id"))
+    w_deliveries.add_argument("--limit", type=_positive_int, default=50)
+    _json_flag(w_deliveries)
+    w_deliveries.set_defaults(handler=cmd_webhooks_deliveries)
+    for name, enabled in (("disable", False), ("enable", True)):
+        toggle = actions.add_parser(name, help=f"{name} an endpoint")
+        toggle.add_argument("endpoint_id", type=_uuid_arg("an endpoint id"))
+        toggle.add_argument("--reason", required=True, help="why (kept on the endpoint)")
+        _json_flag(toggle)
+        toggle.set_defaults(handler=cmd_webhooks_toggle, enabled=enabled)
+    replay = actions.add_parser("replay", help="send a delivery's event again")
+    replay.add_argument("delivery_id", type=_uuid_arg("a delivery id"))
+    replay.add_argument("--by", required=True, metavar="OPERATOR", help="who asks (recorded)")
+    _json_flag(replay)
+    replay.set_defaults(handler=cmd_webhooks_replay)
+
+
+def _uuid_arg(what: str) -> Callable[[str], UUID]:
+    def parse(text: str) -> UUID:
+        try:
+            return UUID(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} (a UUID)") from None
+    return parse
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
@@ -549,7 +617,7 @@ def _payload_from(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError("give either --payload or --amount/--currency/--destination, "
                              "not both", code="CONFLICTING_ARGUMENTS")
         try:
-            payload = json.loads(args.payload)
+            payload = strict_json.loads(args.payload)
         except (ValueError, RecursionError):  # nested past Python's limit: no payment either
             raise UsageError("--payload is not valid JSON", code="INVALID_PAYLOAD_JSON") from None
         if not isinstance(payload, dict):
@@ -569,9 +637,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     async def go() -> dict[str, Any]:
         async with await Database.open_as(Principal.READER, settings) as db:
             status = await OutboxStore(db).status()
-        return {**status.as_dict(), "zombie_threshold_seconds": threshold}
+            fleet = await OperatorStore(db).fleet(Role.READONLY)
+        return {**status.as_dict(), "zombie_threshold_seconds": threshold,
+                "fleet": fleet.as_dict()}
 
     s = _run(go())
+    fleet = s["fleet"]
+    uncovered = ", ".join(f"{r['bucket_from']}-{r['bucket_to']}"
+                          for r in fleet["uncovered_buckets"])
+    workers = [
+        f"  {'STALE' if w['stale'] else 'live '}  {w['worker_id']}  buckets "
+        f"{w['bucket_from']}-{w['bucket_to']}  v{w['version']}  in flight {w['in_flight']}  "
+        f"heartbeat {w['heartbeat_age_seconds']:.0f}s ago"
+        for w in fleet["workers"]]
     text = "\n".join([
         f"due              {s['due']}",
         f"retry-scheduled  {s['scheduled']}",
@@ -585,8 +663,46 @@ def cmd_status(args: argparse.Namespace) -> int:
         + (f" (oldest since {s['oldest_pending_at']})" if s["oldest_pending_at"] else ""),
         f"dispatched       {s['dispatched_total']}",
         f"failed           {s['failed_total']}",
+        f"workers          {fleet['live_workers']} live, {fleet['stale_workers']} stale",
+        *workers,
+        (f"ALERT uncovered  buckets {uncovered}: no live worker claims their items"
+         if uncovered else "buckets          every bucket 0-255 has a live worker"),
     ])
     emit(args, s, text)
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> dict[str, Any] | None:
+        async with await Database.open_as(Principal.READER, settings) as db:
+            found = await OutboxStore(db).item_with_ledger(args.outbox_id, Role.READONLY)
+            if found is None:
+                return None
+            actions = await OperatorStore(db).item_actions(args.outbox_id, Role.READONLY)
+        summary, ledger = found
+        return {"outbox_id": args.outbox_id, "participant_id": summary["participant_id"],
+                "instruction_id": summary["instruction_id"],
+                "terminal_state": summary["terminal_state"],
+                "review_reason": summary["review_reason"], "ledger": ledger,
+                "actions": actions}
+
+    found = _run(go())
+    if found is None:
+        raise NotFoundError("no item with this outbox id", code="UNKNOWN_OUTBOX_ID")
+    lines = [f"item {found['outbox_id']}  participant {found['participant_id']}  "
+             f"instruction {found['instruction_id']}"]
+    lines += [f"  #{r['attempt_no']:<3} {r['state']:<15} {r['recorded_at']}  "
+              f"{r['worker_id'] or '-'}  {r['error_code'] or ''}  "
+              f"{r['rail_transaction_id'] or ''}".rstrip()
+              for r in found["ledger"]]
+    lines.append(f"operator actions: {len(found['actions'])}")
+    lines += [f"  {a['recorded_at']}  {a['action']}  by {a['actor_label'] or '-'}"
+              f"{' (token ' + str(a['actor_token_id']) + ')' if a['actor_token_id'] else ''}"
+              f"  via {a['recorded_by']}: {a['reason']}"
+              for a in found["actions"]]
+    emit(args, found, "\n".join(lines))
     return EXIT_OK
 
 
@@ -634,11 +750,14 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     async def go() -> AuditReport:
         async with await Database.open_as(Principal.READER, settings) as db:
             # One read-only snapshot as symphony_auditor: every check sees the same state.
-            return await AuditStore(db).verify(since=args.since, limit=args.limit)
+            return await AuditStore(db).verify(since=args.since, limit=args.limit,
+                                               since_checkpoint=args.since_checkpoint)
 
     report = _run(go())
     counts = report.counts
     scope = "whole database" if report.since is None else f"since {report.since.isoformat()}"
+    if report.mode == "since-checkpoint":
+        scope += f" (checkpoint {report.checkpoint_id})"
     lines = [
         f"audit of the {scope}: items {counts.get('items', 0)}, ledger rows "
         f"{counts.get('ledger_rows', 0)}, pending {counts.get('pending', 0)}, checkpoints "
@@ -856,6 +975,104 @@ def cmd_db_stop(args: argparse.Namespace) -> int:
     emit(args, {"stopped": stopped, "data_dir": where},
          f"stopped the embedded PostgreSQL ({where})" if stopped
          else f"the embedded PostgreSQL was not running ({where})")
+    return EXIT_OK
+
+
+# -- webhooks --------------------------------------------------------------------------------
+
+
+def cmd_delivery(args: argparse.Namespace) -> int:
+    # Configuration first: a bad setting is reported before anything connects.
+    config = DeliveryConfig.load(worker_id=args.worker_id, batch_size=args.batch_size,
+                                 max_concurrency=args.concurrency,
+                                 metrics_port=args.metrics_port)
+    hooks = WebhookSettings.load()
+    settings = database_settings()
+
+    async def go() -> dict[str, Any] | None:
+        async with await Database.open_for_service(Service.DELIVERY, settings) as db:
+            box = configured_secret_box(settings.home, manages_home=db.endpoint is not None)
+            if box is None:
+                raise ConfigurationError(
+                    "the delivery service signs with secrets sealed under the webhook key: "
+                    "set SYMPHONY_WEBHOOK_KEY (the API's key)", code="WEBHOOK_KEY_MISSING")
+            process = DeliveryProcess(db, config, box, hooks.policy)
+            if not args.once:
+                await process.run_until_signalled()
+                return None
+            try:
+                return (await process.run_once()).as_dict()
+            finally:
+                await process.aclose()
+
+    result = _run(go())
+    if result is not None:
+        emit(args, result, ", ".join(f"{k} {v}" for k, v in result.items()))
+    return EXIT_OK
+
+
+def cmd_webhooks_list(args: argparse.Namespace) -> int:
+    settings = database_settings()
+    status = "FAILING" if args.failing else (args.status.upper() if args.status else None)
+
+    async def go() -> list[dict[str, Any]]:
+        async with await Database.open(settings) as db:
+            return await WebhookStore(db).ops_endpoints(status=status, limit=args.limit,
+                                                        role=Role.CONTROL)
+
+    rows = _run(go())
+    lines = [f"{len(rows)} endpoint(s)"]
+    for r in rows:
+        health = (f"FAILING since {r['failing_since']:%Y-%m-%d %H:%M:%S%z}, "
+                  f"{r['consecutive_failures']} failure(s), last {r['last_error_class']}"
+                  if r["failing_since"] else "healthy")
+        lines.append(f"  {r['endpoint_id']}  {r['participant_id']}  {r['status']}  {health}  "
+                     f"{r['pending_deliveries']} pending  {r['url']}")
+    emit(args, rows, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_webhooks_deliveries(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> list[dict[str, Any]]:
+        async with await Database.open(settings) as db:
+            return await WebhookStore(db).deliveries(args.endpoint_id, limit=args.limit,
+                                                     role=Role.CONTROL)
+
+    rows = _run(go())
+    lines = [f"{len(rows)} delivery(ies), newest first"] + [
+        f"  {r['delivery_id']}  event {r['event_id']}  {r['status']}  "
+        f"{r['attempt_count']} attempt(s), last {r['last_http_status'] or '-'} "
+        f"{r['last_error_class'] or ''}".rstrip()
+        for r in rows]
+    emit(args, rows, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_webhooks_toggle(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> dict[str, Any]:
+        async with await Database.open(settings) as db:
+            return await WebhookStore(db).set_enabled(args.endpoint_id, args.enabled,
+                                                      args.reason, role=Role.CONTROL)
+
+    row = _run(go())
+    emit(args, row, f"{row['endpoint_id']}: {row['status']}")
+    return EXIT_OK
+
+
+def cmd_webhooks_replay(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> dict[str, Any]:
+        async with await Database.open(settings) as db:
+            return await WebhookStore(db).replay(args.delivery_id, args.by, role=Role.CONTROL)
+
+    row = _run(go())
+    emit(args, row, f"replay {row['delivery_id']} of event {row['event_id']} queued "
+                    f"(webhook-id {row['event_id']})")
     return EXIT_OK
 
 

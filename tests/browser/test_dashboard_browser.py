@@ -25,6 +25,8 @@ import pytest
 from tests.support.api import Running, serve
 from tests.support.ops import database_now, ended_item
 from tests.support.outbox import TEST_PARTICIPANT, instruction
+from tests.support.webhook_receiver import Receiver
+from tests.support.webhooks import delivery_service, hooked_participant, make_due, pay, retire
 
 from symphony.db import Database, DatabaseSettings, Endpoint, Principal
 from symphony.outbox import OutboxStore
@@ -227,3 +229,45 @@ async def test_a_database_that_is_down_is_an_error_not_old_numbers(
         shot = ARTIFACTS / "dashboard-database-down.png"
         await page.page.screenshot(path=str(shot))
         print(f"dashboard screenshot (database down): {shot}")
+
+
+async def test_the_webhook_card_shows_a_failing_endpoint(
+    api: Running, isolated_db: Database, page: Page
+) -> None:
+    """An endpoint whose receiver keeps answering 503 is marked failing by the delivery
+    service; the card shows the count in warning colour and the endpoint's row."""
+    expect = async_api.expect
+    receiver = Receiver(mode="status:503")
+    await receiver.start()
+    service, sender = delivery_service(isolated_db, failing_after_failures=2)
+    hooked = await hooked_participant(isolated_db, receiver)
+    healthy = await hooked_participant(isolated_db, Receiver())
+    try:
+        await pay(isolated_db, hooked.participant_id, 2)
+        for _ in range(3):
+            await service.run_once()
+            await make_due(isolated_db, hooked.participant_id)
+        token = (await AccessStore(isolated_db).issue_token(TokenKind.OPERATOR)).token
+        await sign_in(page, f"{api.url}/", token)
+        card = page.page.locator("#webhooks")
+        await expect(card).to_be_visible(timeout=UPDATE_TIMEOUT_MS)
+        await expect(page.page.locator("#hooks-endpoints_failing")).to_have_text(
+            "1", timeout=UPDATE_TIMEOUT_MS)
+        await expect(page.page.locator("#hooks-endpoints_enabled")).not_to_have_text("—")
+        row = page.page.locator("#hooks-failing-body tr.failing")
+        await expect(row).to_have_count(1)
+        await expect(row).to_contain_text(hooked.participant_id)
+        await expect(row).to_contain_text("http_5xx")
+        await expect(row).to_contain_text(receiver.url)
+        failing_card = page.page.locator("#hooks-endpoints_failing").locator("xpath=..")
+        await expect(failing_card).to_have_class("count warn-if-nonzero alert")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "dashboard-webhooks.png"
+        await card.screenshot(path=str(shot))
+        print(f"webhook card screenshot: {shot}")
+        assert page.problems == [], page.problems
+    finally:
+        await retire(isolated_db, hooked)
+        await retire(isolated_db, healthy)
+        await sender.aclose()
+        await receiver.stop()

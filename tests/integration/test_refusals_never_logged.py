@@ -46,6 +46,8 @@ from symphony.db import (
 )
 from symphony.db import error as db_error
 from symphony.outbox import AccessStore, storable, store
+from symphony.services.api import auth as api_auth
+from symphony.services.api import body as api_body
 from symphony.services.api import error as api_error
 from symphony.services.api import participant
 
@@ -102,7 +104,9 @@ async def enumerated_refusals(admin_dsn: str) -> set[str]:
                       inspect.getsource(cli._payload_from), inspect.getsource(cli.cmd_enqueue)]
     for source in python_sources:
         found |= set(_CODE_ARGUMENT.findall(source))
-    api_sources = [inspect.getsource(participant), inspect.getsource(api_error)]
+    # The payment route, the body reader and error envelope it uses, and its token refusal.
+    api_sources = [inspect.getsource(participant), inspect.getsource(api_body),
+                   inspect.getsource(api_error), inspect.getsource(api_auth.refused_token)]
     for source in api_sources:
         found |= set(_API_ERROR.findall(source))
         found |= set(_CODE_ARGUMENT.findall(source))

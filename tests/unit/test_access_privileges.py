@@ -162,5 +162,5 @@ async def test_login_principals_execute_none_of_the_new_functions(db: Database) 
         "   AND p.proname IN ('add_participant', 'revoke_participant', 'issue_api_token', "
         "       'revoke_api_token', 'api_token_salt', 'authenticate_api_token', "
         "       'participant_payment', 'participant_payment_attempts', 'participant_payments')")
-    # Five principals (control, ingest, executor, reader, api) times nine functions.
-    assert rows == [{"pairs": 45, "allowed": 0}]
+    # Six principals (control, ingest, executor, reader, api, delivery) times nine functions.
+    assert rows == [{"pairs": 54, "allowed": 0}]

@@ -395,6 +395,75 @@ async def test_i10_review_outcome_without_its_decision(
     assert_names(report, "I10", h.review_failed, "FAILED_AFTER_AMBIGUOUS_ATTEMPT")
 
 
+# -- events (E1) ------------------------------------------------------------------------------------
+
+EVENTS_APPEND_ONLY = ("payment_events", "payment_events_append_only")
+
+
+async def test_e1_an_event_removed(planted: tuple[Database, History]) -> None:
+    db, h = planted
+    await plant(h.admin, [EVENTS_APPEND_ONLY],
+                "DELETE FROM symphony.payment_events WHERE event_type = 'payment.dispatched' "
+                "   AND outbox_id = " + _u(h.dispatched))
+    report = await verify(db)
+    assert_names(report, "E1", h.dispatched, "EVENT_MISSING", subject="payment.dispatched")
+    # The participant's numbering has a hole where it was (unless it was the last one).
+    assert report.check("events").violations >= 1
+
+
+async def test_e1_an_event_without_its_cause(planted: tuple[Database, History]) -> None:
+    db, h = planted
+    await plant(h.admin, [],
+                "INSERT INTO symphony.payment_events "
+                "  (participant_id, event_seq, event_type, outbox_id, payload) "
+                "SELECT participant_id, (SELECT max(event_seq) + 1 FROM symphony.payment_events"
+                "                         WHERE participant_id = r.participant_id), "
+                "       'payment.failed', outbox_id, '{}' "
+                "  FROM symphony.payment_instruction_registry r WHERE outbox_id = "
+                + _u(h.dispatched))
+    assert_names(await verify(db), "E1", h.dispatched, "EVENT_WITHOUT_CAUSE",
+                 subject="payment.failed")
+
+
+async def test_e1_a_duplicated_event(planted: tuple[Database, History]) -> None:
+    db, h = planted
+    await plant(h.admin, [],
+                "INSERT INTO symphony.payment_events "
+                "  (participant_id, event_seq, event_type, outbox_id, payload) "
+                "SELECT participant_id, (SELECT max(event_seq) + 1 FROM symphony.payment_events"
+                "                         WHERE participant_id = e.participant_id), "
+                "       event_type, outbox_id, payload "
+                "  FROM symphony.payment_events e WHERE event_type = 'payment.created' "
+                "   AND outbox_id = " + _u(h.fresh))
+    assert_names(await verify(db), "E1", h.fresh, "DUPLICATE_EVENT", subject="payment.created")
+
+
+async def test_e1_a_gap_in_event_numbers(planted: tuple[Database, History]) -> None:
+    db, h = planted
+    await plant(h.admin, [EVENTS_APPEND_ONLY],
+                "UPDATE symphony.payment_events SET event_seq = event_seq + 10 "
+                " WHERE event_type = 'payment.created' AND outbox_id = " + _u(h.fresh))
+    assert_names(await verify(db), "E1", h.fresh, "EVENT_SEQUENCE_GAP")
+
+
+async def test_e1_a_disabled_event_trigger_misses_the_next_outcome(
+    planted: tuple[Database, History],
+) -> None:
+    db, h = planted
+    await test_only.query_no_role(
+        h.admin, "ALTER TABLE symphony.payment_outbox_attempts "
+                 "DISABLE TRIGGER payment_outbox_attempts_emit_events")
+    store = OutboxStore(db)
+    await make_due(h.admin, h.retrying)
+    [item] = [c for c in await store.claim("audit-w9", 10, 60) if c.outbox_id == h.retrying]
+    await store.complete(Completion(item.outbox_id, item.lease_token, Outcome.DISPATCHED,
+                                    rail_transaction_id="rtx-quiet"))
+    report = await verify(db)
+    assert_names(report, "E1", h.retrying, "EVENT_MISSING", subject="payment.dispatched")
+    assert_names(report, "I3", None, "TRIGGER_NOT_ENABLED_ALWAYS",
+                 subject="payment_outbox_attempts_emit_events")
+
+
 # -- tampering -------------------------------------------------------------------------------------
 
 
@@ -548,3 +617,64 @@ async def test_the_command_names_the_invariant_and_the_item(
     assert f"{h.failed} attempt 2: CHAIN_BROKEN" in out
     assert "PASS I5  legal_transitions" in out
     assert out.strip().endswith("AUDIT FAILED: T2")
+
+
+# -- the routine audit: from the latest checkpoint -----------------------------------------------
+
+
+async def test_audit_since_the_checkpoint_passes_and_reads_only_the_live_items(
+    planted: tuple[Database, History],
+) -> None:
+    db, _ = planted
+    full = await verify(db)
+    report = await verify(db, since_checkpoint=True)
+    assert report.ok, [c.as_dict() for c in report.failed()]
+    assert (report.mode, report.checkpoint_id) == ("since-checkpoint", 1)
+    # Nothing was written after the checkpoint: the scope is the live (pending) items.
+    assert report.counts["items"] == report.counts["pending"] == full.counts["pending"]
+    assert report.counts["ledger_rows"] < full.counts["ledger_rows"]
+    assert report.check("latest_checkpoint").skipped
+
+
+async def test_audit_since_the_checkpoint_finds_a_row_changed_after_it(
+    planted: tuple[Database, History],
+) -> None:
+    db, h = planted
+    store = OutboxStore(db)
+    new = (await store.enqueue(instruction())).outbox_id
+    await make_due(h.admin, new)
+    claimed = [c.outbox_id for c in await store.claim("audit-w4", 20, 60)]
+    assert new in claimed
+    await plant(h.admin, [LEDGER_APPEND_ONLY],
+                "UPDATE symphony.payment_outbox_attempts SET worker_id = 'someone-else' "
+                " WHERE attempt_no = 1 AND outbox_id = " + _u(new))
+    report = await verify(db, since_checkpoint=True)
+    assert report.mode == "since-checkpoint"
+    assert_names(report, "T2", new, "CHAIN_BROKEN", attempt_no=1)
+
+
+async def test_audit_since_the_checkpoint_leaves_untouched_history_to_the_full_audit(
+    planted: tuple[Database, History],
+) -> None:
+    """A row below the checkpoint of an item that has not moved since is the full audit's:
+    the routine audit does not read it (what makes its cost independent of the ledger's
+    size); `audit verify` without a flag does."""
+    db, h = planted
+    await plant(h.admin, [LEDGER_APPEND_ONLY],
+                "UPDATE symphony.payment_outbox_attempts SET error_detail = 'nothing to see' "
+                " WHERE attempt_no = 2 AND outbox_id = " + _u(h.failed))
+    assert (await verify(db, since_checkpoint=True)).ok
+    assert_names(await verify(db), "T2", h.failed, "CHAIN_BROKEN", attempt_no=2)
+
+
+async def test_audit_since_the_checkpoint_without_one_is_full(
+    make_database: DatabaseFactory,
+) -> None:
+    db = await Database.open(make_database())
+    try:
+        await OutboxStore(db).enqueue(instruction())
+        report = await verify(db, since_checkpoint=True)
+        assert report.ok and (report.mode, report.checkpoint_id) == ("full", None)
+        assert not report.check("latest_checkpoint").skipped
+    finally:
+        await db.close()

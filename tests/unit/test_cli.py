@@ -172,6 +172,12 @@ def test_invalid_amount_is_a_usage_error_with_its_code(
     [
         (["--payload", "{not json"], "INVALID_PAYLOAD_JSON"),
         (["--payload", "[1, 2]"], "INVALID_PAYLOAD_JSON"),
+        # A member named twice: a reader taking the first amount would see another payment.
+        (["--payload", '{"amount": "1.00", "currency": "GBP", "destination": "GB1",'
+                       ' "amount": "9999.00"}'], "INVALID_PAYLOAD_JSON"),
+        (["--payload", '{"amount": "1.00", "currency": "GBP", "destination": "GB1",'
+                       ' "metadata": {"n": "a", "n": "b"}}'], "INVALID_PAYLOAD_JSON"),
+        (["--payload", '{"amount": NaN}'], "INVALID_PAYLOAD_JSON"),
         (["--amount", "1", "--payload", "{}"], "CONFLICTING_ARGUMENTS"),
         (["--amount", "1"], "MISSING_ARGUMENT"),
     ],
@@ -226,7 +232,7 @@ def test_worker_once_dispatches_and_the_audit_passes(
     assert code == 0
     assert audit["ok"] is True and audit["failed_invariants"] == []
     assert {c["invariant"] for c in audit["checks"]} == {
-        *(f"I{n}" for n in range(1, 11)), "T1", "T2", "T3"}
+        *(f"I{n}" for n in range(1, 11)), "E1", "T1", "T2", "T3"}
     assert all(c["violations"] == 0 and c["items"] == [] for c in audit["checks"])
     assert {k: audit["counts"][k] for k in ("items", "ledger_rows", "pending")} == {
         "items": 2, "ledger_rows": 4, "pending": 0}
@@ -248,6 +254,12 @@ def test_worker_once_dispatches_and_the_audit_passes(
     code, audit = run_json(capsys, "audit", "verify", "--since", "2000-01-01T00:00:00+00:00",
                            "--limit", "5")
     assert code == 0 and audit["ok"] is True and audit["limit"] == 5
+    code, audit = run_json(capsys, "audit", "verify", "--since-checkpoint")
+    assert code == 0 and audit["ok"] is True
+    assert (audit["mode"], audit["checkpoint_id"]) == ("since-checkpoint", 1)
+    assert main(["audit", "verify", "--since-checkpoint", "--since",
+                 "2000-01-01T00:00:00+00:00"]) == 2  # one scope or the other
+    capsys.readouterr()
     assert main(["audit", "verify", "--since", "2000-01-01T00:00:00"]) == 2  # no time zone
     capsys.readouterr()
     assert main(["audit", "verify", "--limit", "10001"]) == 2
@@ -475,3 +487,53 @@ def test_tokens_issue_scope_is_for_operator_tokens_only(
     code, body = run_json(capsys, "tokens", "issue", "--kind", "participant", "--participant",
                           "participant-cli", "--scope", "operator")
     assert code == 2 and body["error"]["code"] == "INVALID_TOKEN_REQUEST"
+
+
+def test_status_shows_the_fleet_and_an_uncovered_bucket(
+    own_db: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from symphony.db import test_only
+
+    dsn = own_db.database_url.get_secret_value()  # type: ignore[union-attr]
+    asyncio.run(test_only.query_no_role(
+        dsn, "INSERT INTO symphony_ops.worker_heartbeats (worker_id, bucket_from, bucket_to, "
+             "version, started_at, in_flight, stale_after_seconds, heartbeat_at) VALUES "
+             "('cli-a', 0, 127, '1', now(), 2, 15, now()), "
+             "('cli-b', 128, 255, '1', now(), 0, 15, now() - interval '1 minute')"))
+    code, status = run_json(capsys, "status")
+    assert code == 0
+    fleet = status["fleet"]
+    assert (fleet["live_workers"], fleet["stale_workers"], fleet["alert"]) == (1, 1, True)
+    assert fleet["uncovered_buckets"] == [{"bucket_from": 128, "bucket_to": 255}]
+    assert main(["status"]) == 0
+    text = capsys.readouterr().out
+    assert "ALERT uncovered  buckets 128-255" in text and "STALE  cli-b" in text
+
+
+def test_history_shows_the_ledger_and_who_resolved(
+    own_db: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.support.ops import put_under_review
+
+    from symphony.outbox import OutboxStore
+
+    dsn = own_db.database_url.get_secret_value()  # type: ignore[union-attr]
+
+    async def under_review() -> Any:
+        async with await Database.open(own_db) as db:
+            return await put_under_review(OutboxStore(db), dsn)
+
+    outbox_id = str(asyncio.run(under_review()))
+    assert main(["review", "resolve", outbox_id, "--outcome", "failed", "--by", "carol",
+                 "--reason", "rail says never received"]) == 0
+    capsys.readouterr()
+    code, history = run_json(capsys, "history", outbox_id)
+    assert code == 0
+    assert [r["state"] for r in history["ledger"]] == ["DISPATCHING", "FAILED"]
+    [action] = history["actions"]
+    assert (action["action"], action["actor_label"], action["reason"]) == (
+        "RESOLVE_REVIEW", "carol", "rail says never received")
+    assert main(["history", outbox_id]) == 0
+    assert "RESOLVE_REVIEW  by carol" in capsys.readouterr().out
+    code, body = run_json(capsys, "history", "00000000-0000-4000-8000-000000000000")
+    assert code == 1 and body["error"]["code"] == "UNKNOWN_OUTBOX_ID"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+import psycopg
 import pytest
 from tests.support.outbox import instruction, payload, register_participant
 
@@ -177,6 +179,21 @@ async def test_enqueue_wakes_listeners(db: Database) -> None:
     async with db.listen(Role.EXECUTOR, "symphony_outbox_pending") as listener:
         await OutboxStore(db).enqueue(instruction())
         assert await listener.wait(timeout=5.0)
+
+
+async def test_enqueue_rides_on_a_wake_up_in_flight(db: Database, admin_dsn: str) -> None:
+    """While another transaction holds the wake-up lock (it notifies at its commit), an enqueue
+    neither notifies nor waits for it; once that transaction ended, the next one notifies."""
+    store = OutboxStore(db)
+    async with await psycopg.AsyncConnection.connect(admin_dsn) as other:
+        await other.execute("SELECT pg_advisory_xact_lock(7302, 1)")
+        async with db.listen(Role.EXECUTOR, "symphony_outbox_pending") as listener:
+            result = await asyncio.wait_for(store.enqueue(instruction()), timeout=10)
+            assert result.created
+            assert not await listener.wait(timeout=0.3)
+            await other.rollback()
+            await store.enqueue(instruction())
+            assert await listener.wait(timeout=5.0)
 
 
 async def test_replay_does_not_notify(db: Database) -> None:

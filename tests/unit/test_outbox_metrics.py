@@ -130,3 +130,29 @@ async def test_a_worker_registry_is_exported_once_beside_the_outbox(
 def test_metrics_config_refuses_nonsense(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         MetricsConfig(**kwargs)
+
+
+async def test_the_scrape_reports_the_fleet_and_its_uncovered_buckets(
+    isolated_db: Database, isolated_admin_dsn: str
+) -> None:
+    from tests.support.ops import database_now
+
+    from symphony.db import test_only
+    from symphony.outbox.model import BucketRange
+    from symphony.outbox.operators import Heartbeat, OperatorStore
+
+    await test_only.query_no_role(isolated_admin_dsn,
+                                  "DELETE FROM symphony_ops.worker_heartbeats")
+    now = await database_now(isolated_admin_dsn)
+    ops = OperatorStore(isolated_db)
+    await ops.heartbeat(Heartbeat("m-live", BucketRange(0, 199), "1", now, now, 0))
+    await ops.heartbeat(Heartbeat("m-stale", BucketRange(200, 255), "1", now, now, 0))
+    await test_only.query_no_role(
+        isolated_admin_dsn,
+        "UPDATE symphony_ops.worker_heartbeats SET heartbeat_at = now() - interval '1 hour' "
+        " WHERE worker_id = 'm-stale'")
+    values = samples((await MetricsExporter(OutboxCollector(OutboxStore(isolated_db)))
+                      .render()).decode())
+    assert values[("symphony_fleet_workers", (("state", "live"),))] == 1.0
+    assert values[("symphony_fleet_workers", (("state", "stale"),))] == 1.0
+    assert values[("symphony_fleet_uncovered_buckets", ())] == 56.0

@@ -102,13 +102,17 @@ def test_routing_with_every_principal_is_unchanged() -> None:
         Role.AUDITOR: Principal.READER,
         # 0013: the operator actions, only through the API's login.
         Role.OPERATOR: Principal.API,
+        Role.WEBHOOKS: Principal.API,
+        Role.DELIVERY: Principal.DELIVERY,
     }
 
 
 def test_routing_through_the_api_principal_alone() -> None:
     assert route_roles([Principal.API]) == {
         Role.INGEST: Principal.API, Role.READONLY: Principal.API, Role.OPERATOR: Principal.API,
+        Role.WEBHOOKS: Principal.API,
     }
+    assert route_roles([Principal.DELIVERY]) == {Role.DELIVERY: Principal.DELIVERY}
     assert route_roles([Principal.EXECUTOR]) == {Role.EXECUTOR: Principal.EXECUTOR}
 
 
@@ -191,7 +195,7 @@ async def test_api_dsn_enqueues_and_reads_but_cannot_claim_or_become_more(
 
     async with await Database.open_for_service(Service.API) as db:
         assert db.principals == {Principal.API}
-        assert db.roles == {Role.INGEST, Role.READONLY, Role.OPERATOR}
+        assert db.roles == {Role.INGEST, Role.READONLY, Role.OPERATOR, Role.WEBHOOKS}
         store = OutboxStore(db)
         enqueued = await store.enqueue(instruction())
         assert enqueued.created
@@ -213,7 +217,8 @@ async def test_api_dsn_enqueues_and_reads_but_cannot_claim_or_become_more(
             with pytest.raises(PermissionDeniedError) as denied:
                 await test_only.execute_as_role(db, role, CLAIM_SQL)
             assert denied.value.sqlstate == "42501"
-        for name in ("symphony_executor", "symphony_control", "symphony_auditor"):
+        for name in ("symphony_executor", "symphony_control", "symphony_auditor",
+                     "symphony_delivery"):
             with pytest.raises(PermissionDeniedError) as switch:
                 await test_only.switch_role_as_principal(db, Principal.API, name)
             assert switch.value.sqlstate == "42501"
@@ -377,9 +382,10 @@ def unique_db_name() -> str:
 
 @pytest.mark.parametrize(
     ("service", "principal", "roles"),
-    [(Service.API, Principal.API, {Role.INGEST, Role.READONLY, Role.OPERATOR}),
+    [(Service.API, Principal.API, {Role.INGEST, Role.READONLY, Role.OPERATOR, Role.WEBHOOKS}),
      (Service.WORKER, Principal.EXECUTOR, {Role.EXECUTOR}),
-     (Service.REPAIR, Principal.EXECUTOR, {Role.EXECUTOR})],
+     (Service.REPAIR, Principal.EXECUTOR, {Role.EXECUTOR}),
+     (Service.DELIVERY, Principal.DELIVERY, {Role.DELIVERY})],
 )
 async def test_fallback_uses_the_credentials_file_but_holds_only_the_service_principal(
     monkeypatch: pytest.MonkeyPatch, isolated_settings: DatabaseSettings,

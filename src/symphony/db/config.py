@@ -27,6 +27,7 @@ DSN_VARIABLE: dict[Principal, str] = {
     Principal.CONTROL: "SYMPHONY_CONTROL_DATABASE_URL",
     Principal.INGEST: "SYMPHONY_INGEST_DATABASE_URL",
     Principal.READER: "SYMPHONY_READER_DATABASE_URL",
+    Principal.DELIVERY: "SYMPHONY_DELIVERY_DATABASE_URL",
 }
 """The environment variable holding each principal's own DSN."""
 
@@ -36,6 +37,7 @@ _DSN_FIELD: dict[Principal, str] = {
     Principal.CONTROL: "control_database_url",
     Principal.INGEST: "ingest_database_url",
     Principal.READER: "reader_database_url",
+    Principal.DELIVERY: "delivery_database_url",
 }
 
 
@@ -78,6 +80,12 @@ class DatabaseSettings(BaseSettings):
         validation_alias="SYMPHONY_READER_DATABASE_URL",
         description="DSN of symphony_reader_svc for `symphony status` and "
         "`symphony audit verify`. Unset: the admin/embedded mode.",
+    )
+    delivery_database_url: SecretStr | None = Field(
+        default=None,
+        validation_alias="SYMPHONY_DELIVERY_DATABASE_URL",
+        description="DSN of symphony_delivery_svc for `symphony delivery` (webhook "
+        "deliveries). Unset: the admin/embedded mode.",
     )
     home: Path = Field(
         default=Path(".symphony"),

@@ -1,15 +1,25 @@
 """The database API every other package uses: queries and transactions as a role, LISTEN.
 
-How a transaction runs, in three round trips for a one-statement transaction:
+A one-statement transaction (`Database.fetch_all`, `fetch_one`, `execute`: every hot path)
+takes two round trips, in psycopg's pipeline mode:
+
+    BEGIN / SET LOCAL ROLE <role> / SELECT current_user / <the statement>   -- one flush
+    COMMIT                                          -- only once current_user was checked
+
+A transaction block (`Database.transaction`) checks the role before the caller's first
+statement runs:
 
     BEGIN; SET LOCAL ROLE <role>; SELECT current_user     -- one simple-protocol message
     <the caller's statements>                               -- one round trip each
     COMMIT
 
-The role lives only as long as the transaction (`SET LOCAL`), `current_user` is checked before
-the caller's first statement runs, and transactions do not nest. When a connection goes back
-to its pool a reset callback runs `RESET ROLE` and checks that the connection is roleless
-again (one more message); a connection that fails that check is discarded, never reused.
+Either way the role lives only as long as the transaction (`SET LOCAL`), nothing commits
+before `current_user` was seen to be the role, and transactions do not nest. When a connection
+goes back to its pool, a reset callback runs `RESET ROLE` and checks that the connection is
+roleless (one more message; a connection that fails is discarded, never reused) — unless this
+module itself just ended the connection's transaction with the server's acknowledgement and
+the connection is idle: a `SET LOCAL` role ends with its transaction, and only this module's
+named queries ran in it (a caller that took the raw connection gets the check).
 
 Each runtime role is reached through a login principal's pool, so a service never holds a
 connection that could become another service's role. A Database knows which principals it
@@ -81,6 +91,14 @@ _ROLLBACK: LiteralString = "ROLLBACK"
 # raises as a bare UnicodeEncodeError before anything reaches the server.
 _DRIVER_ERRORS: tuple[type[Exception], ...] = (psycopg.Error, UnicodeError)
 
+# Connections whose last transaction this module ended itself (COMMIT or ROLLBACK answered,
+# status idle) with only SET LOCAL ROLE and named queries in it: the role is gone with the
+# transaction, so the pool's reset check would find nothing (tests/test_round_trips.py).
+_ENDED_CLEAN: weakref.WeakSet[psycopg.AsyncConnection[Any]] = weakref.WeakSet()
+# How many times the reset callback ran its RESET ROLE check (read by the tests).
+_RESET_CHECKS = [0]
+_BEGIN_PLAIN: LiteralString = "BEGIN"
+
 # The role of the transaction open in this task, if any: transactions do not nest.
 _ACTIVE_ROLE: contextvars.ContextVar[Role | None] = contextvars.ContextVar(
     "symphony_active_role", default=None
@@ -118,6 +136,10 @@ _BEGIN: dict[bool, sql.SQL] = {
 }
 
 
+def _set_local_role(role: Role) -> sql.Composed:
+    return sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role.value))
+
+
 def _begin_as(role: Role, *, snapshot: bool = False) -> sql.Composed:
     """BEGIN, switch to `role` for this transaction only, and report current_user — sent as
     one message, so the role switch costs no round trip of its own."""
@@ -136,6 +158,7 @@ class Transaction:
         self.role = role
         self.context = context
         self._closed = False
+        self._raw = False
 
     def _statement(self, query: str) -> LiteralString:
         if self._closed:
@@ -174,7 +197,9 @@ class Transaction:
 
     @property
     def connection(self) -> psycopg.AsyncConnection[DictRow]:
-        """The underlying connection, for `symphony.db` itself and its test-only helpers."""
+        """The underlying connection, for `symphony.db` itself and its test-only helpers.
+        Whatever runs on it is unknown here, so the pool's reset check runs afterwards."""
+        self._raw = True
         return self._conn
 
 
@@ -208,7 +233,8 @@ class _Connect:
 
 # Which role reads the migration record, among those a Database can become: one that writes
 # nothing first.
-_STATUS_ROLES = (Role.READONLY, Role.AUDITOR, Role.EXECUTOR, Role.INGEST, Role.CONTROL)
+_STATUS_ROLES = (Role.READONLY, Role.AUDITOR, Role.EXECUTOR, Role.INGEST, Role.CONTROL,
+                 Role.DELIVERY, Role.WEBHOOKS)
 # Roles a login is checked against on connect: it may become only its own.
 _GUARDED_ROLES = [*(r.value for r in Role), OWNER_ROLE]
 
@@ -437,12 +463,15 @@ class Database:
             pool = await self._pool(self.principal_for(role))
             async with pool.connection() as conn:
                 used = conn
+                _ENDED_CLEAN.discard(conn)
                 await _begin(conn, role, context, snapshot=snapshot)
                 tx = Transaction(conn, role, context)
                 try:
                     yield tx
                 except BaseException as exc:
                     await _rollback(conn)
+                    if not tx._raw:
+                        _mark_if_ended(conn)
                     if getattr(exc, "sqlstate", None) in _DISCARD_SQLSTATES:
                         # The session keeps what it started with (a read-only default):
                         # closed, the pool replaces it, and the next transaction sees the
@@ -456,43 +485,36 @@ class Database:
                     # COMMIT with a silent rollback, and results already handed out (an
                     # outbox_id, "created") would describe rows that do not exist.
                     await _rollback(conn)
+                    if not tx._raw:
+                        _mark_if_ended(conn)
                     raise SymphonyError(
                         "the transaction was aborted by an earlier error and was rolled back; "
                         "nothing in it was saved",
                         code="TRANSACTION_ABORTED",
                         context=context,
                     )
-                watch = _COMMIT_WATCHES.get(conn)
-                if watch is not None:
-                    watch.canceled = False
-                await conn.execute(_COMMIT)
-                if watch is not None and watch.canceled:
-                    log.error("a commit's wait for the synchronous standby was canceled: "
-                              "committed on the primary only, refused to the caller",
-                              extra={"context": context})
-                    raise DatabaseUnavailableError(
-                        "the transaction committed on the primary, but the synchronous "
-                        "standby never confirmed it (the wait was canceled): it may not "
-                        "survive the loss of the primary, so it is not acknowledged; retry "
-                        "(an idempotent retry is answered once the standby has it)",
-                        code="COMMIT_NOT_REPLICATED", context=context,
-                    )
+                await _commit(conn, context, mark=not tx._raw)
         except SymphonyError:
-            if used is not None and used.broken and pool is not None:
-                await self._check_pool(pool)
+            await self._after_failure(pool, used)
             raise
         except (psycopg.Error, UnicodeError, psycopg_pool.PoolTimeout, OSError) as exc:
-            if used is not None and used.broken and pool is not None:
-                await self._check_pool(pool)
+            await self._after_failure(pool, used)
             raise translate(exc, context) from exc
         finally:
             _ACTIVE_ROLE.reset(token)
 
+    async def _after_failure(self, pool: psycopg_pool.AsyncConnectionPool[Any] | None,
+                             used: psycopg.AsyncConnection[Any] | None) -> None:
+        """A transaction failed: if its connection broke (its server died, restarted or failed
+        over), test the pool's idle connections now (`_check_pool`)."""
+        if pool is not None and used is not None and used.broken:
+            await self._check_pool(pool)
+
     async def _check_pool(self, pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
-        """A pooled connection broke (its server died, restarted, or failed over): test the
-        pool's idle ones now, in the background, so that each dead one is replaced at once
-        instead of failing one request of its own. New connections follow the DSN, so with
-        `target_session_attrs=read-write` they reach whichever host is the primary now."""
+        """Test the pool's idle connections in the background, so that each dead one is
+        replaced at once instead of failing one request of its own. New connections follow
+        the DSN, so with `target_session_attrs=read-write` they reach whichever host is the
+        primary now."""
         if pool.name in self._checking:
             return
         self._checking.add(pool.name)
@@ -514,21 +536,84 @@ class Database:
     async def fetch_all(
         self, role: Role, query: str, params: Params = None, *, label: str | None = None
     ) -> list[Row]:
-        """Run one named query in its own transaction as `role`."""
-        async with self.transaction(role, label=label or query) as tx:
-            return await tx.fetch_all(query, params)
+        """Run one named query in its own transaction as `role` (two round trips)."""
+        rows, _ = await self._single(role, query, params, label)
+        return rows
 
     async def fetch_one(
         self, role: Role, query: str, params: Params = None, *, label: str | None = None
     ) -> Row | None:
-        async with self.transaction(role, label=label or query) as tx:
-            return await tx.fetch_one(query, params)
+        rows, _ = await self._single(role, query, params, label)
+        return rows[0] if rows else None
 
     async def execute(
         self, role: Role, query: str, params: Params = None, *, label: str | None = None
     ) -> int:
-        async with self.transaction(role, label=label or query) as tx:
-            return await tx.execute(query, params)
+        _, count = await self._single(role, query, params, label)
+        return count
+
+    async def _single(
+        self, role: Role, query: str, params: Params, label: str | None
+    ) -> tuple[list[Row], int]:
+        """One named query in a transaction of its own, pipelined: BEGIN, the role switch,
+        its check and the statement go in one flush; COMMIT goes only after the check's answer
+        named the role (otherwise everything is rolled back). Its rows (read before the
+        connection goes back to the pool) and the number of rows it touched."""
+        role = check_role(role)
+        context = label or query
+        if _ACTIVE_ROLE.get() is not None:
+            raise RoleError(
+                "a transaction is already open in this task; transactions do not nest",
+                code="NESTED_TRANSACTION",
+                context=context,
+            )
+        statement = get_query(query).sql
+        token = _ACTIVE_ROLE.set(role)
+        pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
+        used: psycopg.AsyncConnection[Any] | None = None
+        try:
+            pool = await self._pool(self.principal_for(role))
+            async with pool.connection() as conn:
+                used = conn
+                _ENDED_CLEAN.discard(conn)
+                check: psycopg.AsyncCursor[DictRow] | None = None
+                try:
+                    async with conn.pipeline() as pipeline:
+                        await conn.execute(_BEGIN_PLAIN)
+                        await conn.execute(_set_local_role(role))
+                        check = await conn.execute(_CURRENT_USER)
+                        cur: psycopg.AsyncCursor[DictRow] = await conn.execute(
+                            statement, params)
+                        await pipeline.sync()
+                except _DRIVER_ERRORS as exc:
+                    await _rollback(conn)
+                    if getattr(exc, "sqlstate", None) in _DISCARD_SQLSTATES:
+                        await conn.close()
+                    else:
+                        _mark_if_ended(conn)
+                    if check is None or check.pgresult is None:
+                        raise translate(exc, context) from exc  # the role switch failed
+                    raise translate(exc, f"{context}:{query}") from exc
+                row = await check.fetchone()
+                if row is None or row["role"] != role.value:
+                    await _rollback(conn)
+                    _mark_if_ended(conn)
+                    raise RoleError(
+                        "the transaction is not running as the role it asked for",
+                        code="ROLE_MISMATCH",
+                        context=context,
+                    )
+                rows = list(await cur.fetchall()) if cur.description is not None else []
+                await _commit(conn, context, mark=True)
+                return rows, cur.rowcount
+        except SymphonyError:
+            await self._after_failure(pool, used)
+            raise
+        except (psycopg.Error, UnicodeError, psycopg_pool.PoolTimeout, OSError) as exc:
+            await self._after_failure(pool, used)
+            raise translate(exc, context) from exc
+        finally:
+            _ACTIVE_ROLE.reset(token)
 
     @asynccontextmanager
     async def listen(self, role: Role, channel: str) -> AsyncIterator[Listener]:
@@ -716,11 +801,48 @@ async def _watch_commits(conn: psycopg.AsyncConnection[Any]) -> None:
     _COMMIT_WATCHES[conn] = watch
 
 
+async def _commit(conn: psycopg.AsyncConnection[Any], context: str, *, mark: bool) -> None:
+    """COMMIT; refused to the caller (COMMIT_NOT_REPLICATED) if the server says its wait for
+    the synchronous standby was canceled: committed on the primary alone, it could be lost
+    with the primary, so it must not be acknowledged (docs/deployment.md)."""
+    watch = _COMMIT_WATCHES.get(conn)
+    if watch is not None:
+        watch.canceled = False
+    await conn.execute(_COMMIT)
+    if mark:
+        _mark_if_ended(conn)
+    if watch is not None and watch.canceled:
+        log.error("a commit's wait for the synchronous standby was canceled: committed on the "
+                  "primary only, refused to the caller", extra={"context": context})
+        raise DatabaseUnavailableError(
+            "the transaction committed on the primary, but the synchronous standby never "
+            "confirmed it (the wait was canceled): it may not survive the loss of the "
+            "primary, so it is not acknowledged; retry (an idempotent retry is answered once "
+            "the standby has it)",
+            code="COMMIT_NOT_REPLICATED", context=context,
+        )
+
+
+def _mark_if_ended(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Remember that this module ended the connection's transaction (the server answered the
+    COMMIT or ROLLBACK and the connection is idle): its SET LOCAL role is gone."""
+    if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
+        _ENDED_CLEAN.add(conn)
+
+
 async def _reset_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     """Second line of defence: the connection returns to the pool roleless, or not at all.
 
-    Raising here makes the pool discard the connection.
+    Skipped (no round trip) for a connection whose transaction this module just ended itself
+    and that is idle: a SET LOCAL role does not outlive its transaction. Every other return
+    (a raw connection handed out, a cancellation mid-statement, a pool-level rollback, a
+    probe) is checked. Raising here makes the pool discard the connection.
     """
+    if conn in _ENDED_CLEAN:
+        _ENDED_CLEAN.discard(conn)
+        if conn.info.transaction_status == TransactionStatus.IDLE:
+            return
+    _RESET_CHECKS[0] += 1
     cur = await conn.execute(_RESET_AND_CHECK)
     cur.nextset()
     row = await cur.fetchone()

@@ -256,6 +256,28 @@ _BY_SQLSTATE: dict[str, _Mapping] = {
     "SY064": _Mapping(InvalidRequestError, "INVALID_HEARTBEAT",
                       "a heartbeat needs a version, a start time, an in-flight count >= 0 and "
                       "a staleness of 1-3600 s"),
+    # Webhooks (SY070-SY077).
+    "SY070": _Mapping(InvalidRequestError, "INVALID_WEBHOOK_URL",
+                      "url must be an http(s) URL of at most 2048 printable characters"),
+    "SY071": _Mapping(InvalidRequestError, "INVALID_EVENT_TYPES",
+                      "event_types must be 1-5 distinct known event types"),
+    "SY072": _Mapping(ConflictError, "TOO_MANY_WEBHOOK_ENDPOINTS",
+                      "a participant may have at most 16 webhook endpoints"),
+    "SY073": _Mapping(NotFoundError, "UNKNOWN_WEBHOOK_ENDPOINT",
+                      "no webhook endpoint with this id"),
+    "SY074": _Mapping(InvalidRequestError, "INVALID_WEBHOOK_REQUEST",
+                      "the webhook request is malformed"),
+    "SY075": _Mapping(ConflictError, "WEBHOOK_ENDPOINT_DELETED",
+                      "the webhook endpoint was deleted"),
+    "SY076": _Mapping(NotFoundError, "UNKNOWN_WEBHOOK_DELIVERY",
+                      "no webhook delivery with this id"),
+    "SY077": _Mapping(LeaseFencedError, "DELIVERY_LEASE_NOT_HELD",
+                      "the lease on this webhook delivery is no longer held by the caller"),
+    "SY080": _Mapping(InvalidRequestError, "INVALID_EVENT_CURSOR",
+                      "after must be an event sequence number, 0 or more"),
+    "SY081": _Mapping(InvalidRequestError, "INVALID_EVENT_TYPE",
+                      "type must be payment.created, payment.dispatched, payment.failed, "
+                      "payment.canceled or payment.under_review"),
     "SY100": _Mapping(IdempotencyConflictError, "IDEMPOTENCY_KEY_REUSED",
                       "the idempotency key was already used with a different request"),
     "SY200": _Mapping(LeaseFencedError, "LEASE_NOT_HELD",
@@ -333,6 +355,18 @@ _BY_CONSTRAINT: dict[str, _Mapping] = {
     "api_tokens_append_only": _Mapping(
         InvariantViolationError, "HISTORY_IS_APPEND_ONLY",
         "tokens are never removed, only revoked"),
+    "webhook_delivery_attempts_append_only": _Mapping(
+        InvariantViolationError, "HISTORY_IS_APPEND_ONLY",
+        "webhook delivery attempts are append-only: rows cannot be changed or removed"),
+    "rotate_webhook_endpoint_secret_overlap": _Mapping(
+        InvalidRequestError, "INVALID_OVERLAP",
+        "the overlap of a secret rotation is 0 to 604800 seconds (7 days)"),
+    "set_webhook_endpoint_enabled_reason": _Mapping(
+        InvalidRequestError, "INVALID_REASON",
+        "a reason of 1-500 characters without control characters is required"),
+    "create_webhook_endpoint_description": _Mapping(
+        InvalidRequestError, "INVALID_DESCRIPTION",
+        "description must be at most 200 characters without control characters"),
     "payment_instruction_registry_append_only": _Mapping(
         InvariantViolationError, "HISTORY_IS_APPEND_ONLY",
         "the idempotency registry is append-only: rows cannot be changed or removed"),

@@ -3,7 +3,8 @@
 A role is an enum, never a string from the outside: an unknown role is refused here, before
 any SQL is built. Each principal is a login that holds no privilege of its own and may
 `SET ROLE` only to the runtime roles listed for it (granted WITH INHERIT FALSE, SET TRUE).
-`ROLES_OF_PRINCIPAL` mirrors those grants (migrations 0001 and 0006); a `Database` routes
+`ROLES_OF_PRINCIPAL` mirrors those grants (migrations 0001, 0006 and the webhooks'); a
+`Database` routes
 each role only to a principal it holds whose grants include that role.
 """
 
@@ -16,8 +17,12 @@ from enum import StrEnum
 class Role(StrEnum):
     """The runtime roles. Values are the PostgreSQL role names (part of the contract).
 
-    OPERATOR (the operators migration) may only execute the operator actions, each of which verifies the acting
-    operator token itself; the API's login may become it."""
+    OPERATOR (the operators migration) may only execute the operator actions, each of which
+    verifies the acting operator token itself; the API's login may become it. WEBHOOKS
+    manages a participant's webhook endpoints and the operator's disable/enable/replay (the
+    API's); DELIVERY fans events out, claims and completes deliveries (the delivery
+    service's). None of them reads a table directly.
+    """
 
     CONTROL = "symphony_control"
     INGEST = "symphony_ingest"
@@ -25,6 +30,8 @@ class Role(StrEnum):
     READONLY = "symphony_readonly"
     AUDITOR = "symphony_auditor"
     OPERATOR = "symphony_operator"
+    WEBHOOKS = "symphony_webhooks"
+    DELIVERY = "symphony_delivery"
 
 
 class Principal(StrEnum):
@@ -35,6 +42,7 @@ class Principal(StrEnum):
     EXECUTOR = "symphony_executor_svc"
     READER = "symphony_reader_svc"
     API = "symphony_api_svc"
+    DELIVERY = "symphony_delivery_svc"
 
 
 ROLES_OF_PRINCIPAL: dict[Principal, frozenset[Role]] = {
@@ -42,13 +50,15 @@ ROLES_OF_PRINCIPAL: dict[Principal, frozenset[Role]] = {
     Principal.INGEST: frozenset({Role.INGEST}),
     Principal.EXECUTOR: frozenset({Role.EXECUTOR}),
     Principal.READER: frozenset({Role.READONLY, Role.AUDITOR}),
-    Principal.API: frozenset({Role.INGEST, Role.READONLY, Role.OPERATOR}),
+    Principal.API: frozenset({Role.INGEST, Role.READONLY, Role.OPERATOR, Role.WEBHOOKS}),
+    Principal.DELIVERY: frozenset({Role.DELIVERY}),
 }
 
 # Which principal serves a role when a Database holds several that could: the single-purpose
 # principal first (what `Database.open` has always used), the API's shared login after it.
 _PREFERENCE: tuple[Principal, ...] = (
     Principal.CONTROL, Principal.INGEST, Principal.EXECUTOR, Principal.READER, Principal.API,
+    Principal.DELIVERY,
 )
 
 
@@ -76,14 +86,16 @@ class Service(StrEnum):
     API = "api"
     WORKER = "worker"
     REPAIR = "repair"
+    DELIVERY = "delivery"
 
 
 SERVICE_PRINCIPAL: dict[Service, Principal] = {
     Service.API: Principal.API,
     Service.WORKER: Principal.EXECUTOR,
     Service.REPAIR: Principal.EXECUTOR,
+    Service.DELIVERY: Principal.DELIVERY,
 }
-"""The only principal each service logs in as (the API: ingest, readonly and operator; the
-rest: executor)."""
+"""The only principal each service logs in as (the API: ingest, readonly, operator and
+webhooks; the worker and the repair: executor; the webhook delivery service: delivery)."""
 
 OWNER_ROLE = "symphony_owner"

@@ -112,18 +112,20 @@ class ConnectionIdentity:
     current_user: str
     session_user: str
     backend_pid: int
+    idle_on_checkout: bool = True
 
 
 async def pooled_identity(db: Database, principal: Principal) -> ConnectionIdentity:
     """Borrow a connection from `principal`'s pool and report who it runs as, with no role."""
     pool = await db._pool(principal)
     async with pool.connection() as conn:
+        idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         cur = await conn.execute(
             "SELECT current_user AS cu, session_user AS su, pg_backend_pid() AS pid"
         )
         row = await cur.fetchone()
     assert row is not None
-    return ConnectionIdentity(str(row["cu"]), str(row["su"]), int(row["pid"]))
+    return ConnectionIdentity(str(row["cu"]), str(row["su"]), int(row["pid"]), idle)
 
 
 async def plant_session_role(db: Database, principal: Principal, role: Role) -> int:
@@ -183,3 +185,24 @@ async def drop_database(admin_dsn: str, name: str) -> None:
     async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
         await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             sql.Identifier(name)))
+
+
+async def settle_pool(db: Database, principal: Principal) -> None:
+    """Wait until every connection of `principal`'s pool is back in it: with a reset callback
+    the pool returns connections in a background task."""
+    import asyncio
+
+    pool = await db._pool(principal)
+    for _ in range(500):
+        stats = pool.get_stats()
+        if stats.get("pool_available", 0) >= stats.get("pool_size", 0) > 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the pool's connections did not come back")
+
+
+def reset_checks_run() -> int:
+    """How many times the pools' reset callback has run its RESET ROLE check so far."""
+    from symphony.db import database
+
+    return database._RESET_CHECKS[0]

@@ -65,6 +65,9 @@ CHECKS: tuple[CheckSpec, ...] = (
               "no FAILED after an attempt that may have executed; lookup flag kept"),
     CheckSpec("I10", "review_rules", "audit_review_rules", "items",
               "under review means needs_lookup; review outcomes have their decision"),
+    CheckSpec("E1", "events", "audit_events", "items",
+              "every change a participant is told of has exactly one event, every event "
+              "its cause; numbered without gaps"),
     CheckSpec("T1", "instruction_digests", "audit_instruction_digests", "items",
               "every registry row matches its instruction digest"),
     CheckSpec("T2", "ledger_chain", "audit_ledger_chain", "ledger_rows",
@@ -80,7 +83,7 @@ CHECKS: tuple[CheckSpec, ...] = (
 # Checks that make sense only over the whole ledger.
 _FULL_ONLY = frozenset({"latest_checkpoint"})
 # Catalog checks count what they look at themselves.
-_HISTORY_TABLES = 6
+_HISTORY_TABLES = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,10 @@ class AuditReport:
     limit: int
     elapsed_seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    # "full", "since" (a given time) or "since-checkpoint" (from the latest checkpoint, whose
+    # number is `checkpoint_id`).
+    mode: str = "full"
+    checkpoint_id: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -178,7 +185,8 @@ class AuditReport:
         return list(dict.fromkeys(c.invariant for c in self.failed()))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "counts": self.counts,
+        return {"ok": self.ok, "mode": self.mode, "checkpoint_id": self.checkpoint_id,
+                "counts": self.counts,
                 "snapshot_at": self.snapshot_at, "since": self.since, "limit": self.limit,
                 "elapsed_seconds": round(self.elapsed_seconds, 3),
                 "failed_invariants": self.failed_invariants,
@@ -268,16 +276,24 @@ class AuditStore:
         since: datetime | None = None,
         limit: int = DEFAULT_LIMIT,
         checks: Sequence[str] | None = None,
+        since_checkpoint: bool = False,
     ) -> AuditReport:
         """Run every check (or those named in `checks`) in one read-only snapshot.
 
         `since` restricts the item-level checks to items registered, or with a ledger row
         recorded, at or after it (the catalog and checkpoint-chain checks always run; the
-        latest checkpoint is recomputed only by a full audit). `limit` bounds the violations
-        listed per check (1-10000); each check still counts all of them.
+        latest checkpoint is recomputed only by a full audit). `since_checkpoint` is the
+        routine audit: from the latest checkpoint (in the same snapshot), the items with a
+        ledger row written after it or registered since, and every live item; its cost follows
+        what was written since the checkpoint, not the ledger's size. With no checkpoint yet it
+        is a full audit. `limit` bounds the violations listed per check (1-10000); each check
+        still counts all of them.
         """
         limit = _check_limit(limit)
         since = _check_since(since)
+        if since_checkpoint and since is not None:
+            raise InvalidRequestError("--since and --since-checkpoint exclude each other",
+                                      code="INVALID_AUDIT_SINCE", context="audit")
         wanted = None if checks is None else set(checks)
         if wanted is not None:
             unknown = wanted - {c.name for c in CHECKS}
@@ -285,12 +301,21 @@ class AuditStore:
                 raise InvalidRequestError(
                     f"unknown audit check(s): {', '.join(sorted(unknown))}",
                     code="INVALID_AUDIT_CHECK", context="audit")
-        params = {"since": since, "limit": limit}
+        params: dict[str, Any] = {"since": since, "limit": limit, "from_checkpoint": False}
+        mode = "full" if since is None else "since"
+        checkpoint_id: int | None = None
         started = time.perf_counter()
         timings: dict[str, float] = {}
         results: list[CheckResult] = []
         async with self.db.transaction(Role.AUDITOR, label="audit-verify", snapshot=True) as tx:
             await tx.fetch_one("audit_work_mem", {"work_mem": AUDIT_WORK_MEM})
+            if since_checkpoint:
+                scope = await tx.fetch_one("audit_checkpoint_scope")
+                if scope is not None:
+                    since = scope["since"]
+                    checkpoint_id = int(scope["checkpoint_id"])
+                    params.update(since=since, from_checkpoint=True)
+                    mode = "since-checkpoint"
             counts_row = await tx.fetch_one("audit_scope_counts", params) or {}
             counts = {k: int(v) for k, v in counts_row.items() if k != "snapshot_at"}
             counts["tables"] = _HISTORY_TABLES
@@ -312,7 +337,7 @@ class AuditStore:
         return AuditReport(
             checks=tuple(results), counts=counts, snapshot_at=counts_row.get("snapshot_at"),
             since=since, limit=limit, elapsed_seconds=time.perf_counter() - started,
-            timings=timings)
+            timings=timings, mode=mode, checkpoint_id=checkpoint_id)
 
     async def checkpoint(self) -> Checkpoint:
         """Take a ledger checkpoint (control role). Ledger inserts wait while it runs."""
@@ -330,7 +355,8 @@ class AuditStore:
 
 async def verify(
     db: Database, *, since: datetime | None = None, limit: int = DEFAULT_LIMIT,
-    checks: Sequence[str] | None = None,
+    checks: Sequence[str] | None = None, since_checkpoint: bool = False,
 ) -> AuditReport:
     """`AuditStore(db).verify(...)`: every check in one snapshot, as the auditor."""
-    return await AuditStore(db).verify(since=since, limit=limit, checks=checks)
+    return await AuditStore(db).verify(since=since, limit=limit, checks=checks,
+                                       since_checkpoint=since_checkpoint)

@@ -76,6 +76,7 @@ from typing import Any, Final
 
 import httpx
 
+from symphony import strict_json
 from symphony.rails.client import (
     DispatchOutcome,
     DispatchResult,
@@ -260,8 +261,10 @@ def _json_object(body: bytes | None) -> dict[str, Any] | None:
     if not body:
         return None
     try:
-        parsed = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+        # Strict: an answer that two readers could read differently (a member named twice,
+        # say) proves nothing, so it counts as no document at all.
+        parsed = strict_json.loads(body)
+    except ValueError:
         return None
     return parsed if isinstance(parsed, dict) else None
 

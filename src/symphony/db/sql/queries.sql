@@ -88,6 +88,7 @@ SELECT r.outbox_id, r.instruction_id, r.idempotency_key, r.participant_id,
        r.rail_type, r.payload, r.created_at,
        p.outbox_id IS NOT NULL AS pending,
        p.attempt_count, p.next_attempt_at, p.lease_expires_at, p.claimed_by,
+       p.review_reason, p.review_since,
        (SELECT t.state::text FROM symphony.payment_outbox_attempts t
          WHERE t.outbox_id = r.outbox_id AND t.state IN ('DISPATCHED', 'FAILED')) AS terminal_state
   FROM symphony.payment_instruction_registry r
@@ -277,8 +278,9 @@ SELECT m.minute, coalesce(c.dispatched, 0) AS dispatched, coalesce(c.failed, 0) 
 SELECT set_config('statement_timeout', %(timeout_ms)s::text, true) AS statement_timeout;
 
 -- name: outbox_metrics
--- Everything a metrics scrape reports, in one statement: the supervisor view and the ledger's
--- rows by state (roles: readonly, auditor, control). The ledger count grows with the history;
+-- Everything a metrics scrape reports, in one statement: the supervisor view, the ledger's
+-- rows by state and the worker fleet (live, stale, buckets no live worker covers) (roles:
+-- readonly, auditor, control). The ledger count grows with the history;
 -- the caller bounds it with set_local_statement_timeout.
 SELECT s.due, s.scheduled, s.dispatching, s.zombies, s.awaiting_lookup, s.under_review,
        s.pending_total,
@@ -286,7 +288,18 @@ SELECT s.due, s.scheduled, s.dispatching, s.zombies, s.awaiting_lookup, s.under_
        coalesce((SELECT jsonb_object_agg(x.state, x.n)
                    FROM (SELECT a.state::text AS state, count(*) AS n
                            FROM symphony.payment_outbox_attempts a
-                          GROUP BY a.state) x), '{}'::jsonb) AS ledger_rows_by_state
+                          GROUP BY a.state) x), '{}'::jsonb) AS ledger_rows_by_state,
+       (SELECT count(*) FROM symphony_ops.worker_heartbeats h
+         WHERE h.heartbeat_at + make_interval(secs => h.stale_after_seconds) >= now())
+           AS fleet_live_workers,
+       (SELECT count(*) FROM symphony_ops.worker_heartbeats h
+         WHERE h.heartbeat_at + make_interval(secs => h.stale_after_seconds) < now())
+           AS fleet_stale_workers,
+       (SELECT count(*) FROM generate_series(0, 255) AS b(bucket)
+         WHERE NOT EXISTS (
+             SELECT 1 FROM symphony_ops.worker_heartbeats h
+              WHERE h.heartbeat_at + make_interval(secs => h.stale_after_seconds) >= now()
+                AND b.bucket BETWEEN h.bucket_from AND h.bucket_to)) AS fleet_uncovered_buckets
   FROM symphony.outbox_supervisor_status s;
 
 -- participants and API tokens (role: control, except where noted) ----------------------------
@@ -349,6 +362,11 @@ SELECT outbox_id, instruction_id, idempotency_key, rail_type, payload, state, at
   FROM symphony.participant_payments(%(participant_id)s, %(state)s, %(after)s::uuid,
                                      %(limit)s);
 
+-- name: participant_events
+-- The participant's events after a sequence number, oldest first (role: readonly).
+SELECT event_seq, event_id, event_type, outbox_id, payload, created_at
+  FROM symphony.participant_events(%(participant_id)s, %(after)s, %(limit)s, %(event_type)s);
+
 -- the auditor's checks (role: auditor; `symphony audit verify`, symphony.outbox.audit) --------
 -- Every check returns the same columns: outbox_id, attempt_no, subject (what the problem is
 -- about when it is not one ledger row: a participant, a trigger, a checkpoint), problem (a
@@ -363,6 +381,19 @@ SELECT outbox_id, instruction_id, idempotency_key, rail_type, payload, state, at
 -- then sorts in memory instead of spilling to disk (role: auditor).
 SELECT set_config('work_mem', %(work_mem)s, true) AS work_mem;
 
+-- name: audit_checkpoint_scope
+-- Where an audit from the latest checkpoint starts: the checkpoint's time, or the earliest
+-- recorded_at of a ledger row numbered above it if earlier (a row's recorded_at is its
+-- transaction's start, which may precede the checkpoint it committed after). Reads only the
+-- rows above the checkpoint (the primary key's range): the cost follows what was written since,
+-- not the ledger's size (role: auditor). No row: no checkpoint yet.
+SELECT c.checkpoint_id, c.up_to_attempt_id, c.taken_at,
+       least(c.taken_at, (SELECT min(a.recorded_at) FROM symphony.payment_outbox_attempts a
+                           WHERE a.attempt_id > c.up_to_attempt_id)) AS since
+  FROM symphony.ledger_checkpoints c
+ ORDER BY c.checkpoint_id DESC
+ LIMIT 1;
+
 -- name: audit_scope_counts
 WITH scope AS (
     SELECT r.outbox_id FROM symphony.payment_instruction_registry r
@@ -370,6 +401,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 )
 SELECT (SELECT count(*) FROM symphony.payment_instruction_registry r
          WHERE %(since)s::timestamptz IS NULL
@@ -393,6 +428,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 problems AS (
     -- Hash aggregates over the registry, then back to the few rows of a duplicated key.
@@ -444,6 +483,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 )
 SELECT p.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
        'DUPLICATE_PENDING_ROW' AS problem, count(*) OVER () AS total
@@ -487,12 +530,18 @@ WITH expected (table_name, trigger_name, function_name) AS (
            ('ledger_checkpoint_heads', 'ledger_checkpoint_heads_no_truncate',
             'refuse_history_rewrite'),
            ('payment_outbox_pending', 'payment_outbox_pending_mark_lookup',
-            'mark_lookup_needed')
+            'mark_lookup_needed'),
+           ('payment_events', 'payment_events_append_only', 'refuse_history_rewrite'),
+           ('payment_events', 'payment_events_no_truncate', 'refuse_history_rewrite'),
+           ('payment_outbox_pending', 'payment_outbox_pending_emit_created',
+            'emit_created_events'),
+           ('payment_outbox_attempts', 'payment_outbox_attempts_emit_events',
+            'emit_ledger_events')
 ),
 history (table_name) AS (
     VALUES ('payment_outbox_attempts'), ('payment_instruction_registry'),
            ('outbox_review_decisions'), ('outbox_lookup_marks'), ('ledger_checkpoints'),
-           ('ledger_checkpoint_heads')
+           ('ledger_checkpoint_heads'), ('payment_events')
 ),
 grantees (grantee) AS (
     VALUES ('symphony_control'), ('symphony_ingest'), ('symphony_executor'),
@@ -545,6 +594,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 numbered AS (
     SELECT a.outbox_id, a.attempt_no,
@@ -596,6 +649,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 ordered AS (
     SELECT a.outbox_id, a.attempt_no, a.state::text AS state,
@@ -626,6 +683,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 )
 SELECT a.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
        CASE WHEN count(*) FILTER (WHERE a.state = 'DISPATCHED') > 1 THEN 'DUPLICATE_DISPATCHED'
@@ -648,6 +709,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 items AS (
     SELECT r.outbox_id FROM symphony.payment_instruction_registry r
@@ -711,6 +776,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 ambiguous AS (
     SELECT x.outbox_id, min(x.attempt_no) AS first_no
@@ -752,6 +821,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 problems AS (
     SELECT p.outbox_id, NULL::integer AS attempt_no,
@@ -783,6 +856,93 @@ SELECT x.outbox_id, x.attempt_no, NULL::text AS subject, x.problem, count(*) OVE
  ORDER BY x.outbox_id, x.attempt_no
  LIMIT %(limit)s;
 
+-- name: audit_events
+-- E1: every change a participant is told of has exactly one event, and every event its cause:
+-- one payment.created per registered item; one payment.dispatched / failed / canceled per
+-- DISPATCHED / FAILED / CANCELED ledger row; one payment.under_review per time the item
+-- entered review (each review decision closes one, an item under review now holds one open).
+-- Each participant's events are numbered 1, 2, 3, ... without a gap (full audits).
+WITH scope AS (
+    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
+     WHERE r.created_at >= %(since)s::timestamptz
+    UNION
+    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
+     WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
+),
+-- An incremental audit counts only the items in scope (each one whole): its cost follows the
+-- scope, not the ledger (the events through their participants' index).
+expected AS (
+    SELECT r.participant_id, r.outbox_id, 'payment.created' AS event_type, 1::bigint AS n
+      FROM symphony.payment_instruction_registry r
+     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id IN (SELECT s.outbox_id FROM scope s)
+    UNION ALL
+    SELECT a.participant_id, a.outbox_id,
+           CASE a.state::text WHEN 'DISPATCHED' THEN 'payment.dispatched'
+                              WHEN 'FAILED' THEN 'payment.failed'
+                              ELSE 'payment.canceled' END,
+           count(*)
+      FROM symphony.payment_outbox_attempts a
+     WHERE a.state::text IN ('DISPATCHED', 'FAILED', 'CANCELED')
+       AND (%(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s))
+     GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT d.participant_id, d.outbox_id, 'payment.under_review', count(*)
+      FROM symphony.outbox_review_decisions d
+     WHERE %(since)s::timestamptz IS NULL OR d.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     GROUP BY 1, 2
+    UNION ALL
+    SELECT p.participant_id, p.outbox_id, 'payment.under_review', 1
+      FROM symphony.payment_outbox_pending p
+     WHERE p.review_reason IS NOT NULL
+       AND (%(since)s::timestamptz IS NULL OR p.outbox_id IN (SELECT s.outbox_id FROM scope s))
+),
+wanted AS (
+    SELECT e.participant_id, e.outbox_id, e.event_type, sum(e.n) AS n
+      FROM expected e
+     GROUP BY 1, 2, 3
+),
+written AS (
+    SELECT v.participant_id, v.outbox_id, v.event_type, count(*) AS n
+      FROM symphony.payment_events v
+     WHERE %(since)s::timestamptz IS NULL
+        OR (v.participant_id IN (SELECT r.participant_id
+                                   FROM symphony.payment_instruction_registry r
+                                  WHERE r.outbox_id IN (SELECT s.outbox_id FROM scope s))
+            AND v.outbox_id IN (SELECT s.outbox_id FROM scope s))
+     GROUP BY 1, 2, 3
+),
+problems AS (
+    SELECT coalesce(w.outbox_id, x.outbox_id) AS outbox_id,
+           coalesce(w.event_type, x.event_type) AS subject,
+           CASE WHEN x.n IS NULL THEN 'EVENT_MISSING'
+                WHEN w.n IS NULL THEN 'EVENT_WITHOUT_CAUSE'
+                WHEN x.n > w.n THEN 'DUPLICATE_EVENT'
+                ELSE 'EVENT_MISSING' END AS problem
+      FROM wanted w
+      FULL JOIN written x
+        ON x.participant_id = w.participant_id AND x.outbox_id = w.outbox_id
+       AND x.event_type = w.event_type
+     WHERE w.n IS DISTINCT FROM x.n
+    UNION ALL
+    SELECT g.outbox_id, g.participant_id || ' event ' || g.event_seq, 'EVENT_SEQUENCE_GAP'
+      FROM (SELECT v.participant_id, v.outbox_id, v.event_seq,
+                   lag(v.event_seq, 1, 0::bigint)
+                       OVER (PARTITION BY v.participant_id ORDER BY v.event_seq) AS previous
+              FROM symphony.payment_events v
+             WHERE %(since)s::timestamptz IS NULL) g
+     WHERE g.event_seq <> g.previous + 1
+)
+SELECT x.outbox_id, NULL::integer AS attempt_no, x.subject, x.problem, count(*) OVER () AS total
+  FROM problems x
+ WHERE %(since)s::timestamptz IS NULL OR x.outbox_id IN (SELECT s.outbox_id FROM scope s)
+       OR x.problem = 'EVENT_SEQUENCE_GAP'
+ ORDER BY x.outbox_id, x.subject
+ LIMIT %(limit)s;
+
 -- name: audit_instruction_digests
 -- Tamper evidence: each registry row's digest recomputed from its content (the serialization
 -- of docs/audit.md: version tag, then `<characters>:<text>` per field, NULL as `-`, joined
@@ -793,6 +953,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 recomputed AS (
     SELECT r.outbox_id, r.instruction_digest,
@@ -841,6 +1005,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 linked AS (
     SELECT a.outbox_id, a.attempt_no, a.row_digest,
@@ -940,6 +1108,10 @@ WITH scope AS (
     UNION
     SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
      WHERE a.recorded_at >= %(since)s::timestamptz
+    UNION
+    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
+    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+     WHERE %(from_checkpoint)s::boolean
 ),
 heads AS (
     SELECT h.checkpoint_id, h.outbox_id, h.attempt_no, h.row_digest
@@ -1049,6 +1221,79 @@ SELECT item, outbox_id, sequence_id, state, created, created_at, error_sqlstate,
 -- name: wake_outbox_workers
 -- Wake the workers after a batch enqueued with wake_after_commit committed (role: ingest).
 SELECT symphony.wake_outbox_workers();
+
+-- name: create_webhook_endpoint
+-- Register a participant's endpoint with its first sealed secret (role: webhooks).
+SELECT endpoint_id, url, event_types, description, status, created_at
+  FROM symphony.create_webhook_endpoint(
+      %(participant_id)s, %(endpoint_id)s, %(url)s, %(event_types)s::text[], %(description)s,
+      %(secret_ciphertext)s, %(key_id)s);
+
+-- name: participant_webhook_endpoints
+-- A participant's live endpoints with their health, no secret (role: webhooks).
+SELECT endpoint_id, url, event_types, description, status, consecutive_failures,
+       failing_since, last_success_at, last_failure_at, last_error_class, live_secrets,
+       created_at
+  FROM symphony.participant_webhook_endpoints(%(participant_id)s);
+
+-- name: delete_webhook_endpoint
+SELECT endpoint_id, status, abandoned_deliveries
+  FROM symphony.delete_webhook_endpoint(%(participant_id)s, %(endpoint_id)s);
+
+-- name: rotate_webhook_endpoint_secret
+SELECT endpoint_id, secret_no, previous_expires
+  FROM symphony.rotate_webhook_endpoint_secret(
+      %(participant_id)s, %(endpoint_id)s, %(secret_ciphertext)s, %(key_id)s,
+      %(overlap_seconds)s);
+
+-- name: ops_webhook_endpoints
+-- Every endpoint (or those of one status, or the failing ones), failing first (roles:
+-- webhooks, control).
+SELECT participant_id, endpoint_id, url, event_types, status, status_reason,
+       consecutive_failures, failing_since, last_success_at, last_failure_at, last_error_class,
+       pending_deliveries, created_at
+  FROM symphony.ops_webhook_endpoints(%(status)s, %(limit)s);
+
+-- name: set_webhook_endpoint_enabled
+SELECT participant_id, endpoint_id, status
+  FROM symphony.set_webhook_endpoint_enabled(%(endpoint_id)s, %(enabled)s, %(reason)s);
+
+-- name: ops_webhook_deliveries
+SELECT delivery_id, participant_id, endpoint_id, event_id, event_seq, status, attempt_count,
+       next_attempt_at, replay_of, created_at, finished_at, last_http_status, last_error_class,
+       last_attempt_at
+  FROM symphony.ops_webhook_deliveries(%(endpoint_id)s, %(limit)s);
+
+-- name: replay_webhook_delivery
+SELECT delivery_id, participant_id, endpoint_id, event_id, replay_of
+  FROM symphony.replay_webhook_delivery(%(delivery_id)s, %(requested_by)s);
+
+-- name: webhook_health
+-- Endpoint and delivery counts for the metrics and the dashboard (roles: delivery, webhooks,
+-- control).
+SELECT endpoints_enabled, endpoints_disabled, endpoints_failing, deliveries_pending,
+       deliveries_due, oldest_due_at, deliveries_failed, observed_at
+  FROM symphony.webhook_health();
+
+-- name: fan_out_webhook_events
+-- New events become deliveries, per endpoint cursor (role: delivery).
+SELECT endpoints, events, deliveries
+  FROM symphony.fan_out_webhook_events(%(endpoint_limit)s, %(event_limit)s);
+
+-- name: claim_webhook_deliveries
+-- Lease due deliveries with what their calls need (role: delivery).
+SELECT participant_id, delivery_id, endpoint_id, url, event_seq, event_id, event_type, outbox_id,
+       event_created_at, payload, attempt_no, lease_token, lease_expires_at, secret_ciphertexts,
+       secret_key_ids
+  FROM symphony.claim_webhook_deliveries(%(worker_id)s, %(limit)s, %(lease_seconds)s);
+
+-- name: complete_webhook_delivery
+-- Record one attempt, fenced by its lease token (role: delivery).
+SELECT status, attempt_no, next_attempt_at, endpoint_failing, endpoint_became_failing
+  FROM symphony.complete_webhook_delivery(
+      %(participant_id)s, %(delivery_id)s, %(lease_token)s, %(outcome)s,
+      %(retry_after_seconds)s, %(http_status)s, %(latency_ms)s, %(error_class)s,
+      %(response_excerpt)s, %(started_at)s, %(failing_after)s);
 
 -- operators (docs: README "Operator API") -----------------------------------------------------
 

@@ -42,6 +42,7 @@ from symphony.services.api.error import (
     error_response,
     request_id_of,
 )
+from symphony.services.api.events import router as events_router
 from symphony.services.api.middleware import RequestContextMiddleware
 from symphony.services.api.participant import router as participant_router
 
@@ -99,6 +100,7 @@ def create_app(
     app.include_router(_health_router())
     _mount_docs(app)
     app.include_router(participant_router)
+    app.include_router(events_router)
     for router in routers:
         app.include_router(router)
     return app

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from fastapi import Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -59,6 +60,7 @@ class ErrorBody(BaseModel):
     message: str
     request_id: str
     errors: list[FieldError] | None = None
+    current: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -70,6 +72,8 @@ class ApiError(Exception):
     message: str
     errors: Sequence[FieldError] = ()
     headers: Mapping[str, str] = field(default_factory=dict)
+    # For a 409: where the resource stands now (an action that lost a race says what won).
+    current: Mapping[str, Any] | None = None
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message}"
@@ -89,10 +93,13 @@ def error_response(
     *,
     errors: Sequence[FieldError] = (),
     headers: Mapping[str, str] | None = None,
+    current: Mapping[str, Any] | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message, "request_id": request_id}
     if errors:
         body["errors"] = [e.model_dump() for e in errors]
+    if current is not None:
+        body["current"] = jsonable_encoder(current)
     all_headers = {REQUEST_ID_HEADER: request_id, "Cache-Control": "no-store"}
     all_headers.update(headers or {})
     return JSONResponse(body, status_code=status, headers=all_headers)
@@ -125,7 +132,7 @@ _HTTP_CODES: Final[dict[int, tuple[str, str]]] = {
 async def handle_api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     return error_response(request_id_of(request), exc.status, exc.code, exc.message,
-                          errors=exc.errors, headers=exc.headers)
+                          errors=exc.errors, headers=exc.headers, current=exc.current)
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:

@@ -176,6 +176,23 @@ class OutboxCollector(Collector):
             attempts.add_metric([state], float(ledger.get(state, 0)))
         yield attempts
 
+        workers = GaugeMetricFamily(
+            "symphony_fleet_workers",
+            "Workers by heartbeat: live (a heartbeat within its own staleness bound) or stale "
+            "(silent past it, for up to a day)",
+            labels=["state"],
+        )
+        workers.add_metric(["live"], float(row["fleet_live_workers"]))
+        workers.add_metric(["stale"], float(row["fleet_stale_workers"]))
+        yield workers
+        uncovered = GaugeMetricFamily(
+            "symphony_fleet_uncovered_buckets",
+            "Routing buckets (of 256) that no live worker covers: their items are claimed by "
+            "nobody (alert on any)",
+        )
+        uncovered.add_metric([], float(row["fleet_uncovered_buckets"]))
+        yield uncovered
+
 
 def _age_seconds(row: dict[str, Any]) -> float:
     oldest = row["oldest_pending_at"]

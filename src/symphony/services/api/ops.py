@@ -21,12 +21,15 @@ from pydantic import BaseModel, Field
 
 from symphony.db import Role
 from symphony.outbox import OutboxStore
+from symphony.outbox.operators import OperatorStore
 from symphony.outbox.store import MAX_FAILURES_LIMIT, MAX_THROUGHPUT_MINUTES
 from symphony.services.api.auth import require_operator
 from symphony.services.api.context import ApiContext, get_context
 from symphony.services.api.dashboard import dashboard_router
 from symphony.services.api.error import ApiError, ErrorBody
 from symphony.services.api.metrics import metrics_router
+from symphony.services.api.operators import operators_router
+from symphony.services.api.webhooks import webhook_health_router
 
 DEFAULT_FAILURES_LIMIT = 50
 DEFAULT_THROUGHPUT_MINUTES = 30
@@ -55,6 +58,8 @@ class OpsStatus(BaseModel):
         description="age of the oldest pending item by the database clock; null when none"
     )
     observed_at: datetime = Field(description="the database's time of this reading")
+    fleet: FleetSummary | None = Field(
+        default=None, description="the workers' heartbeats: live, stale, uncovered buckets")
 
 
 class LedgerRow(BaseModel):
@@ -65,6 +70,26 @@ class LedgerRow(BaseModel):
     error_detail: str | None
     rail_transaction_id: str | None
     recorded_at: datetime
+
+
+class OperatorAction(BaseModel):
+    action_id: int | None
+    action: str
+    actor_token_id: UUID | None
+    actor_label: str
+    reason: str
+    outcome: dict[str, Any]
+    recorded_at: datetime
+    recorded_by: str
+
+
+class FleetSummary(BaseModel):
+    live_workers: int
+    stale_workers: int
+    uncovered_buckets: list[dict[str, int]] = Field(
+        description="routing bucket ranges no live worker covers: items there wait for nobody")
+    uncovered_bucket_count: int
+    alert: bool = Field(description="true while any bucket is uncovered")
 
 
 class OpsItem(BaseModel):
@@ -84,7 +109,14 @@ class OpsItem(BaseModel):
     lease_expires_at: datetime | None
     claimed_by: str | None
     terminal_state: str | None
+    review_reason: str | None = Field(
+        default=None, description="set while the item waits for an operator (under review)")
+    review_since: datetime | None = None
     ledger: list[LedgerRow]
+    actions: list[OperatorAction] = Field(
+        default_factory=list,
+        description="operator actions on the item, oldest first: who (token id and label, "
+                    "or the operator named on the command line), why, and what came of it")
 
 
 class Failure(BaseModel):
@@ -139,6 +171,7 @@ def ops_router() -> APIRouter:
     @router.get("/status", summary="Queue counts by state (the supervisor view)")
     async def status(store: Store) -> OpsStatus:
         s = await store.status(Role.READONLY)
+        fleet = await OperatorStore(store.db).fleet(Role.READONLY)
         age = (
             max(0.0, (s.observed_at - s.oldest_pending_at).total_seconds())
             if s.oldest_pending_at is not None
@@ -157,6 +190,8 @@ def ops_router() -> APIRouter:
             oldest_pending_at=s.oldest_pending_at,
             oldest_pending_age_seconds=age,
             observed_at=s.observed_at,
+            fleet=FleetSummary(**{k: v for k, v in fleet.as_dict().items()
+                                  if k in FleetSummary.model_fields}),
         )
 
     @router.get(
@@ -171,10 +206,12 @@ def ops_router() -> APIRouter:
         summary, ledger = found
         terminal = summary["terminal_state"]
         state = terminal or ("DISPATCHING" if summary["lease_expires_at"] else "PENDING")
+        actions = await OperatorStore(store.db).item_actions(outbox_id, Role.READONLY)
         return OpsItem(
             **{k: v for k, v in summary.items() if k in OpsItem.model_fields},
             state=state,
             ledger=[LedgerRow(**row) for row in ledger],
+            actions=[OperatorAction(**row) for row in actions],
         )
 
     @router.get("/failures", summary="The newest FAILED items with their errors")
@@ -205,6 +242,8 @@ def operator_routers(
     process's own registries, e.g. the worker's in `symphony run`) and the dashboard at `/`."""
     return [
         ops_router(),
+        operators_router(),
         metrics_router(process_registries=process_registries),
         dashboard_router(),
+        webhook_health_router(),
     ]

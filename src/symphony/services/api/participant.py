@@ -263,10 +263,7 @@ async def get_payment(
         raise _not_found()
     request.state.outbox_id = str(wanted)
     attempts = await context.store.attempts_for(participant_id, wanted)
-    detail = PaymentDetail(
-        **_payment(payment).model_dump(),
-        attempts=[_attempt(a) for a in attempts],
-    )
+    detail = payment_detail(payment, attempts)
     return JSONResponse(detail.model_dump(mode="json"), headers=_NO_STORE)
 
 
@@ -385,6 +382,11 @@ def _not_found() -> ApiError:
 
 
 # -- responses ---------------------------------------------------------------------------
+
+
+def payment_detail(payment: ParticipantPayment, attempts: list[PaymentAttempt]) -> PaymentDetail:
+    """A payment as `GET /v1/payments/{id}` shows it (the events carry the same)."""
+    return PaymentDetail(**_payment(payment).model_dump(), attempts=[_attempt(a) for a in attempts])
 
 
 def _payment(p: ParticipantPayment) -> Payment:

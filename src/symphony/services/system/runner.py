@@ -1,13 +1,13 @@
 """`symphony run`: the whole system in one process, on the embedded PostgreSQL by default.
 
 Order of start: the database (embedded unless `DATABASE_URL` is set) with its migrations, the
-rail simulator (unless `SYMPHONY_RAIL_URL` names a rail), the worker with its repair loop, then
-the HTTP API (`SYMPHONY_API_PORT`, default 8080, or any free port when that one is taken). On
+rail simulator (unless `SYMPHONY_RAIL_URL` names a rail), the worker with its repair loop, the
+webhook delivery service, then the HTTP API (`SYMPHONY_API_PORT`, default 8080, or any free port when that one is taken). On
 the embedded default it also makes sure a `demo` participant exists and issues it a fresh
 token, printed once with a ready-to-paste curl; `--demo` sends its sample payments through
 the API with tokens of their own. Tokens issued here are revoked on the way out.
 Stop is the reverse, on SIGINT or SIGTERM: the API stops taking requests, then the worker
-drains, while the rail it talks to is still up. An embedded server this command started is stopped on exit; one that was already
+drains and the delivery service stops, while the rail is still up. An embedded server this command started is stopped on exit; one that was already
 running is left to whoever started it. The data stays, so the next start finds it.
 """
 
@@ -32,6 +32,7 @@ from symphony.db import Database, DatabaseSettings, EmbeddedServer, bootstrap
 from symphony.outbox import OutboxStore
 from symphony.outbox.access import AccessStore, TokenKind
 from symphony.services.api import ApiConfig, ApiServer
+from symphony.services.delivery import DeliveryConfig, DeliveryProcess
 from symphony.services.rail_sim import RailSimBehaviour, RailSimConfig, RailSimServer
 from symphony.services.rail_sim.server import DEFAULT_PORT
 from symphony.services.system.api import build_api_server
@@ -46,6 +47,7 @@ from symphony.services.system.demo import (
     submit_stream,
 )
 from symphony.services.worker import WorkerConfig, WorkerProcess, stop_on_signals
+from symphony.webhooks import WebhookSettings, load_secret_box
 
 log = logging.getLogger("symphony.run")
 
@@ -82,6 +84,7 @@ class SystemRunner:
         self.db: Database | None = None
         self.rail_sim: RailSimServer | None = None
         self.worker: WorkerProcess | None = None
+        self.delivery: DeliveryProcess | None = None
         self.api: ApiServer | None = None
         self._issued_tokens: list[UUID] = []
         self._previous_policy: dict[str, Any] | None = None
@@ -114,6 +117,8 @@ class SystemRunner:
             )
         config = WorkerConfig.load(**config_overrides)
         api_config = ApiConfig.load()
+        delivery_config = DeliveryConfig.load()
+        self.webhook_settings = WebhookSettings.load()
 
         if settings.database_url is None:
             self.say(f"  database   starting the embedded PostgreSQL, data in "
@@ -148,6 +153,14 @@ class SystemRunner:
         if config.metrics_port is not None:
             self.say(f"  metrics    http://127.0.0.1:{config.metrics_port}/metrics")
 
+        self.delivery = DeliveryProcess(self.db, delivery_config,
+                                        load_secret_box(settings.home),
+                                        self.webhook_settings.policy)
+        await self.delivery.start()
+        self.say(f"  webhooks   delivery {delivery_config.worker_id}: batch "
+                 f"{delivery_config.batch_size}, concurrency {delivery_config.max_concurrency}, "
+                 f"lease {delivery_config.lease_seconds}s")
+
         self.api = await self._start_api(api_config)
         url = self.api.url
         self.say(f"  api        {url}  (docs {url}/docs, dashboard {url}/)")
@@ -178,7 +191,7 @@ class SystemRunner:
         raise RuntimeError("the rail simulator could not bind any port")
 
     async def _start_api(self, config: ApiConfig) -> ApiServer:
-        assert self.db is not None and self.worker is not None
+        assert self.db is not None and self.worker is not None and self.delivery is not None
         # The configured port when it is free; any free port otherwise, unless the port was
         # asked for explicitly (then a taken port is the operator's error to see).
         candidates = [config]
@@ -186,7 +199,10 @@ class SystemRunner:
             candidates.append(config.model_copy(update={"port": 0}))
         for index, candidate in enumerate(candidates):
             server = build_api_server(
-                self.db, candidate, process_registries=[self.worker.metrics.registry]
+                self.db, candidate,
+                process_registries=[self.worker.metrics.registry,
+                                    self.delivery.metrics.registry],
+                webhook_settings=self.webhook_settings,
             )
             try:
                 await server.start()
@@ -279,6 +295,9 @@ class SystemRunner:
         if self.api is not None:
             await self.api.stop()
             self.api = None
+        if self.delivery is not None:
+            await self.delivery.stop()
+            self.delivery = None
         if self.worker is not None:
             await self.worker.stop()
             self.worker = None

@@ -7,6 +7,7 @@ silent default. Explicit keyword arguments win over the environment.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from typing import Any, Final
@@ -73,7 +74,14 @@ class WorkerConfig(BaseSettings):
     shutdown_grace_seconds: on stop, how long in-flight dispatches may still finish and be
         recorded (default 15); the rest stay leased for the zombie repair.
     rail_url: base URL of the payment rail (default the simulator on 127.0.0.1:8765).
+    checkpoint_interval_minutes: `SYMPHONY_CHECKPOINT_INTERVAL_MINUTES`, take a ledger
+        checkpoint this often when the worker's database handle can become the control role
+        (`symphony run`, or `symphony worker` in embedded/admin mode; a worker on its own
+        executor DSN cannot and takes none). Default 60; 0 turns it off.
     metrics_port: serve Prometheus metrics on 127.0.0.1 at this port (default: off).
+    heartbeat_seconds: how often the worker records its heartbeat (one small upsert, off the
+        claim and dispatch path; default 5). The fleet counts it stale after three missed
+        heartbeats (at least 15 s).
     buckets: `SYMPHONY_WORKER_BUCKETS=FROM-TO` (such as `0-63`, or one bucket `7`): claim,
         complete and repair only items whose routing bucket (0-255, one per participant) is
         in the range, so a fleet can split the buckets. Default: unset, every bucket (one
@@ -106,10 +114,21 @@ class WorkerConfig(BaseSettings):
         default=15.0, ge=0, le=3_600, validation_alias="SYMPHONY_SHUTDOWN_GRACE_SECONDS"
     )
     rail_url: str = Field(default=DEFAULT_RAIL_URL, validation_alias="SYMPHONY_RAIL_URL")
+    checkpoint_interval_minutes: float = Field(
+        default=60.0, ge=0, le=10_080, validation_alias="SYMPHONY_CHECKPOINT_INTERVAL_MINUTES"
+    )
     metrics_port: int | None = Field(
         default=None, ge=0, le=65_535, validation_alias="SYMPHONY_METRICS_PORT"
     )
     buckets: BucketRange | None = Field(default=None, validation_alias="SYMPHONY_WORKER_BUCKETS")
+    heartbeat_seconds: float = Field(
+        default=5.0, ge=0.5, le=600, validation_alias="SYMPHONY_WORKER_HEARTBEAT_SECONDS"
+    )
+
+    @property
+    def heartbeat_stale_after_seconds(self) -> int:
+        """When the fleet counts this worker stale: three missed heartbeats, at least 15 s."""
+        return min(3600, max(15, math.ceil(3 * self.heartbeat_seconds)))
 
     @field_validator("buckets", mode="before")
     @classmethod

@@ -162,6 +162,13 @@ class ExecutorWorker(LoopService[CycleResult]):
         self._listener_task: asyncio.Task[None] | None = None
         self._items_in_flight = 0
         self.listening = False
+        # When the last cycle ended (wall clock, for the heartbeat; set once per cycle).
+        self.last_cycle_at: datetime | None = None
+
+    @property
+    def items_in_flight(self) -> int:
+        """Items claimed by this worker and not yet recorded."""
+        return self._items_in_flight
 
     def _context(self, outbox_id: object) -> dict[str, str]:
         """The log context of a line about one item (see symphony.log)."""
@@ -272,6 +279,7 @@ class ExecutorWorker(LoopService[CycleResult]):
                 claimed.set_result((0, limit))
         self.last_result = result
         self.cycles += 1
+        self.last_cycle_at = datetime.now(UTC)
         if result.claimed:
             # Capacity came free: look for more work now rather than at the next poll.
             self.wake()
@@ -312,7 +320,9 @@ class ExecutorWorker(LoopService[CycleResult]):
         slot, so its lease covers only its own calls.
         """
         limit = min(self.config.batch_size, self.config.max_concurrency)
-        return await self._claim_and_dispatch(limit, None)
+        result = await self._claim_and_dispatch(limit, None)
+        self.last_cycle_at = datetime.now(UTC)
+        return result
 
     async def _claim_and_dispatch(
         self, limit: int, claimed: asyncio.Future[tuple[int, int]] | None

@@ -1,4 +1,5 @@
-"""A whole worker process: the executor loop, the zombie repair loop and the metrics endpoint.
+"""A whole worker process: the executor loop, the zombie repair loop, the heartbeat and the
+metrics endpoint.
 
 `WorkerProcess` is what `symphony worker` runs and what `symphony run` embeds. It owns the rail
 client it creates (and closes it), never the database handle it is given.
@@ -14,12 +15,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from symphony.db import ConfigurationError, Database
+from symphony.db import ConfigurationError, Database, Role
 from symphony.outbox import OutboxStore
+from symphony.outbox.operators import OperatorStore
 from symphony.rails import HttpRailClient, RailClient
 from symphony.repair import RepairResult, ZombieRepairConfig, ZombieRepairWorker
+from symphony.services.checkpoint import CheckpointService
 from symphony.services.worker.config import WorkerConfig
 from symphony.services.worker.executor import CycleResult, ExecutorWorker
+from symphony.services.worker.heartbeat import HeartbeatService
 from symphony.services.worker.metric import WorkerMetrics
 
 log = logging.getLogger("symphony.worker")
@@ -63,6 +67,11 @@ class WorkerProcess:
                                                buckets=config.buckets),
             self.metrics,
         )
+        self.heartbeat = HeartbeatService(OperatorStore(db), config, self.executor)
+        # Scheduled checkpoints, where this handle can become the control role.
+        self.checkpoints: CheckpointService | None = None
+        if config.checkpoint_interval_minutes > 0 and Role.CONTROL in db.roles:
+            self.checkpoints = CheckpointService(db, config.checkpoint_interval_minutes)
         self._started = False
 
     async def start(self) -> None:
@@ -75,6 +84,9 @@ class WorkerProcess:
             self.metrics.serve(self.config.metrics_port)
         await self.repair.start()
         await self.executor.start()
+        await self.heartbeat.start()
+        if self.checkpoints is not None:
+            await self.checkpoints.start()
         log.info(
             "worker %s started: rail %s, batch %d, concurrency %d, lease %ds, buckets %s",
             self.config.worker_id, self.config.rail_url, self.config.batch_size,
@@ -92,8 +104,11 @@ class WorkerProcess:
         log.info("worker %s stopping (grace %.1fs)", self.config.worker_id,
                  self.config.shutdown_grace_seconds, extra={"worker_id": self.config.worker_id})
         try:
+            if self.checkpoints is not None:
+                await self.checkpoints.stop()
             await self.executor.stop()
             await self.repair.stop()
+            await self.heartbeat.stop()
         finally:
             if self._owns_rail:
                 await self.rail.aclose()

@@ -8,6 +8,7 @@
   const REFRESH_MS = 2000;
   const MINUTES = 30;
   const FAILURES_LIMIT = 20;
+  const REVIEW_LIMIT = 20;
   const COUNT_FIELDS = [
     "due", "scheduled", "dispatching", "zombies", "awaiting_lookup", "under_review",
     "pending_total",
@@ -21,6 +22,12 @@
   let lastGood = null;
   let shownItem = null;
   let shownItemJson = null; // what the lookup shows, so a refresh re-renders only on change
+  let me = null; // the signed-in token: {label, scope, may_act}; actions only when may_act
+  let shownParticipant = null;
+  let shownParticipantJson = null;
+  let browse = { state: "", participant: "", rail: "", after: null, next: null };
+  let browseJson = null;
+  const rendered = {}; // section name -> JSON last rendered, so a refresh re-renders on change
 
   class ApiError extends Error {
     constructor(status, code, message, requestId) {
@@ -35,32 +42,36 @@
     return sessionStorage.getItem(TOKEN_KEY);
   }
 
-  async function api(path) {
+  async function api(path, body) {
     const current = token();
     if (!current) throw new ApiError(401, "NO_TOKEN", "no operator token entered", null);
+    const headers = { Authorization: `Bearer ${current}`, Accept: "application/json" };
+    const init = { headers, cache: "no-store", credentials: "omit", redirect: "error" };
+    if (body !== undefined) {
+      init.method = "POST";
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
     let response;
     try {
-      response = await fetch(path, {
-        headers: { Authorization: `Bearer ${current}`, Accept: "application/json" },
-        cache: "no-store",
-        credentials: "omit",
-        redirect: "error",
-      });
+      response = await fetch(path, init);
     } catch (_) {
       throw new ApiError(0, "API_UNREACHABLE", "the API server cannot be reached", null);
     }
-    let body = null;
+    let answer = null;
     try {
-      body = await response.json();
+      answer = await response.json();
     } catch (_) {
-      body = null;
+      answer = null;
     }
     if (!response.ok) {
-      const code = (body && body.code) || `HTTP_${response.status}`;
-      const message = (body && body.message) || response.statusText || "request failed";
-      throw new ApiError(response.status, code, message, body && body.request_id);
+      const code = (answer && answer.code) || `HTTP_${response.status}`;
+      const message = (answer && answer.message) || response.statusText || "request failed";
+      const err = new ApiError(response.status, code, message, answer && answer.request_id);
+      err.current = answer && answer.current;
+      throw err;
     }
-    return body;
+    return answer;
   }
 
   // -- formatting ---------------------------------------------------------------------------
@@ -128,6 +139,19 @@
     $("throughput-summary").textContent = "No current data.";
     const body = $("failures-body");
     body.replaceChildren(emptyRow("No current data."));
+    $("fleet-body").replaceChildren(emptyRow("No current data.", 8));
+    $("fleet-summary").textContent = "No current data.";
+    $("fleet-alert").hidden = true;
+    $("review-body").replaceChildren(emptyRow("No current data.", 7));
+    $("browse-body").replaceChildren(emptyRow("No current data.", 8));
+    $("browse-summary").textContent = "";
+    $("tokens-body").replaceChildren(emptyRow("No current data.", 8));
+    for (const key of Object.keys(rendered)) delete rendered[key];
+    browseJson = null;
+    if (shownParticipant) {
+      shownParticipantJson = null;
+      $("participant-result").replaceChildren(el("p", "No current data.", "notice"));
+    }
     if (shownItem) {
       // Shown again (fresh) by the first refresh that succeeds.
       shownItemJson = null;
@@ -135,12 +159,48 @@
     }
   }
 
-  function emptyRow(text) {
+  function emptyRow(text, columns) {
     const row = el("tr");
     const cell = el("td", text, "empty");
-    cell.colSpan = 6;
+    cell.colSpan = columns || 6;
     row.append(cell);
     return row;
+  }
+
+  function changed(name, data) {
+    const json = JSON.stringify(data);
+    if (rendered[name] === json) return false;
+    rendered[name] = json;
+    return true;
+  }
+
+  function mayAct() {
+    return Boolean(me && me.may_act);
+  }
+
+  function amountOf(item) {
+    if (!item.amount) return "—";
+    return item.currency ? `${item.amount} ${item.currency}` : String(item.amount);
+  }
+
+  function actionButton(text, onClick, label) {
+    const button = el("button", text, "act");
+    button.type = "button";
+    if (label) button.setAttribute("aria-label", label);
+    button.addEventListener("click", onClick);
+    return button;
+  }
+
+  function participantButton(participantId) {
+    const button = el("button", participantId, "link");
+    button.type = "button";
+    button.setAttribute("aria-label", `Open participant ${participantId}`);
+    button.addEventListener("click", () => openParticipant(participantId));
+    return button;
+  }
+
+  function stateCell(state) {
+    return el("td", state || "—", `state state-${state}`);
   }
 
   function niceCeiling(value) {
@@ -244,6 +304,7 @@
       ["Created", when(item.created_at)], ["Attempts started", item.attempt_count ?? "—"],
       ["Next attempt", when(item.next_attempt_at)], ["Leased by", item.claimed_by || "—"],
       ["Lease expires", when(item.lease_expires_at)],
+      ["Under review", item.review_reason ? `yes: ${item.review_reason}` : "no"],
     ];
     for (const [name, value] of fields) {
       const dd = el("dd", value);
@@ -252,6 +313,15 @@
       dl.append(el("dt", name), dd);
     }
     box.append(dl);
+    const tools = el("p", null, "tools");
+    const open = actionButton("Open participant", () => openParticipant(item.participant_id));
+    open.className = "quiet";
+    tools.append(open);
+    if (mayAct() && item.review_reason) {
+      tools.append(actionButton("Resolve…", () => openResolve(item.outbox_id),
+        `Resolve item ${item.outbox_id}`));
+    }
+    box.append(tools);
     const table = el("table");
     table.id = "ledger";
     const caption = el("caption", `Ledger: ${item.ledger.length} row(s), oldest first`);
@@ -275,6 +345,9 @@
     }
     table.append(caption, head, body);
     box.append(table);
+    const history = actionsTable(item.actions || [], "Operator actions, oldest first");
+    history.id = "item-actions";
+    box.append(history);
     $("lookup-result").replaceChildren(box);
   }
 
@@ -289,7 +362,7 @@
     const id = shownItem;
     try {
       const item = await api(`/v1/ops/payments/${encodeURIComponent(id)}`);
-      const json = JSON.stringify(item);
+      const json = JSON.stringify([item, mayAct()]);
       if (gen === generation && id === shownItem && json !== shownItemJson) {
         shownItemJson = json;
         renderItem(item);
@@ -304,6 +377,444 @@
       $("lookup-result").replaceChildren(el("p", text, "notice bad"));
       if (err.status !== 404 && err.status !== 422) throw err;
     }
+  }
+
+  // -- the fleet ----------------------------------------------------------------------------
+
+  function bucketRanges(ranges) {
+    return ranges.map((r) => (r.bucket_from === r.bucket_to ? `${r.bucket_from}`
+      : `${r.bucket_from}–${r.bucket_to}`)).join(", ");
+  }
+
+  function renderFleet(fleet) {
+    if (!changed("fleet", fleet)) return;
+    $("fleet-summary").textContent =
+      `${fleet.live_workers} live, ${fleet.stale_workers} stale ` +
+      `(${fleet.bucket_count - fleet.uncovered_bucket_count} of ${fleet.bucket_count} ` +
+      "buckets covered by a live worker).";
+    const alert = $("fleet-alert");
+    if (fleet.alert) {
+      alert.textContent = `⚠ ALERT: no live worker covers bucket(s) ` +
+        `${bucketRanges(fleet.uncovered_buckets)} (${fleet.uncovered_bucket_count} of ` +
+        `${fleet.bucket_count}): payments of those participants are claimed by nobody.`;
+      alert.hidden = false;
+    } else {
+      alert.hidden = true;
+      alert.textContent = "";
+    }
+    $("fleet-panel").classList.toggle("alarm", fleet.alert);
+    const body = $("fleet-body");
+    if (!fleet.workers.length) {
+      body.replaceChildren(emptyRow("No worker has sent a heartbeat in the last day.", 8));
+      return;
+    }
+    body.replaceChildren(...fleet.workers.map((w) => {
+      const row = el("tr", null, w.stale ? "stale-row" : "");
+      row.append(el("td", w.stale ? "STALE" : "LIVE", w.stale ? "tag bad" : "tag ok"),
+        el("td", w.worker_id, "mono"), el("td", `${w.bucket_from}–${w.bucket_to}`),
+        el("td", w.version), el("td", number.format(w.in_flight)),
+        el("td", `${age(w.heartbeat_age_seconds)} ago`), el("td", when(w.last_cycle_at)),
+        el("td", when(w.started_at)));
+      return row;
+    }));
+  }
+
+  // -- review queue, browse, tokens ----------------------------------------------------------
+
+  function renderReview(page) {
+    if (!changed("review", [page, mayAct()])) return;
+    const body = $("review-body");
+    if (!page.data.length) {
+      body.replaceChildren(emptyRow("Nothing waits for an operator.", 7));
+      return;
+    }
+    body.replaceChildren(...page.data.map((item) => {
+      const row = el("tr");
+      const cell = el("td");
+      cell.append(lookupButton(item.outbox_id));
+      const who = el("td");
+      who.append(participantButton(item.participant_id));
+      const act = el("td");
+      if (mayAct()) {
+        act.append(actionButton("Resolve…", () => openResolve(item.outbox_id),
+          `Resolve item ${item.outbox_id}`));
+      } else {
+        act.textContent = "—";
+      }
+      row.append(el("td", when(item.updated_at)), cell, who, el("td", item.rail_type),
+        el("td", amountOf(item)), el("td", item.review_reason || "—", "mono"), act);
+      return row;
+    }));
+  }
+
+  function browseQuery() {
+    const params = new URLSearchParams({ limit: "25" });
+    if (browse.state) params.set("state", browse.state);
+    if (browse.participant) params.set("participant", browse.participant);
+    if (browse.rail) params.set("rail", browse.rail);
+    if (browse.after) params.set("after", browse.after);
+    return `/v1/ops/payments?${params}`;
+  }
+
+  function renderBrowse(page) {
+    const json = JSON.stringify(page);
+    if (json === browseJson) return;
+    browseJson = json;
+    browse.next = page.has_more ? page.next_after : null;
+    $("browse-next").disabled = !browse.next;
+    const filters = [browse.state && `state ${browse.state}`,
+      browse.participant && `participant ${browse.participant}`,
+      browse.rail && `rail ${browse.rail}`].filter(Boolean).join(", ");
+    $("browse-summary").textContent =
+      `${page.data.length} item(s)${filters ? ` with ${filters}` : ""}` +
+      `${browse.after ? " (a later page)" : ", newest first"}` +
+      `${page.has_more ? "; more on the next page" : ""}.`;
+    const body = $("browse-body");
+    if (!page.data.length) {
+      body.replaceChildren(emptyRow(page.has_more
+        ? "None among the items looked at; try the next page." : "No items match.", 8));
+      return;
+    }
+    body.replaceChildren(...page.data.map((item) => {
+      const row = el("tr");
+      const cell = el("td");
+      cell.append(lookupButton(item.outbox_id));
+      const who = el("td");
+      who.append(participantButton(item.participant_id));
+      row.append(el("td", when(item.created_at)), cell, who, el("td", item.rail_type),
+        stateCell(item.state), el("td", amountOf(item)), el("td", item.destination || "—"),
+        el("td", item.last_error_code || "—", "mono"));
+      return row;
+    }));
+  }
+
+  async function refreshBrowse(gen) {
+    const page = await api(browseQuery());
+    if (gen === generation) renderBrowse(page);
+  }
+
+  function renderTokens(data) {
+    if (!changed("tokens", [data, mayAct()])) return;
+    const body = $("tokens-body");
+    if (!data.data.length) {
+      body.replaceChildren(emptyRow("No tokens.", 8));
+      return;
+    }
+    body.replaceChildren(...data.data.map((t) => {
+      const row = el("tr");
+      const act = el("td");
+      if (!t.revoked_at && mayAct()) {
+        act.append(actionButton("Revoke…", () => openRevokeToken(t),
+          `Revoke token ${t.token_id}`));
+      } else {
+        act.textContent = "—";
+      }
+      row.append(el("td", when(t.created_at)), el("td", t.token_id, "mono"),
+        el("td", t.kind), el("td", t.scope || "—"), el("td", t.participant_id || "—"),
+        el("td", t.label || "—"),
+        el("td", t.revoked_at ? `REVOKED ${when(t.revoked_at)}` : "ACTIVE",
+          t.revoked_at ? "tag bad" : "tag ok"), act);
+      return row;
+    }));
+  }
+
+  // -- one participant -----------------------------------------------------------------------
+
+  async function openParticipant(participantId) {
+    shownParticipant = participantId;
+    shownParticipantJson = null;
+    $("participant-panel").hidden = false;
+    await refreshParticipant(generation).catch(() => {});
+    $("participant-panel").scrollIntoView({ block: "nearest" });
+  }
+
+  async function refreshParticipant(gen) {
+    if (!shownParticipant) return;
+    const id = shownParticipant;
+    try {
+      const p = await api(`/v1/ops/participants/${encodeURIComponent(id)}`);
+      const json = JSON.stringify([p, mayAct()]);
+      if (gen === generation && id === shownParticipant && json !== shownParticipantJson) {
+        shownParticipantJson = json;
+        renderParticipant(p);
+      }
+    } catch (err) {
+      if (gen !== generation || id !== shownParticipant) return;
+      if (err.status === 401 || err.status === 403) throw err;
+      shownParticipantJson = null;
+      $("participant-result").replaceChildren(el("p", err.status === 404
+        ? `No participant ${id}.` : `Participant view failed: ${describe(err)}`, "notice bad"));
+      if (err.status !== 404 && err.status !== 422) throw err;
+    }
+  }
+
+  function renderParticipant(p) {
+    const box = el("div", null, "item");
+    const head = el("p");
+    head.append(el("strong", p.display_name), el("span", ` · ${p.participant_id} · `),
+      el("span", p.status, p.status === "ACTIVE" ? "tag ok" : "tag bad"),
+      el("span", ` · bucket ${p.bucket}`));
+    box.append(head);
+    const ended = p.dispatched_last_hour + p.failed_last_hour;
+    const rate = p.failure_rate_last_hour === null ? "no item ended in the last hour"
+      : `${(p.failure_rate_last_hour * 100).toFixed(1)} % (${p.failed_last_hour} of ${ended} ` +
+        "ended in the last hour)";
+    const dl = el("dl", null, "counts");
+    for (const [name, value] of [
+      ["Due", p.due], ["Scheduled", p.scheduled], ["Dispatching", p.dispatching],
+      ["Zombies", p.zombies], ["Under review", p.under_review],
+      ["Pending total", p.pending_total],
+      ["Oldest pending", age(p.oldest_pending_age_seconds)],
+      ["Dispatched (24 h)", p.dispatched_last_day], ["Failed (24 h)", p.failed_last_day],
+    ]) {
+      const card = el("div", null, "count");
+      card.append(el("dt", name), el("dd", typeof value === "number" ? number.format(value)
+        : value));
+      dl.append(card);
+    }
+    box.append(dl, el("p", `Failure rate over the last hour: ${rate}.`, "rate"));
+    const tools = el("p", null, "tools");
+    const show = actionButton("Show its payments", () => {
+      $("browse-participant").value = p.participant_id;
+      applyBrowse();
+    });
+    show.className = "quiet";
+    tools.append(show);
+    if (mayAct() && p.status === "ACTIVE") {
+      tools.append(actionButton("Revoke participant…", () => openRevokeParticipant(p),
+        `Revoke participant ${p.participant_id}`));
+    }
+    box.append(tools);
+    box.append(actionsTable(p.actions, "Operator actions on this participant"));
+    $("participant-result").replaceChildren(box);
+  }
+
+  function actionsTable(actions, title) {
+    const table = el("table", null, "actions");
+    table.append(el("caption", `${title}: ${actions.length}`, "notice"));
+    const head = el("thead");
+    const hr = el("tr");
+    for (const h of ["When", "Action", "By", "Token", "Reason", "Outcome", "Via login"]) {
+      const th = el("th", h);
+      th.scope = "col";
+      hr.append(th);
+    }
+    head.append(hr);
+    const body = el("tbody");
+    for (const a of actions) {
+      const tr = el("tr");
+      const outcome = Object.entries(a.outcome || {})
+        .filter(([, v]) => v !== null && v !== undefined)
+        .map(([k, v]) => `${k}: ${v}`).join(", ");
+      tr.append(el("td", when(a.recorded_at)), el("td", a.action, "mono"),
+        el("td", a.actor_label || "—"), el("td", a.actor_token_id || "command line", "mono"),
+        el("td", a.reason), el("td", outcome || "—"), el("td", a.recorded_by, "mono"));
+      body.append(tr);
+    }
+    if (!actions.length) body.append(emptyRow("None.", 7));
+    table.append(head, body);
+    return table;
+  }
+
+  // -- actions: a form, then a confirmation, then the request ---------------------------------
+
+  function closeAction() {
+    $("action-panel").hidden = true;
+    $("action-body").replaceChildren();
+  }
+
+  function field(labelText, control, id) {
+    control.id = id;
+    const wrap = el("p", null, "field");
+    const label = el("label", labelText);
+    label.htmlFor = id;
+    wrap.append(label, control);
+    return wrap;
+  }
+
+  function reasonInput() {
+    const input = el("input");
+    input.required = true;
+    input.maxLength = 500;
+    input.autocomplete = "off";
+    input.placeholder = "why (kept in the item's history with your token's label)";
+    return input;
+  }
+
+  // One action: `build` fills the form and returns a function that reads it into
+  // {summary, path, body} (or throws an Error whose message is shown); the person confirms
+  // the summary before anything is sent.
+  function openAction(title, build) {
+    const panel = $("action-panel");
+    $("action-title").textContent = title;
+    const form = el("form", null, "action-form");
+    form.autocomplete = "off";
+    // The script checks and says what is missing, in the page (not a browser bubble).
+    form.noValidate = true;
+    const read = build(form);
+    const error = el("p", null, "notice bad");
+    error.setAttribute("role", "alert");
+    const submit = el("button", "Review…");
+    submit.type = "submit";
+    const cancel = el("button", "Close", "quiet");
+    cancel.type = "button";
+    cancel.addEventListener("click", closeAction);
+    form.append(submit, cancel, error);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      let request;
+      try {
+        request = read();
+      } catch (err) {
+        error.textContent = err.message;
+        return;
+      }
+      confirmAction(title, request);
+    });
+    $("action-body").replaceChildren(form);
+    panel.hidden = false;
+    panel.scrollIntoView({ block: "nearest" });
+    const first = form.querySelector("select, input");
+    if (first) first.focus();
+  }
+
+  function confirmAction(title, request) {
+    const box = el("div", null, "confirm");
+    box.setAttribute("role", "alertdialog");
+    box.setAttribute("aria-label", `Confirm: ${title}`);
+    box.append(el("p", `Confirm: ${request.summary}`, "confirm-text"),
+      el("p", "This cannot be undone. It is recorded with your token's id and label and the " +
+        "reason.", "notice"));
+    const go = el("button", "Confirm", "danger");
+    go.type = "button";
+    const back = el("button", "Back", "quiet");
+    back.type = "button";
+    back.addEventListener("click", () => request.reopen());
+    const result = el("p", null, "notice");
+    result.setAttribute("role", "status");
+    go.addEventListener("click", async () => {
+      go.disabled = true;
+      back.disabled = true;
+      try {
+        await api(request.path, request.body);
+        box.replaceChildren(el("p", `Done: ${request.summary}.`, "done"));
+        const close = el("button", "Close", "quiet");
+        close.type = "button";
+        close.addEventListener("click", closeAction);
+        box.append(close);
+        if (request.after) await request.after();
+        rendered.review = null;
+        rendered.tokens = null;
+      } catch (err) {
+        if (err.status === 409) {
+          const now = err.current ? Object.entries(err.current)
+            .map(([k, v]) => `${k}: ${v}`).join(", ") : "unknown";
+          result.textContent = `Not done: someone or something got there first. Now: ${now}.`;
+        } else if (err.status === 403) {
+          result.textContent = `Not allowed: ${describe(err)}.`;
+        } else {
+          result.textContent = `Failed: ${describe(err)}.`;
+        }
+        result.className = "notice bad";
+        back.disabled = false;
+      }
+    });
+    box.append(go, back, result);
+    $("action-body").replaceChildren(box);
+    go.focus();
+  }
+
+  function openResolve(outboxId) {
+    const build = (form) => {
+      const outcome = el("select");
+      for (const [value, text] of [["", "choose the rail's outcome"],
+        ["DISPATCHED", "DISPATCHED: the rail executed it"],
+        ["FAILED", "FAILED: the rail did not execute it"]]) {
+        const option = el("option", text);
+        option.value = value;
+        outcome.append(option);
+      }
+      outcome.required = true;
+      const tx = el("input");
+      tx.maxLength = 200;
+      tx.autocomplete = "off";
+      tx.placeholder = "required for DISPATCHED";
+      const reason = reasonInput();
+      form.append(el("p", `Item ${outboxId}`, "mono"),
+        field("Outcome", outcome, "resolve-outcome"),
+        field("Rail transaction id", tx, "resolve-tx"),
+        field("Reason", reason, "resolve-reason"));
+      return () => {
+        if (!outcome.value) throw new Error("Choose the rail's confirmed outcome.");
+        if (outcome.value === "DISPATCHED" && !tx.value.trim()) {
+          throw new Error("DISPATCHED needs the rail's transaction id.");
+        }
+        if (!reason.value.trim()) throw new Error("Give a reason.");
+        const body = { outcome: outcome.value, reason: reason.value.trim() };
+        if (tx.value.trim()) body.rail_transaction_id = tx.value.trim();
+        return {
+          summary: `record ${outcome.value} for item ${outboxId}` +
+            (body.rail_transaction_id ? ` (rail transaction ${body.rail_transaction_id})` : ""),
+          path: `/v1/ops/payments/${encodeURIComponent(outboxId)}/resolve`,
+          body,
+          reopen: () => openResolve(outboxId),
+          after: () => lookup(outboxId),
+        };
+      };
+    };
+    openAction("Resolve a review item", build);
+  }
+
+  function openRevokeParticipant(p) {
+    openAction("Revoke a participant", (form) => {
+      const reason = reasonInput();
+      form.append(el("p", `${p.display_name} (${p.participant_id}) and all its tokens: its ` +
+        "accepted payments still go on unless canceled.", "notice"),
+        field("Reason", reason, "revoke-participant-reason"));
+      return () => {
+        if (!reason.value.trim()) throw new Error("Give a reason.");
+        return {
+          summary: `revoke participant ${p.participant_id} and all its tokens`,
+          path: `/v1/ops/participants/${encodeURIComponent(p.participant_id)}/revoke`,
+          body: { reason: reason.value.trim() },
+          reopen: () => openRevokeParticipant(p),
+          after: () => openParticipant(p.participant_id),
+        };
+      };
+    });
+  }
+
+  function openRevokeToken(t) {
+    openAction("Revoke a token", (form) => {
+      const reason = reasonInput();
+      form.append(el("p", `${t.kind} token ${t.token_id}` +
+        (t.label ? ` (“${t.label}”)` : ""), "mono"),
+        field("Reason", reason, "revoke-token-reason"));
+      return () => {
+        if (!reason.value.trim()) throw new Error("Give a reason.");
+        return {
+          summary: `revoke token ${t.token_id}`,
+          path: `/v1/ops/tokens/${encodeURIComponent(t.token_id)}/revoke`,
+          body: { reason: reason.value.trim() },
+          reopen: () => openRevokeToken(t),
+          after: null,
+        };
+      };
+    });
+  }
+
+  function applyBrowse() {
+    browse = {
+      state: $("browse-state").value,
+      participant: $("browse-participant").value.trim(),
+      rail: $("browse-rail").value.trim(),
+      after: null,
+      next: null,
+    };
+    browseJson = null;
+    refreshBrowse(generation).catch((err) => {
+      $("browse-summary").textContent = `Browse failed: ${describe(err)}`;
+    });
   }
 
   // -- errors and freshness -----------------------------------------------------------------
@@ -346,16 +857,24 @@
   async function refresh() {
     const gen = generation;
     try {
-      const [status, throughput, failures] = await Promise.all([
+      const [status, throughput, failures, fleet, review, tokens] = await Promise.all([
         api("/v1/ops/status"),
         api(`/v1/ops/throughput?minutes=${MINUTES}`),
         api(`/v1/ops/failures?limit=${FAILURES_LIMIT}`),
+        api("/v1/ops/fleet"),
+        api(`/v1/ops/payments?state=REVIEW&limit=${REVIEW_LIMIT}`),
+        api("/v1/ops/tokens?limit=50"),
       ]);
       if (gen !== generation) return;
       renderStatus(status);
+      renderFleet(fleet);
+      renderReview(review);
       renderThroughput(throughput);
       renderFailures(failures);
+      renderTokens(tokens);
+      await refreshBrowse(gen);
       await refreshItem(gen);
+      await refreshParticipant(gen);
       if (gen !== generation) return;
       hideError();
       markLive(status.observed_at);
@@ -377,15 +896,47 @@
     if (gen === generation) timer = setTimeout(refresh, REFRESH_MS);
   }
 
-  function signIn(value) {
+  function showIdentity() {
+    const who = $("identity");
+    if (!me) {
+      who.hidden = true;
+      who.textContent = "";
+      return;
+    }
+    who.textContent = `${me.label || "(no label)"} · ${me.scope}` +
+      (me.may_act ? " (may act)" : " (read only)");
+    who.title = `Signed in with token ${me.token_id}`;
+    who.className = `identity scope-${me.scope}`;
+    who.hidden = false;
+  }
+
+  async function signIn(value) {
     sessionStorage.setItem(TOKEN_KEY, value);
     generation += 1;
+    const gen = generation;
     hideError();
+    me = null;
     $("login").hidden = true;
     $("board").hidden = false;
     $("forget-token").hidden = false;
     $("freshness").textContent = "Connecting …";
     clearTimeout(timer);
+    closeAction();
+    try {
+      const found = await api("/v1/ops/whoami");
+      if (gen !== generation) return;
+      me = found;
+    } catch (err) {
+      if (gen !== generation) return;
+      if (err.status === 401 || err.status === 403) {
+        signOut(`The operator token was refused (${describe(err)}). Enter a valid operator ` +
+          "token.");
+        return;
+      }
+      // Unknown for now: read only until a refresh can tell.
+      me = null;
+    }
+    showIdentity();
     refresh();
   }
 
@@ -396,7 +947,13 @@
     timer = null;
     shownItem = null;
     shownItemJson = null;
+    me = null;
+    showIdentity();
+    closeAction();
     clearNumbers();
+    shownParticipant = null;
+    $("participant-panel").hidden = true;
+    $("participant-result").replaceChildren();
     $("lookup-result").replaceChildren();
     $("board").hidden = true;
     $("forget-token").hidden = true;
@@ -407,6 +964,74 @@
     if (message) showError(message); else hideError();
     $("token-input").focus();
   }
+
+  // -- webhook endpoint health (its own card and loop) -------------------------------------
+
+  const HOOK_FIELDS = [
+    "endpoints_enabled", "endpoints_disabled", "endpoints_failing", "deliveries_pending",
+    "deliveries_failed",
+  ];
+
+  function renderWebhooks(health) {
+    for (const field of HOOK_FIELDS) {
+      const dd = $(`hooks-${field}`);
+      const value = health[field];
+      dd.textContent = number.format(value);
+      const card = dd.parentElement;
+      card.classList.toggle("alert", card.classList.contains("warn-if-nonzero") && value > 0);
+    }
+    $("hooks-oldest").textContent = age(health.oldest_due_age_seconds);
+    const body = $("hooks-failing-body");
+    const failing = Array.isArray(health.failing) ? health.failing : [];
+    if (failing.length === 0) {
+      const row = el("tr");
+      const cell = el("td", "No endpoint is failing.", "empty");
+      cell.colSpan = 5;
+      row.appendChild(cell);
+      body.replaceChildren(row);
+      return;
+    }
+    body.replaceChildren(...failing.map((e) => {
+      const row = el("tr", null, "failing");
+      row.appendChild(el("td", when(e.failing_since)));
+      row.appendChild(el("td", e.participant_id, "mono"));
+      row.appendChild(el("td", e.url, "mono"));
+      row.appendChild(el("td", number.format(e.consecutive_failures)));
+      row.appendChild(el("td", e.last_error_class || "—", "mono"));
+      return row;
+    }));
+  }
+
+  function clearWebhooks() {
+    for (const field of HOOK_FIELDS) {
+      const dd = $(`hooks-${field}`);
+      dd.textContent = "—";
+      dd.parentElement.classList.remove("alert");
+    }
+    $("hooks-oldest").textContent = "—";
+    const row = el("tr");
+    const cell = el("td", "No current data.", "empty");
+    cell.colSpan = 5;
+    row.appendChild(cell);
+    $("hooks-failing-body").replaceChildren(row);
+  }
+
+  async function refreshWebhooks() {
+    const card = $("webhooks");
+    if (token() && !$("board").hidden) {
+      try {
+        renderWebhooks(await api("/v1/ops/webhook_health"));
+        card.hidden = false;
+      } catch (err) {
+        clearWebhooks();
+        // Not served by this API (no webhook routes): the card stays away.
+        if (err.status === 404) card.hidden = true;
+      }
+    }
+    setTimeout(refreshWebhooks, REFRESH_MS);
+  }
+
+  document.addEventListener("DOMContentLoaded", refreshWebhooks);
 
   document.addEventListener("DOMContentLoaded", () => {
     $("token-form").addEventListener("submit", (event) => {
@@ -422,6 +1047,27 @@
       if (value) lookup(value).catch(() => {});
     });
     $("forget-token").addEventListener("click", () => signOut(null));
+    $("browse-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      applyBrowse();
+    });
+    $("browse-clear").addEventListener("click", () => {
+      $("browse-state").value = "";
+      $("browse-participant").value = "";
+      $("browse-rail").value = "";
+      applyBrowse();
+    });
+    $("browse-first").addEventListener("click", () => {
+      browse.after = null;
+      browseJson = null;
+      refreshBrowse(generation).catch(() => {});
+    });
+    $("browse-next").addEventListener("click", () => {
+      if (!browse.next) return;
+      browse.after = browse.next;
+      browseJson = null;
+      refreshBrowse(generation).catch(() => {});
+    });
     const saved = token();
     if (saved) signIn(saved); else signOut(null);
   });
