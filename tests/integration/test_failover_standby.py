@@ -295,7 +295,7 @@ async def test_failover_to_the_synchronous_standby_loses_and_doubles_nothing(
                                  " WHERE state = 'DISPATCHED'")
                 return bool(row["n"] == len(all_ids) + 1)
 
-            await until(all_dispatched, "the worker to dispatch every payment", limit=120)
+            await until(all_dispatched, "the worker to dispatch every payment", limit=300)
             phases.append(("every payment dispatched", time.monotonic()))
             stats: dict[str, Any] = sim.simulator.stats()
             # The rail's own record: each payment executed exactly once (the item completed
