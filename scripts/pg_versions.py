@@ -3,6 +3,8 @@
     python scripts/pg_versions.py 15 [PYTEST ARGS...]
     python scripts/pg_versions.py 16
     python scripts/pg_versions.py 18      (the embedded binaries; the main run covers 18)
+    python scripts/pg_versions.py 15 --only tests/unit/test_x.py [PYTEST ARGS...]
+                                          (just those tests, on that version)
 
 Starts a throwaway cluster of that version (its own directory, a Unix socket only, the
 product's pg_hba), runs the database suites against it through `DATABASE_URL` (the suite
@@ -60,16 +62,14 @@ DATABASE_SUITES = [
     "tests/unit/test_money_safety.py",
     "tests/unit/test_audit_digests.py",
     "tests/unit/test_audit_planted.py",
+    "tests/unit/test_checkpoint_concurrency.py",
     "tests/integration/test_audit_realistic.py",
     # plans of the hot queries (index use must hold on every version)
     "tests/unit/test_hot_query_plans.py",
     "tests/unit/test_ops_query_plans.py",
     "tests/unit/test_participant_query_plans.py",
     "tests/unit/test_operator_query_plans.py",
-    # tests/unit/test_webhook_query_plans.py: not yet; on 15 the webhook claim's
-    # UPDATE ... WHERE delivery_id = ANY(..) AND participant_id = ANY(..) plans as a
-    # sequential scan of its 1,500 seeded deliveries (18 probes the key; the 16 wheel has no
-    # auto_explain to tell).
+    "tests/unit/test_webhook_query_plans.py",
     # concurrency and the model check (CI size: SYMPHONY_MODEL_EXAMPLES/STEPS defaults)
     "tests/integration/test_outbox_concurrency.py",
     "tests/integration/test_outbox_model_check.py",
@@ -99,6 +99,9 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     version, extra = int(argv[0]), argv[1:]
+    suites = DATABASE_SUITES
+    if extra[:1] == ["--only"]:
+        suites, extra = extra[1:], []
     binaries = bindir(version)
     if not (binaries / "postgres").exists():
         print(f"pg_versions: PostgreSQL {version} is not installed at {binaries}: "
@@ -126,7 +129,7 @@ def main(argv: list[str]) -> int:
             select = ["-m", "not auto_explain"]
         result = subprocess.run(
             [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *select,
-             *DATABASE_SUITES, *extra], cwd=REPO, env=env, check=False)
+             *suites, *extra], cwd=REPO, env=env, check=False)
         return result.returncode
     finally:
         cluster.destroy()
