@@ -7,6 +7,7 @@
     symphony api [--host H] [--port P]        the HTTP API (participant and operator)
     symphony enqueue ...                      submit one payment instruction
     symphony status                           queue counts and zombies
+    symphony cancel ID --reason R [--by NAME] cancel a payment not yet on the rail (control)
     symphony audit verify [--since T | --since-checkpoint]  I1-I10 and the ledger's digests (auditor)
     symphony audit checkpoint                 anchor every ledger chain (control role)
     symphony audit export-checkpoints         the checkpoints as JSON lines (auditor role)
@@ -80,6 +81,7 @@ from symphony.outbox import (
     TokenKind,
     TokenScope,
 )
+from symphony.outbox.cancel import CancelOutcome, CancelResult, CancelStore
 from symphony.outbox.operators import OperatorStore
 from symphony.repair import ZombieRepairConfig, ZombieRepairWorker, zombie_threshold_from_env
 from symphony.services.api import ApiConfig
@@ -273,6 +275,15 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(resolve)
     resolve.set_defaults(handler=cmd_review_resolve)
 
+    cancel = commands.add_parser(
+        "cancel", help="cancel a payment no attempt of which can have reached the rail")
+    cancel.add_argument("outbox_id", type=_outbox_id, help="the payment's outbox_id")
+    cancel.add_argument("--reason", required=True,
+                        help="why (recorded in the ledger and the operator actions)")
+    cancel.add_argument("--by", default="cli", metavar="OPERATOR",
+                        help="who cancels (recorded; default: cli)")
+    _json_flag(cancel)
+    cancel.set_defaults(handler=cmd_cancel)
     history = commands.add_parser(
         "history", help="one item's ledger and the operator actions on it (who, why)")
     history.add_argument("outbox_id", type=_outbox_id, help="the item's outbox_id")
@@ -617,7 +628,8 @@ def _payload_from(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError("give either --payload or --amount/--currency/--destination, "
                              "not both", code="CONFLICTING_ARGUMENTS")
         try:
-            payload = strict_json.loads(args.payload)
+            # Depth is the database's to refuse, with its own code (PAYLOAD_TOO_COMPLEX).
+            payload = strict_json.loads(args.payload, max_depth=None)
         except (ValueError, RecursionError):  # nested past Python's limit: no payment either
             raise UsageError("--payload is not valid JSON", code="INVALID_PAYLOAD_JSON") from None
         if not isinstance(payload, dict):
@@ -742,6 +754,26 @@ def cmd_review_resolve(args: argparse.Namespace) -> int:
     emit(args, result, f"{result['outbox_id']}: {result['decision']} recorded, "
                        f"item now {result['state']}")
     return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> CancelResult:
+        async with await Database.open(settings) as db:
+            return await CancelStore(db).cancel_as_operator(
+                args.outbox_id, canceled_by=args.by, reason=args.reason)
+
+    result = _run(go())
+    if result.canceled:
+        text = (f"{result.outbox_id}: canceled at {result.canceled_at}"
+                + (" (it was already)" if result.outcome is CancelOutcome.ALREADY_CANCELED
+                   else ""))
+    else:
+        text = (f"{result.outbox_id}: not cancelable, the payment is {result.state} "
+                f"({result.refusal})")
+    emit(args, result.as_dict(), text)
+    return EXIT_OK if result.canceled else EXIT_FAILED
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:

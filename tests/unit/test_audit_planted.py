@@ -212,6 +212,17 @@ async def test_i3_a_disabled_checkpoint_writer_trigger(planted: tuple[Database, 
                  subject="payment_outbox_attempts_00_writer_xid")
 
 
+async def test_i3_a_dropped_clean_cancel_trigger(planted: tuple[Database, History]) -> None:
+    # Without it a CANCELED row could follow an ambiguous attempt (a payment that may have
+    # executed would read as canceled): its absence is reported like the transition trigger's.
+    db, h = planted
+    await test_only.query_no_role(
+        h.admin, "DROP TRIGGER payment_outbox_attempts_cancel_is_clean "
+                 "ON symphony.payment_outbox_attempts")
+    assert_names(await verify(db), "I3", None, "TRIGGER_MISSING",
+                 subject="payment_outbox_attempts_cancel_is_clean")
+
+
 async def test_i3_a_runtime_role_granted_update(planted: tuple[Database, History]) -> None:
     db, h = planted
     await test_only.query_no_role(
@@ -404,6 +415,65 @@ async def test_i10_review_outcome_without_its_decision(
     assert_names(report, "I10", h.review_failed, "REVIEW_ROW_WITHOUT_DECISION")
     # Without the operator's decision, the FAILED is one after an ambiguous attempt.
     assert_names(report, "I10", h.review_failed, "FAILED_AFTER_AMBIGUOUS_ATTEMPT")
+
+
+# -- cancellation (I5, I6, I7, I10 with CANCELED) ----------------------------------------------------
+
+CANCEL_CLEAN = ("payment_outbox_attempts", "payment_outbox_attempts_cancel_is_clean")
+
+
+async def test_i5_canceled_after_a_dispatching_row(planted: tuple[Database, History]) -> None:
+    """A cancel while the dispatch was in flight, written behind the rules' back."""
+    db, h = planted
+    await plant(h.admin, [LEGAL_TRANSITION, CANCEL_CLEAN],
+                "INSERT INTO symphony.payment_outbox_attempts "
+                "(outbox_id, attempt_no, state, worker_id, lease_token) "
+                "SELECT outbox_id, 3, 'DISPATCHING', 'audit-w9', gen_random_uuid() "
+                "  FROM symphony.payment_instruction_registry WHERE outbox_id = "
+                + _u(h.retrying),
+                "INSERT INTO symphony.payment_outbox_attempts (outbox_id, attempt_no, state, "
+                " worker_id) VALUES (" + _u(h.retrying) + ", 4, 'CANCELED', 'participant:x')",
+                "DELETE FROM symphony.payment_outbox_pending WHERE outbox_id = "
+                + _u(h.retrying))
+    assert_names(await verify(db), "I5", h.retrying, "ILLEGAL_TRANSITION", attempt_no=4,
+                 subject="DISPATCHING -> CANCELED")
+
+
+async def test_i6_and_i5_canceled_after_dispatched(planted: tuple[Database, History]) -> None:
+    db, h = planted
+    await plant(h.admin, [LEGAL_TRANSITION],
+                "DROP INDEX symphony.payment_outbox_attempts_one_terminal_idx",
+                "INSERT INTO symphony.payment_outbox_attempts (outbox_id, attempt_no, state, "
+                " worker_id) VALUES (" + _u(h.dispatched) + ", 3, 'CANCELED', 'intruder')")
+    report = await verify(db)
+    assert_names(report, "I6", h.dispatched, "DUPLICATE_TERMINAL")
+    assert_names(report, "I5", h.dispatched, "ILLEGAL_TRANSITION", attempt_no=3,
+                 subject="DISPATCHED -> CANCELED")
+
+
+async def test_i7_canceled_but_still_queued(planted: tuple[Database, History]) -> None:
+    db, h = planted
+    await plant(h.admin, [("payment_outbox_attempts",
+                           "payment_outbox_attempts_terminal_leaves_pending")],
+                "INSERT INTO symphony.payment_outbox_attempts (outbox_id, attempt_no, state, "
+                " worker_id) VALUES (" + _u(h.fresh) + ", 1, 'CANCELED', 'participant:x')")
+    assert_names(await verify(db), "I7", h.fresh, "PENDING_AND_TERMINAL")
+
+
+async def test_i10_canceled_after_an_ambiguous_attempt(
+    planted: tuple[Database, History],
+) -> None:
+    """What the cancel refuses (the call that timed out may still land), written directly."""
+    db, h = planted
+    await plant(h.admin, [CANCEL_CLEAN],
+                "DELETE FROM symphony.payment_outbox_pending WHERE outbox_id = "
+                + _u(h.ambiguous),
+                "INSERT INTO symphony.payment_outbox_attempts (outbox_id, attempt_no, state, "
+                " worker_id) VALUES (" + _u(h.ambiguous) + ", 3, 'CANCELED', 'participant:x')")
+    report = await verify(db)
+    assert_names(report, "I10", h.ambiguous, "CANCELED_AFTER_AMBIGUOUS_ATTEMPT", attempt_no=3)
+    # The ledger itself is legal (a RETRYABLE may be canceled): only I10 knows it was not clean.
+    assert "I5" not in report.failed_invariants
 
 
 # -- events (E1) ------------------------------------------------------------------------------------

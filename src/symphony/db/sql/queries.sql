@@ -90,7 +90,8 @@ SELECT r.outbox_id, r.instruction_id, r.idempotency_key, r.participant_id,
        p.attempt_count, p.next_attempt_at, p.lease_expires_at, p.claimed_by,
        p.review_reason, p.review_since,
        (SELECT t.state::text FROM symphony.payment_outbox_attempts t
-         WHERE t.outbox_id = r.outbox_id AND t.state IN ('DISPATCHED', 'FAILED')) AS terminal_state
+         WHERE t.outbox_id = r.outbox_id
+           AND t.state IN ('DISPATCHED', 'FAILED', 'CANCELED')) AS terminal_state
   FROM symphony.payment_instruction_registry r
   LEFT JOIN symphony.payment_outbox_pending p ON p.outbox_id = r.outbox_id
  WHERE r.outbox_id = %(outbox_id)s;
@@ -107,10 +108,11 @@ SELECT x.outbox_id, x.attempt_no, x.state, x.previous_state, x.previous_attempt_
   ) x
  WHERE x.attempt_no <> coalesce(x.previous_attempt_no, 0) + 1
     OR NOT CASE
-        WHEN x.previous_state IS NULL THEN x.state = 'DISPATCHING'
+        WHEN x.previous_state IS NULL THEN x.state IN ('DISPATCHING', 'CANCELED')
         WHEN x.previous_state = 'DISPATCHING'
             THEN x.state IN ('DISPATCHED', 'RETRYABLE', 'FAILED', 'ZOMBIE_REQUEUE')
-        WHEN x.previous_state IN ('RETRYABLE', 'ZOMBIE_REQUEUE') THEN x.state = 'DISPATCHING'
+        WHEN x.previous_state = 'RETRYABLE' THEN x.state IN ('DISPATCHING', 'CANCELED')
+        WHEN x.previous_state = 'ZOMBIE_REQUEUE' THEN x.state = 'DISPATCHING'
         ELSE false
     END
  ORDER BY x.outbox_id, x.attempt_no
@@ -122,12 +124,12 @@ SELECT r.outbox_id,
        p.outbox_id IS NOT NULL AS pending,
        EXISTS (SELECT 1 FROM symphony.payment_outbox_attempts t
                 WHERE t.outbox_id = r.outbox_id
-                  AND t.state IN ('DISPATCHED', 'FAILED')) AS terminal
+                  AND t.state IN ('DISPATCHED', 'FAILED', 'CANCELED')) AS terminal
   FROM symphony.payment_instruction_registry r
   LEFT JOIN symphony.payment_outbox_pending p ON p.outbox_id = r.outbox_id
  WHERE (p.outbox_id IS NOT NULL) = EXISTS (
            SELECT 1 FROM symphony.payment_outbox_attempts t
-            WHERE t.outbox_id = r.outbox_id AND t.state IN ('DISPATCHED', 'FAILED'))
+            WHERE t.outbox_id = r.outbox_id AND t.state IN ('DISPATCHED', 'FAILED', 'CANCELED'))
  LIMIT %(limit)s;
 
 -- name: audit_counts
@@ -513,6 +515,8 @@ WITH expected (table_name, trigger_name, function_name) AS (
            ('payment_outbox_attempts', 'payment_outbox_attempts_seal', 'seal_attempt'),
            ('payment_outbox_attempts', 'payment_outbox_attempts_00_writer_xid',
             'ledger_writer_xid'),
+           ('payment_outbox_attempts', 'payment_outbox_attempts_cancel_is_clean',
+            'check_cancel_is_clean'),
            ('payment_instruction_registry', 'payment_instruction_registry_append_only',
             'refuse_history_rewrite'),
            ('payment_instruction_registry', 'payment_instruction_registry_no_truncate',
@@ -643,8 +647,9 @@ SELECT x.outbox_id, x.attempt_no, NULL::text AS subject, x.problem, count(*) OVE
  LIMIT %(limit)s;
 
 -- name: audit_legal_transitions
--- I5: the first row is DISPATCHING; DISPATCHED, RETRYABLE, FAILED and ZOMBIE_REQUEUE follow a
--- DISPATCHING; DISPATCHING follows RETRYABLE or ZOMBIE_REQUEUE; nothing follows a terminal.
+-- I5: the first row is DISPATCHING or CANCELED; DISPATCHED, RETRYABLE, FAILED and
+-- ZOMBIE_REQUEUE follow a DISPATCHING; DISPATCHING follows RETRYABLE or ZOMBIE_REQUEUE;
+-- CANCELED follows a RETRYABLE (a clean one: I10 checks that); nothing follows a terminal.
 WITH scope AS (
     SELECT r.outbox_id FROM symphony.payment_instruction_registry r
      WHERE r.created_at >= %(since)s::timestamptz
@@ -668,17 +673,19 @@ SELECT x.outbox_id, x.attempt_no,
        'ILLEGAL_TRANSITION' AS problem, count(*) OVER () AS total
   FROM ordered x
  WHERE NOT CASE
-        WHEN x.previous_state IS NULL THEN x.state = 'DISPATCHING'
+        WHEN x.previous_state IS NULL THEN x.state IN ('DISPATCHING', 'CANCELED')
         WHEN x.previous_state = 'DISPATCHING'
             THEN x.state IN ('DISPATCHED', 'RETRYABLE', 'FAILED', 'ZOMBIE_REQUEUE')
-        WHEN x.previous_state IN ('RETRYABLE', 'ZOMBIE_REQUEUE') THEN x.state = 'DISPATCHING'
+        WHEN x.previous_state = 'RETRYABLE' THEN x.state IN ('DISPATCHING', 'CANCELED')
+        WHEN x.previous_state = 'ZOMBIE_REQUEUE' THEN x.state = 'DISPATCHING'
         ELSE false
     END
  ORDER BY x.outbox_id, x.attempt_no
  LIMIT %(limit)s;
 
 -- name: audit_one_terminal
--- I6: at most one DISPATCHED row and at most one terminal row per item.
+-- I6: at most one DISPATCHED row and at most one terminal row (DISPATCHED, FAILED, CANCELED)
+-- per item.
 WITH scope AS (
     SELECT r.outbox_id FROM symphony.payment_instruction_registry r
      WHERE r.created_at >= %(since)s::timestamptz
@@ -695,7 +702,7 @@ SELECT a.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
             ELSE 'DUPLICATE_TERMINAL' END AS problem,
        count(*) OVER () AS total
   FROM symphony.payment_outbox_attempts a
- WHERE a.state IN ('DISPATCHED', 'FAILED')
+ WHERE a.state IN ('DISPATCHED', 'FAILED', 'CANCELED')
    AND (%(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s))
  GROUP BY a.outbox_id
 HAVING count(*) > 1
@@ -731,7 +738,7 @@ problems AS (
                             WHERE p.outbox_id = i.outbox_id) AS pending,
                    EXISTS (SELECT 1 FROM symphony.payment_outbox_attempts t
                             WHERE t.outbox_id = i.outbox_id
-                              AND t.state IN ('DISPATCHED', 'FAILED')) AS terminal
+                              AND t.state IN ('DISPATCHED', 'FAILED', 'CANCELED')) AS terminal
               FROM items i) x
     UNION ALL
     SELECT p.outbox_id, 'PENDING_WITHOUT_REGISTRY' FROM symphony.payment_outbox_pending p
@@ -770,7 +777,8 @@ SELECT v.outbox_id, v.attempt_no, NULL::text AS subject, v.problem, v.total
 -- name: audit_no_failed_after_ambiguous
 -- I10: once an attempt of an item may have executed (a ZOMBIE_REQUEUE row, or the attempt
 -- its lookup mark names), no FAILED row follows, except an operator's review decision of
--- FAILED; and while the item is pending it keeps needs_lookup, so its next dispatch asks the
+-- FAILED, and no CANCELED row follows at all (a cancel only before anything could reach the
+-- rail); and while the item is pending it keeps needs_lookup, so its next dispatch asks the
 -- rail first.
 WITH scope AS (
     SELECT r.outbox_id FROM symphony.payment_instruction_registry r
@@ -802,6 +810,11 @@ problems AS (
      WHERE NOT (o.state = 'DISPATCHING' AND o.error_code = 'OPERATOR_REVIEW'
                 AND EXISTS (SELECT 1 FROM symphony.outbox_review_decisions d
                              WHERE d.outbox_id = f.outbox_id AND d.decision = 'FAILED'))
+    UNION ALL
+    SELECT c.outbox_id, c.attempt_no, 'CANCELED_AFTER_AMBIGUOUS_ATTEMPT'
+      FROM ambiguous x
+      JOIN symphony.payment_outbox_attempts c
+        ON c.outbox_id = x.outbox_id AND c.attempt_no >= x.first_no AND c.state = 'CANCELED'
     UNION ALL
     SELECT p.outbox_id, x.first_no, 'LOOKUP_FLAG_LOST'
       FROM ambiguous x
@@ -1506,3 +1519,20 @@ SELECT min(u.bucket) AS bucket_from, max(u.bucket) AS bucket_to
           FROM uncovered x) u
  GROUP BY u.grp
  ORDER BY 1;
+
+-- cancellation (migration cancellation) ---------------------------------------------------------
+
+-- name: cancel_payment
+-- A participant cancels one of its own payments (role: ingest).
+SELECT outbox_id, result, state, refusal, attempt_no, canceled_at
+  FROM symphony.cancel_payment(%(participant_id)s, %(outbox_id)s, %(reason)s);
+
+-- name: cancel_payment_by_operator
+-- An operator cancels a payment from the command line (role: control).
+SELECT outbox_id, participant_id, result, state, refusal, attempt_no, canceled_at
+  FROM symphony.cancel_payment_by_operator(%(outbox_id)s, %(canceled_by)s, %(reason)s);
+
+-- name: ops_cancel_payment
+-- An operator token cancels a payment (role: operator).
+SELECT action_id, outbox_id, participant_id, result, state, refusal, attempt_no, canceled_at
+  FROM symphony.ops_cancel_payment(%(token_id)s, %(secret_hash)s, %(outbox_id)s, %(reason)s);
