@@ -14,7 +14,7 @@ cluster. The exit status is pytest's. scripts/ensure-postgres.sh installs the bi
 The database suites (DATABASE_SUITES below): everything in src/symphony/db/tests (migrations
 on an empty and on a populated database, roles, transactions, the server version gate),
 the privilege tests, the engine (enqueue, claim, complete, repair, executor, buckets),
-payment events and webhook delivery, the money-safety and audit tests (checkpoints under
+payment events, webhook delivery and cancellation, the money-safety and audit tests (checkpoints under
 concurrent ledger writes included), the plans of the hot, participant, operator and webhook
 queries, the concurrency test and the model check at its CI size. What they leave out (HTTP API, CLI, services as processes, fault injection,
 the browser) runs on 18 only, in the main pytest run.
@@ -59,6 +59,7 @@ DATABASE_SUITES = [
     "tests/unit/test_outbox_metrics.py",
     "tests/unit/test_payment_events.py",
     "tests/unit/test_webhook_delivery.py",
+    "tests/unit/test_cancellation.py",
     # money safety and audit
     "tests/unit/test_money_safety.py",
     "tests/unit/test_audit_digests.py",

@@ -1,4 +1,4 @@
--- The webhook claim leases its deliveries by their primary key on every PostgreSQL version.
+-- 0024 — the webhook claim leases each delivery by its primary key on every version.
 --
 -- Why: claim_webhook_deliveries (0018) picks the due deliveries (the due index, FOR UPDATE
 -- SKIP LOCKED) and then leases them with
