@@ -15,8 +15,8 @@ The database suites (DATABASE_SUITES below): everything in src/symphony/db/tests
 on an empty and on a populated database, roles, transactions, the server version gate),
 the privilege tests, the engine (enqueue, claim, complete, repair, executor, buckets),
 payment events, webhook delivery and cancellation, the money-safety and audit tests (checkpoints under
-concurrent ledger writes included), the plans of the hot, participant, operator and webhook
-queries, the concurrency test and the model check at its CI size. What they leave out (HTTP API, CLI, services as processes, fault injection,
+concurrent ledger writes included), the plans of the hot, participant, operator, webhook
+and cancellation queries, the concurrency test and the model check at its CI size. What they leave out (HTTP API, CLI, services as processes, fault injection,
 the browser) runs on 18 only, in the main pytest run.
 """
 
@@ -72,6 +72,7 @@ DATABASE_SUITES = [
     "tests/unit/test_participant_query_plans.py",
     "tests/unit/test_operator_query_plans.py",
     "tests/unit/test_webhook_query_plans.py",
+    "tests/unit/test_cancellation_query_plans.py",
     # concurrency and the model check (CI size: SYMPHONY_MODEL_EXAMPLES/STEPS defaults)
     "tests/integration/test_outbox_concurrency.py",
     "tests/integration/test_outbox_model_check.py",
