@@ -11,13 +11,14 @@ product's pg_hba), runs the database suites against it through `DATABASE_URL` (t
 then creates and drops its own databases there, tests/support/database.py), and deletes the
 cluster. The exit status is pytest's. scripts/ensure-postgres.sh installs the binaries.
 
-The database suites (DATABASE_SUITES below): everything in src/symphony/db/tests (migrations
-on an empty and on a populated database, roles, transactions, the server version gate),
-the privilege tests, the engine (enqueue, claim, complete, repair, executor, buckets),
-payment events, webhook delivery and cancellation, the money-safety and audit tests (checkpoints under
-concurrent ledger writes included), the plans of the hot, participant, operator, webhook
-and cancellation queries, the concurrency test and the model check at its CI size. What they leave out (HTTP API, CLI, services as processes, fault injection,
-the browser) runs on 18 only, in the main pytest run.
+The database suites (DATABASE_SUITES below): everything in src/symphony/db/tests (migrations on
+an empty and on a populated database, roles, transactions, the server version gate), the
+privilege tests, the engine (enqueue, claim, complete, repair, executor, buckets), payment
+events, webhook delivery and cancellation, the money-safety and audit tests (checkpoints under
+concurrent ledger writes included), the plans of the hot, participant, operator, webhook and
+cancellation queries, the concurrency test and the model check at its CI size. What they leave
+out (HTTP API, CLI, services as processes, fault injection, the browser) runs on 18 only, in
+the main pytest run.
 """
 
 from __future__ import annotations
