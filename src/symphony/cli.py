@@ -93,6 +93,7 @@ from symphony.services.system import RunOptions, run_system
 from symphony.services.system.api import build_api_server
 from symphony.services.worker import WorkerConfig, WorkerProcess, stop_on_signals
 from symphony.webhooks import WebhookSettings, WebhookStore, configured_secret_box
+from symphony.webhooks.store import COMMAND_LINE_REPLAY_REASON, REPLAYED
 
 log = logging.getLogger("symphony.cli")
 
@@ -405,6 +406,8 @@ def _webhook_commands(commands: Any) -> None:
     replay = actions.add_parser("replay", help="send a delivery's event again")
     replay.add_argument("delivery_id", type=_uuid_arg("a delivery id"))
     replay.add_argument("--by", required=True, metavar="OPERATOR", help="who asks (recorded)")
+    replay.add_argument("--reason", default=COMMAND_LINE_REPLAY_REASON,
+                        help="why (recorded in the operator actions and the payment's history)")
     _json_flag(replay)
     replay.set_defaults(handler=cmd_webhooks_replay)
 
@@ -1100,12 +1103,21 @@ def cmd_webhooks_replay(args: argparse.Namespace) -> int:
 
     async def go() -> dict[str, Any]:
         async with await Database.open(settings) as db:
-            return await WebhookStore(db).replay(args.delivery_id, args.by, role=Role.CONTROL)
+            return await WebhookStore(db).replay(args.delivery_id, args.by, args.reason,
+                                                 role=Role.CONTROL)
 
     row = _run(go())
-    emit(args, row, f"replay {row['delivery_id']} of event {row['event_id']} queued "
-                    f"(webhook-id {row['event_id']})")
-    return EXIT_OK
+    if row["result"] == REPLAYED:
+        emit(args, row, f"replay {row['delivery_id']} of event {row['event_id']} queued "
+                        f"(webhook-id {row['event_id']}; action {row['action_id']})")
+        return EXIT_OK
+    if row["result"] == "REPLAY_PENDING":
+        text = (f"not replayed: replay {row['delivery_id']} of this delivery is still waiting "
+                "to be sent")
+    else:
+        text = f"not replayed: the endpoint is {row['endpoint_status']}"
+    emit(args, row, text)
+    return EXIT_FAILED
 
 
 if __name__ == "__main__":

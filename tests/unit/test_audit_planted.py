@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from uuid import UUID
 
 import pytest
@@ -27,6 +28,7 @@ from symphony.outbox import (
     ReviewDecision,
     verify,
 )
+from symphony.outbox.cancel import CancelOutcome, CancelStore
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,11 @@ def assert_names(
         and (subject is None or (v.subject or "").find(subject) >= 0)
     ]
     assert matching, f"{invariant} lists {[v.describe() for v in listed]}"
+
+
+# An incremental audit (`--since`) from before the history: every item in scope, each check
+# through its scoped form (I8 and I9: audit_sequence_violations_in, audit_lease_violations_in).
+LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def _u(value: UUID) -> str:
@@ -309,10 +316,10 @@ async def test_i8_a_sequence_number_moved(planted: tuple[Database, History]) -> 
     await plant(h.admin, [REGISTRY_APPEND_ONLY],
                 "UPDATE symphony.payment_instruction_registry SET sequence_id = sequence_id + 100"
                 " WHERE outbox_id = " + _u(h.fresh))
-    report = await verify(db)
-    assert_names(report, "I8", h.fresh, "SEQUENCE_GAP")
-    assert_names(report, "I8", h.fresh, "PENDING_SEQUENCE_MISMATCH")
-    assert_names(report, "I8", None, "ALLOCATOR_BEHIND", subject="participant-test")
+    for report in (await verify(db), await verify(db, since=LONG_AGO)):
+        assert_names(report, "I8", h.fresh, "SEQUENCE_GAP")
+        assert_names(report, "I8", h.fresh, "PENDING_SEQUENCE_MISMATCH")
+        assert_names(report, "I8", None, "ALLOCATOR_BEHIND", subject="participant-test")
 
 
 async def test_i8_a_duplicate_sequence_number(planted: tuple[Database, History]) -> None:
@@ -324,7 +331,8 @@ async def test_i8_a_duplicate_sequence_number(planted: tuple[Database, History])
                 " (SELECT sequence_id FROM symphony.payment_instruction_registry "
                 "   WHERE outbox_id = " + _u(h.dispatched) + ") WHERE r.outbox_id = "
                 + _u(h.failed))
-    assert_names(await verify(db), "I8", None, "DUPLICATE_SEQUENCE")
+    for report in (await verify(db), await verify(db, since=LONG_AGO)):
+        assert_names(report, "I8", None, "DUPLICATE_SEQUENCE")
 
 
 async def test_i9_an_outcome_under_another_lease(planted: tuple[Database, History]) -> None:
@@ -332,7 +340,8 @@ async def test_i9_an_outcome_under_another_lease(planted: tuple[Database, Histor
     await plant(h.admin, [LEDGER_APPEND_ONLY],
                 "UPDATE symphony.payment_outbox_attempts SET lease_token = gen_random_uuid() "
                 " WHERE state = 'DISPATCHED' AND outbox_id = " + _u(h.dispatched))
-    assert_names(await verify(db), "I9", h.dispatched, "LEASE_MISMATCH", attempt_no=2)
+    for report in (await verify(db), await verify(db, since=LONG_AGO)):
+        assert_names(report, "I9", h.dispatched, "LEASE_MISMATCH", attempt_no=2)
 
 
 async def test_i9_a_live_lease_the_ledger_never_granted(
@@ -344,7 +353,8 @@ async def test_i9_a_live_lease_the_ledger_never_granted(
                 " claimed_by = 'intruder', claimed_at = now(), "
                 " lease_expires_at = now() + interval '1 minute' WHERE outbox_id = "
                 + _u(h.fresh))
-    assert_names(await verify(db), "I9", h.fresh, "LIVE_LEASE_NOT_IN_LEDGER")
+    for report in (await verify(db), await verify(db, since=LONG_AGO)):
+        assert_names(report, "I9", h.fresh, "LIVE_LEASE_NOT_IN_LEDGER")
 
 
 async def test_i10_failed_after_an_ambiguous_attempt(planted: tuple[Database, History]) -> None:
@@ -474,6 +484,32 @@ async def test_i10_canceled_after_an_ambiguous_attempt(
     assert_names(report, "I10", h.ambiguous, "CANCELED_AFTER_AMBIGUOUS_ATTEMPT", attempt_no=3)
     # The ledger itself is legal (a RETRYABLE may be canceled): only I10 knows it was not clean.
     assert "I5" not in report.failed_invariants
+
+
+async def test_a_clean_cancel_passes_the_audit_from_the_checkpoint(
+    planted: tuple[Database, History],
+) -> None:
+    """A real cancellation after the checkpoint: the routine audit's scoped I9 (a CANCELED row
+    holds no lease and follows no DISPATCHING) and every other check accept it."""
+    db, h = planted
+    result = await CancelStore(db).cancel_as_operator(h.fresh, canceled_by="ops-ann",
+                                                      reason="customer asked")
+    assert result.outcome is CancelOutcome.CANCELED, result
+    for report in (await verify(db, since_checkpoint=True), await verify(db, since=LONG_AGO),
+                   await verify(db)):
+        assert report.ok, [c.as_dict() for c in report.failed()]
+
+
+async def test_i9_a_canceled_row_with_a_lease(planted: tuple[Database, History]) -> None:
+    db, h = planted
+    await plant(h.admin, [CANCEL_CLEAN],
+                "DELETE FROM symphony.payment_outbox_pending WHERE outbox_id = "
+                + _u(h.retrying),
+                "INSERT INTO symphony.payment_outbox_attempts (outbox_id, attempt_no, state, "
+                " worker_id, lease_token) VALUES (" + _u(h.retrying)
+                + ", 3, 'CANCELED', 'participant:x', gen_random_uuid())")
+    for report in (await verify(db), await verify(db, since=LONG_AGO)):
+        assert_names(report, "I9", h.retrying, "CANCELED_WITH_LEASE", attempt_no=3)
 
 
 # -- events (E1) ------------------------------------------------------------------------------------

@@ -384,39 +384,54 @@ SELECT event_seq, event_id, event_type, outbox_id, payload, created_at
 SELECT set_config('work_mem', %(work_mem)s, true) AS work_mem;
 
 -- name: audit_checkpoint_scope
--- Where an audit from the latest checkpoint starts: the checkpoint's time, or the earliest
--- recorded_at of a ledger row numbered above it if earlier (a row's recorded_at is its
--- transaction's start, which may precede the checkpoint it committed after). Reads only the
--- rows above the checkpoint (the primary key's range): the cost follows what was written since,
--- not the ledger's size (role: auditor). No row: no checkpoint yet.
-SELECT c.checkpoint_id, c.up_to_attempt_id, c.taken_at,
-       least(c.taken_at, (SELECT min(a.recorded_at) FROM symphony.payment_outbox_attempts a
-                           WHERE a.attempt_id > c.up_to_attempt_id)) AS since
+-- Where an audit from the latest checkpoint starts (role: auditor): the latest checkpoint
+-- (no row: no checkpoint yet), then audit_checkpoint_since.
+SELECT c.checkpoint_id, c.up_to_attempt_id, c.taken_at
   FROM symphony.ledger_checkpoints c
  ORDER BY c.checkpoint_id DESC
  LIMIT 1;
 
+-- name: audit_checkpoint_since
+-- The checkpoint's time, or the earliest recorded_at of a ledger row numbered above it if
+-- earlier (a row's recorded_at is its transaction's start, which may precede the checkpoint it
+-- committed after). Reads only the rows above the checkpoint through the primary key's range:
+-- the cost follows what was written since, not the ledger's size. The bound is a parameter
+-- (not a column of a join) so the planner sees how few rows lie above it (role: auditor).
+SELECT least(%(taken_at)s::timestamptz,
+             (SELECT min(x.recorded_at)
+                FROM (SELECT a.recorded_at FROM symphony.payment_outbox_attempts a
+                       WHERE a.attempt_id > %(up_to_attempt_id)s::bigint
+                       OFFSET 0) x)) AS since;
+
+-- name: audit_scope_ids
+-- The items an incremental audit checks (`since` given): registered, or with a ledger row
+-- recorded, at or after `since`, and from a checkpoint every live item. Computed once per
+-- audit through the registry's and the ledger's time indexes and passed to every check as an
+-- array, which each check probes through its table's outbox index (an IN over a CTE next to
+-- `since IS NULL OR ...` is planned as a scan of the whole table).
+SELECT coalesce(array_agg(x.outbox_id), '{}') AS scope_ids,
+       coalesce((SELECT array_agg(DISTINCT r.participant_id)
+                   FROM symphony.payment_instruction_registry r
+                  WHERE r.outbox_id = ANY (array_agg(x.outbox_id))), '{}') AS scope_participants
+  FROM (SELECT r.outbox_id FROM symphony.payment_instruction_registry r
+         WHERE r.created_at >= %(since)s::timestamptz
+        UNION
+        SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
+         WHERE a.recorded_at >= %(since)s::timestamptz
+        UNION
+        SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+         WHERE %(from_checkpoint)s::boolean) x;
+
 -- name: audit_scope_counts
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-)
 SELECT (SELECT count(*) FROM symphony.payment_instruction_registry r
          WHERE %(since)s::timestamptz IS NULL
-            OR r.outbox_id IN (SELECT s.outbox_id FROM scope s)) AS items,
+            OR r.outbox_id = ANY (%(scope_ids)s::uuid[])) AS items,
        (SELECT count(*) FROM symphony.payment_outbox_attempts a
          WHERE %(since)s::timestamptz IS NULL
-            OR a.outbox_id IN (SELECT s.outbox_id FROM scope s)) AS ledger_rows,
+            OR a.outbox_id = ANY (%(scope_ids)s::uuid[])) AS ledger_rows,
        (SELECT count(*) FROM symphony.payment_outbox_pending p
          WHERE %(since)s::timestamptz IS NULL
-            OR p.outbox_id IN (SELECT s.outbox_id FROM scope s)) AS pending,
+            OR p.outbox_id = ANY (%(scope_ids)s::uuid[])) AS pending,
        (SELECT count(*) FROM symphony.ledger_checkpoints) AS checkpoints,
        now() AS snapshot_at;
 
@@ -424,18 +439,7 @@ SELECT (SELECT count(*) FROM symphony.payment_instruction_registry r
 -- I1: one item per (participant_id, instruction_id, idempotency_key); outbox_id unique. A full
 -- audit counts each key over the whole registry; an incremental one probes the keys of the
 -- items in scope (one branch runs: the other's condition is false for the given `since`).
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-problems AS (
+WITH problems AS (
     -- Hash aggregates over the registry, then back to the few rows of a duplicated key.
     SELECT r.outbox_id, r.participant_id, 'DUPLICATE_OUTBOX_ID' AS problem
       FROM symphony.payment_instruction_registry r
@@ -462,7 +466,7 @@ problems AS (
            END
       FROM symphony.payment_instruction_registry r
      WHERE %(since)s::timestamptz IS NOT NULL
-       AND r.outbox_id IN (SELECT s.outbox_id FROM scope s)
+       AND r.outbox_id = ANY (%(scope_ids)s::uuid[])
        AND ((SELECT count(*) FROM symphony.payment_instruction_registry o
               WHERE o.outbox_id = r.outbox_id) > 1
             OR EXISTS (SELECT 1 FROM symphony.payment_instruction_registry o
@@ -479,21 +483,10 @@ SELECT x.outbox_id, NULL::integer AS attempt_no, x.participant_id AS subject, x.
 
 -- name: audit_one_pending_row
 -- I2: at most one pending row per outbox_id.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-)
 SELECT p.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
        'DUPLICATE_PENDING_ROW' AS problem, count(*) OVER () AS total
   FROM symphony.payment_outbox_pending p
- WHERE %(since)s::timestamptz IS NULL OR p.outbox_id IN (SELECT s.outbox_id FROM scope s)
+ WHERE %(since)s::timestamptz IS NULL OR p.outbox_id = ANY (%(scope_ids)s::uuid[])
  GROUP BY p.outbox_id
 HAVING count(*) > 1
  ORDER BY p.outbox_id
@@ -594,27 +587,16 @@ SELECT NULL::uuid AS outbox_id, NULL::integer AS attempt_no, x.subject, x.proble
 -- name: audit_attempt_numbering
 -- I4: attempt_no runs 1, 2, 3, ... per item; a pending row's attempt_count is the number of
 -- its DISPATCHING rows and its last_attempt_no its newest attempt_no.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-numbered AS (
+WITH numbered AS (
     SELECT a.outbox_id, a.attempt_no,
            lag(a.attempt_no) OVER (PARTITION BY a.outbox_id ORDER BY a.attempt_no) AS previous_no
       FROM symphony.payment_outbox_attempts a
-     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id = ANY (%(scope_ids)s::uuid[])
 ),
 live AS (
     SELECT p.outbox_id, p.attempt_count, p.last_attempt_no
       FROM symphony.payment_outbox_pending p
-     WHERE %(since)s::timestamptz IS NULL OR p.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR p.outbox_id = ANY (%(scope_ids)s::uuid[])
 ),
 live_ledger AS (
     SELECT a.outbox_id, count(*) FILTER (WHERE a.state = 'DISPATCHING') AS dispatching,
@@ -650,23 +632,12 @@ SELECT x.outbox_id, x.attempt_no, NULL::text AS subject, x.problem, count(*) OVE
 -- I5: the first row is DISPATCHING or CANCELED; DISPATCHED, RETRYABLE, FAILED and
 -- ZOMBIE_REQUEUE follow a DISPATCHING; DISPATCHING follows RETRYABLE or ZOMBIE_REQUEUE;
 -- CANCELED follows a RETRYABLE (a clean one: I10 checks that); nothing follows a terminal.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-ordered AS (
+WITH ordered AS (
     SELECT a.outbox_id, a.attempt_no, a.state::text AS state,
            (lag(a.state) OVER (PARTITION BY a.outbox_id ORDER BY a.attempt_no))::text
                AS previous_state
       FROM symphony.payment_outbox_attempts a
-     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id = ANY (%(scope_ids)s::uuid[])
 )
 SELECT x.outbox_id, x.attempt_no,
        coalesce(x.previous_state, '(start)') || ' -> ' || x.state AS subject,
@@ -686,24 +657,13 @@ SELECT x.outbox_id, x.attempt_no,
 -- name: audit_one_terminal
 -- I6: at most one DISPATCHED row and at most one terminal row (DISPATCHED, FAILED, CANCELED)
 -- per item.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-)
 SELECT a.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
        CASE WHEN count(*) FILTER (WHERE a.state = 'DISPATCHED') > 1 THEN 'DUPLICATE_DISPATCHED'
             ELSE 'DUPLICATE_TERMINAL' END AS problem,
        count(*) OVER () AS total
   FROM symphony.payment_outbox_attempts a
  WHERE a.state IN ('DISPATCHED', 'FAILED', 'CANCELED')
-   AND (%(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s))
+   AND (%(since)s::timestamptz IS NULL OR a.outbox_id = ANY (%(scope_ids)s::uuid[]))
  GROUP BY a.outbox_id
 HAVING count(*) > 1
  ORDER BY a.outbox_id
@@ -712,20 +672,9 @@ HAVING count(*) > 1
 -- name: audit_pending_matches_ledger
 -- I7: an item is pending if and only if its ledger has no terminal row; no pending row,
 -- ledger row, review decision or lookup mark belongs to an item the registry does not know.
-WITH scope AS (
+WITH items AS (
     SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-items AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id = ANY (%(scope_ids)s::uuid[])
 ),
 problems AS (
     SELECT x.outbox_id,
@@ -748,7 +697,7 @@ problems AS (
     SELECT a.outbox_id, 'LEDGER_WITHOUT_REGISTRY'
       FROM (SELECT DISTINCT x.outbox_id FROM symphony.payment_outbox_attempts x
              WHERE %(since)s::timestamptz IS NULL
-                OR x.outbox_id IN (SELECT s.outbox_id FROM scope s)) a
+                OR x.outbox_id = ANY (%(scope_ids)s::uuid[])) a
      WHERE NOT EXISTS (SELECT 1 FROM symphony.payment_instruction_registry r
                         WHERE r.outbox_id = a.outbox_id)
     UNION ALL
@@ -764,15 +713,27 @@ SELECT x.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject, x.proble
  LIMIT %(limit)s;
 
 -- name: audit_sequences
--- I8, through the owner's function (the auditor may not read sequence numbers).
+-- I8, through the owner's functions (the auditor may not read sequence numbers): the full one,
+-- or for an incremental audit the one that probes the items in scope (one branch runs).
 SELECT v.outbox_id, NULL::integer AS attempt_no, v.participant_id AS subject, v.problem,
        v.total
-  FROM symphony.audit_sequence_violations(%(since)s::timestamptz, %(limit)s) v;
+  FROM symphony.audit_sequence_violations(NULL, %(limit)s) v
+ WHERE %(since)s::timestamptz IS NULL
+UNION ALL
+SELECT v.outbox_id, NULL::integer, v.participant_id, v.problem, v.total
+  FROM symphony.audit_sequence_violations_in(%(scope_ids)s::uuid[], %(limit)s) v
+ WHERE %(since)s::timestamptz IS NOT NULL;
 
 -- name: audit_lease_fencing
--- I9, through the owner's function (no role may read a lease token).
+-- I9, through the owner's functions (no role may read a lease token): the full one, or for an
+-- incremental audit the one that reads the items in scope (one branch runs).
 SELECT v.outbox_id, v.attempt_no, NULL::text AS subject, v.problem, v.total
-  FROM symphony.audit_lease_violations(%(since)s::timestamptz, %(limit)s) v;
+  FROM symphony.audit_lease_violations(NULL, %(limit)s) v
+ WHERE %(since)s::timestamptz IS NULL
+UNION ALL
+SELECT v.outbox_id, v.attempt_no, NULL::text, v.problem, v.total
+  FROM symphony.audit_lease_violations_in(%(scope_ids)s::uuid[], %(limit)s) v
+ WHERE %(since)s::timestamptz IS NOT NULL;
 
 -- name: audit_no_failed_after_ambiguous
 -- I10: once an attempt of an item may have executed (a ZOMBIE_REQUEUE row, or the attempt
@@ -780,24 +741,13 @@ SELECT v.outbox_id, v.attempt_no, NULL::text AS subject, v.problem, v.total
 -- FAILED, and no CANCELED row follows at all (a cancel only before anything could reach the
 -- rail); and while the item is pending it keeps needs_lookup, so its next dispatch asks the
 -- rail first.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-ambiguous AS (
+WITH ambiguous AS (
     SELECT x.outbox_id, min(x.attempt_no) AS first_no
       FROM (SELECT a.outbox_id, a.attempt_no FROM symphony.payment_outbox_attempts a
              WHERE a.state = 'ZOMBIE_REQUEUE'
             UNION ALL
             SELECT m.outbox_id, m.attempt_no FROM symphony.outbox_lookup_marks m) x
-     WHERE %(since)s::timestamptz IS NULL OR x.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR x.outbox_id = ANY (%(scope_ids)s::uuid[])
      GROUP BY x.outbox_id
 ),
 problems AS (
@@ -830,18 +780,7 @@ SELECT x.outbox_id, x.attempt_no, NULL::text AS subject, x.problem, count(*) OVE
 -- I10, review: an item under review needs a lookup and holds no lease; a terminal row that
 -- an operator's review wrote (its DISPATCHING row is OPERATOR_REVIEW) has that decision in
 -- outbox_review_decisions, by that operator; a DISPATCHED or FAILED decision has its row.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-problems AS (
+WITH problems AS (
     SELECT p.outbox_id, NULL::integer AS attempt_no,
            CASE WHEN NOT p.needs_lookup THEN 'REVIEW_WITHOUT_LOOKUP'
                 WHEN p.claimed_by IS NOT NULL THEN 'REVIEW_WHILE_LEASED' END AS problem
@@ -867,7 +806,7 @@ problems AS (
 SELECT x.outbox_id, x.attempt_no, NULL::text AS subject, x.problem, count(*) OVER () AS total
   FROM problems x
  WHERE x.problem IS NOT NULL
-   AND (%(since)s::timestamptz IS NULL OR x.outbox_id IN (SELECT s.outbox_id FROM scope s))
+   AND (%(since)s::timestamptz IS NULL OR x.outbox_id = ANY (%(scope_ids)s::uuid[]))
  ORDER BY x.outbox_id, x.attempt_no
  LIMIT %(limit)s;
 
@@ -877,23 +816,12 @@ SELECT x.outbox_id, x.attempt_no, NULL::text AS subject, x.problem, count(*) OVE
 -- DISPATCHED / FAILED / CANCELED ledger row; one payment.under_review per time the item
 -- entered review (each review decision closes one, an item under review now holds one open).
 -- Each participant's events are numbered 1, 2, 3, ... without a gap (full audits).
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
 -- An incremental audit counts only the items in scope (each one whole): its cost follows the
 -- scope, not the ledger (the events through their participants' index).
-expected AS (
+WITH expected AS (
     SELECT r.participant_id, r.outbox_id, 'payment.created' AS event_type, 1::bigint AS n
       FROM symphony.payment_instruction_registry r
-     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id = ANY (%(scope_ids)s::uuid[])
     UNION ALL
     SELECT a.participant_id, a.outbox_id,
            CASE a.state::text WHEN 'DISPATCHED' THEN 'payment.dispatched'
@@ -902,18 +830,18 @@ expected AS (
            count(*)
       FROM symphony.payment_outbox_attempts a
      WHERE a.state::text IN ('DISPATCHED', 'FAILED', 'CANCELED')
-       AND (%(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s))
+       AND (%(since)s::timestamptz IS NULL OR a.outbox_id = ANY (%(scope_ids)s::uuid[]))
      GROUP BY 1, 2, 3
     UNION ALL
     SELECT d.participant_id, d.outbox_id, 'payment.under_review', count(*)
       FROM symphony.outbox_review_decisions d
-     WHERE %(since)s::timestamptz IS NULL OR d.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR d.outbox_id = ANY (%(scope_ids)s::uuid[])
      GROUP BY 1, 2
     UNION ALL
     SELECT p.participant_id, p.outbox_id, 'payment.under_review', 1
       FROM symphony.payment_outbox_pending p
      WHERE p.review_reason IS NOT NULL
-       AND (%(since)s::timestamptz IS NULL OR p.outbox_id IN (SELECT s.outbox_id FROM scope s))
+       AND (%(since)s::timestamptz IS NULL OR p.outbox_id = ANY (%(scope_ids)s::uuid[]))
 ),
 wanted AS (
     SELECT e.participant_id, e.outbox_id, e.event_type, sum(e.n) AS n
@@ -924,10 +852,8 @@ written AS (
     SELECT v.participant_id, v.outbox_id, v.event_type, count(*) AS n
       FROM symphony.payment_events v
      WHERE %(since)s::timestamptz IS NULL
-        OR (v.participant_id IN (SELECT r.participant_id
-                                   FROM symphony.payment_instruction_registry r
-                                  WHERE r.outbox_id IN (SELECT s.outbox_id FROM scope s))
-            AND v.outbox_id IN (SELECT s.outbox_id FROM scope s))
+        OR (v.participant_id = ANY (%(scope_participants)s::text[])
+            AND v.outbox_id = ANY (%(scope_ids)s::uuid[]))
      GROUP BY 1, 2, 3
 ),
 problems AS (
@@ -953,7 +879,7 @@ problems AS (
 )
 SELECT x.outbox_id, NULL::integer AS attempt_no, x.subject, x.problem, count(*) OVER () AS total
   FROM problems x
- WHERE %(since)s::timestamptz IS NULL OR x.outbox_id IN (SELECT s.outbox_id FROM scope s)
+ WHERE %(since)s::timestamptz IS NULL OR x.outbox_id = ANY (%(scope_ids)s::uuid[])
        OR x.problem = 'EVENT_SEQUENCE_GAP'
  ORDER BY x.outbox_id, x.subject
  LIMIT %(limit)s;
@@ -962,18 +888,7 @@ SELECT x.outbox_id, NULL::integer AS attempt_no, x.subject, x.problem, count(*) 
 -- Tamper evidence: each registry row's digest recomputed from its content (the serialization
 -- of docs/audit.md: version tag, then `<characters>:<text>` per field, NULL as `-`, joined
 -- by `|`). A changed amount, destination, key or rail shows here.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-recomputed AS (
+WITH recomputed AS (
     SELECT r.outbox_id, r.instruction_digest,
            sha256(convert_to(
                'symphony-instruction-v1'
@@ -999,7 +914,7 @@ recomputed AS (
                                       ::bigint::text END,
                'UTF8')) AS expected
       FROM symphony.payment_instruction_registry r
-     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id = ANY (%(scope_ids)s::uuid[])
 )
 SELECT x.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
        CASE WHEN x.instruction_digest IS NULL THEN 'DIGEST_MISSING'
@@ -1014,18 +929,7 @@ SELECT x.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
 -- Tamper evidence: each ledger row's digest recomputed over its content and the stored
 -- digest of the row before it (attempt 1: the instruction's digest). A changed row fails at
 -- itself; a removed or inserted row fails at the row after it.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-linked AS (
+WITH linked AS (
     SELECT a.outbox_id, a.attempt_no, a.row_digest,
            CASE WHEN a.attempt_no = 1 THEN r.instruction_digest
                 ELSE lag(a.row_digest) OVER (PARTITION BY a.outbox_id ORDER BY a.attempt_no)
@@ -1051,7 +955,7 @@ linked AS (
       FROM symphony.payment_outbox_attempts a
       LEFT JOIN symphony.payment_instruction_registry r
         ON r.outbox_id = a.outbox_id AND a.attempt_no = 1
-     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id = ANY (%(scope_ids)s::uuid[])
 )
 SELECT x.outbox_id, x.attempt_no, NULL::text AS subject,
        CASE WHEN x.row_digest IS NULL THEN 'DIGEST_MISSING'
@@ -1117,21 +1021,10 @@ SELECT NULL::uuid AS outbox_id, NULL::integer AS attempt_no,
 -- (ROW_CHANGED, ROW_REMOVED); no row the checkpoints cover appeared since (ROW_INSERTED: a
 -- row numbered at or below a checkpoint's up_to_attempt_id beyond the head it recorded, or of
 -- an item no checkpoint saw).
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-heads AS (
+WITH heads AS (
     SELECT h.checkpoint_id, h.outbox_id, h.attempt_no, h.row_digest
       FROM symphony.ledger_checkpoint_heads h
-     WHERE %(since)s::timestamptz IS NULL OR h.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR h.outbox_id = ANY (%(scope_ids)s::uuid[])
 ),
 latest_head AS (
     SELECT DISTINCT ON (h.outbox_id) h.outbox_id, h.attempt_no, c.up_to_attempt_id
@@ -1160,7 +1053,7 @@ problems AS (
       FROM symphony.payment_outbox_attempts a
      CROSS JOIN covered v
      WHERE a.attempt_id <= v.up_to
-       AND (%(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s))
+       AND (%(since)s::timestamptz IS NULL OR a.outbox_id = ANY (%(scope_ids)s::uuid[]))
        AND NOT EXISTS (SELECT 1 FROM symphony.ledger_checkpoint_heads h
                         WHERE h.outbox_id = a.outbox_id)
 )
@@ -1280,9 +1173,12 @@ SELECT delivery_id, participant_id, endpoint_id, event_id, event_seq, status, at
        last_attempt_at
   FROM symphony.ops_webhook_deliveries(%(endpoint_id)s, %(limit)s);
 
--- name: replay_webhook_delivery
-SELECT delivery_id, participant_id, endpoint_id, event_id, replay_of
-  FROM symphony.replay_webhook_delivery(%(delivery_id)s, %(requested_by)s);
+-- name: replay_webhook_delivery_by_operator
+-- Send a delivery's event again, recorded as the named operator's action (role: control).
+SELECT action_id, result, delivery_id, replay_of, participant_id, endpoint_id, event_id,
+       outbox_id, status, endpoint_status
+  FROM symphony.replay_webhook_delivery_by_operator(%(delivery_id)s, %(requested_by)s,
+                                                    %(reason)s);
 
 -- name: webhook_health
 -- Endpoint and delivery counts for the metrics and the dashboard (roles: delivery, webhooks,
@@ -1470,6 +1366,13 @@ SELECT action_id, participant_id, status, revoked_at
 SELECT action_id, token_id, revoked_at
   FROM symphony.ops_revoke_token(%(token_id)s, %(secret_hash)s, %(target_token_id)s,
                                  %(reason)s);
+
+-- name: ops_replay_webhook_delivery
+-- An operator token sends a webhook delivery's event again (role: operator).
+SELECT action_id, result, delivery_id, replay_of, participant_id, endpoint_id, event_id,
+       outbox_id, status, endpoint_status
+  FROM symphony.ops_replay_webhook_delivery(%(token_id)s, %(secret_hash)s, %(delivery_id)s,
+                                            %(reason)s);
 
 -- name: ops_participant_summary
 -- One participant's live counts, oldest pending item and recent outcomes (roles: readonly,

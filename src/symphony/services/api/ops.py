@@ -35,7 +35,7 @@ from symphony.services.api.dashboard import dashboard_router
 from symphony.services.api.error import ApiError, ErrorBody, FieldError, validation_field_error
 from symphony.services.api.metrics import metrics_router
 from symphony.services.api.operators import operators_router
-from symphony.services.api.webhooks import webhook_health_router
+from symphony.services.api.webhooks import webhook_health_router, webhook_ops_router
 
 DEFAULT_FAILURES_LIMIT = 50
 DEFAULT_THROUGHPUT_MINUTES = 30
@@ -286,7 +286,8 @@ def ops_router() -> APIRouter:
         if not result.canceled:
             raise ApiError(409, "payment_not_cancelable",
                            "the payment cannot be canceled: an attempt of it may have reached "
-                           "the rail, or it has ended", current={"state": result.state})
+                           "the rail, or it has ended",
+                           current={"state": result.state, "refusal": result.refusal})
         return OpsCancelResult(
             action_id=result.action_id, outbox_id=result.outbox_id,
             participant_id=result.participant_id, result=result.outcome.value,
@@ -321,4 +322,5 @@ def operator_routers(
         metrics_router(process_registries=process_registries),
         dashboard_router(),
         webhook_health_router(),
+        webhook_ops_router(),
     ]
