@@ -1,4 +1,4 @@
--- 0024 — the webhook claim leases each delivery by its primary key on every version.
+-- 0026 — the webhook claim leases each delivery by its primary key on every version.
 --
 -- Why: claim_webhook_deliveries (0018) picks the due deliveries (the due index, FOR UPDATE
 -- SKIP LOCKED) and then leases them with
