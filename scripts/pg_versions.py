@@ -14,9 +14,10 @@ cluster. The exit status is pytest's. scripts/ensure-postgres.sh installs the bi
 The database suites (DATABASE_SUITES below): everything in src/symphony/db/tests (migrations on
 an empty and on a populated database, roles, transactions, the server version gate), the
 privilege tests, the engine (enqueue, claim, complete, repair, executor, buckets), payment
-events, webhook delivery and cancellation, the money-safety and audit tests (checkpoints under
-concurrent ledger writes included), the plans of the hot, participant, operator, webhook and
-cancellation queries, the concurrency test and the model check at its CI size. What they leave
+events, webhook delivery, cancellation and the operator's webhook replay, the money-safety and
+audit tests (checkpoints under concurrent ledger writes and scheduled checkpoints included), the
+plans of the hot, participant, operator, webhook, cancellation and incremental-audit queries,
+the concurrency test and the model check at its CI size. What they leave
 out (HTTP API, CLI, services as processes, fault injection, the browser) runs on 18 only, in
 the main pytest run.
 """
@@ -61,11 +62,14 @@ DATABASE_SUITES = [
     "tests/unit/test_payment_events.py",
     "tests/unit/test_webhook_delivery.py",
     "tests/unit/test_cancellation.py",
+    "tests/unit/test_ops_webhook_replay.py",
     # money safety and audit
     "tests/unit/test_money_safety.py",
+    "tests/unit/test_dispatched_needs_transaction_id.py",
     "tests/unit/test_audit_digests.py",
     "tests/unit/test_audit_planted.py",
     "tests/unit/test_checkpoint_concurrency.py",
+    "tests/unit/test_checkpoint_service.py",
     "tests/integration/test_audit_realistic.py",
     # plans of the hot queries (index use must hold on every version)
     "tests/unit/test_hot_query_plans.py",
@@ -74,6 +78,7 @@ DATABASE_SUITES = [
     "tests/unit/test_operator_query_plans.py",
     "tests/unit/test_webhook_query_plans.py",
     "tests/unit/test_cancellation_query_plans.py",
+    "tests/unit/test_audit_scope_plans.py",
     # concurrency and the model check (CI size: SYMPHONY_MODEL_EXAMPLES/STEPS defaults)
     "tests/integration/test_outbox_concurrency.py",
     "tests/integration/test_outbox_model_check.py",
