@@ -19,7 +19,9 @@ Two kinds of file (the rule for which goes where: `sql/objects/README.md`):
   objects are applied again: a database upgraded from any earlier version ends with exactly
   the objects a fresh one has.
 
-Concurrent runs queue on an advisory lock.
+Concurrent runs queue on an advisory lock. On a server older than PostgreSQL 16 each numbered
+migration runs with its role grants spelled the 15 way, and is checked after
+(symphony.db.compat says why that is the same grant); the object files hold no role grant.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from typing import LiteralString
 
 import psycopg
 
+from symphony.db.compat import AdaptedMigration, adapt_migration
 from symphony.db.error import MigrationError, translate
+from symphony.db.server import require_supported_version
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _OBJECT_NAME = re.compile(r"^(?:[a-z0-9_]+\.)?[a-z0-9_]+\.sql$")
@@ -80,6 +84,12 @@ BEGIN
 END
 $mirror$;
 """
+
+# Members of a grant spelled the PostgreSQL 15 way that would inherit the role's privileges.
+_INHERITING_MEMBERS: LiteralString = (
+    "SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY(%s) AND rolinherit"
+    " ORDER BY rolname"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +304,8 @@ async def migrate(
         )
     try:
         async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
+            server_version = conn.info.server_version
+            require_supported_version(server_version, "the migration's server")
             await conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
             try:
                 async with conn.transaction():
@@ -308,8 +320,16 @@ async def migrate(
                         continue
                     if up_to is not None and migration.version > up_to:
                         break
+                    adapted = adapt_migration(migration.sql, server_version)
+                    if adapted.problem is not None:
+                        raise MigrationError(
+                            f"migration {migration.name} cannot run on this server: "
+                            f"{adapted.problem}; upgrade PostgreSQL",
+                            code="MIGRATION_NEEDS_NEWER_SERVER",
+                        )
                     async with conn.transaction():
-                        await conn.execute(migration.sql)
+                        await conn.execute(adapted.sql)
+                        await _check_adapted(conn, migration, adapted)
                         # A migration may switch to the owner; the record is the admin's.
                         await conn.execute("RESET ROLE")
                         await conn.execute(
@@ -412,6 +432,22 @@ async def _revoke_every_grant(
     for (statement,) in await cur.fetchall():
         # Built by format() from the catalog's own quoted names: not outside input.
         await conn.execute(str(statement))
+
+
+async def _check_adapted(conn: psycopg.AsyncConnection[tuple[object, ...]],
+                         migration: Migration, adapted: AdaptedMigration) -> None:
+    """Refuse (and so roll back) a migration whose 15-spelled grants would inherit."""
+    if not adapted.noinherit_members:
+        return
+    cur = await conn.execute(_INHERITING_MEMBERS, (list(adapted.noinherit_members),))
+    inheriting = [str(row[0]) for row in await cur.fetchall()]
+    if inheriting:
+        raise MigrationError(
+            f"migration {migration.name} grants roles to {', '.join(inheriting)}, which "
+            "inherit(s) privileges: on PostgreSQL 15 the grant cannot say INHERIT FALSE, so "
+            "the member must be NOINHERIT (ALTER ROLE ... NOINHERIT) before the grant",
+            code="MIGRATION_GRANT_WOULD_INHERIT",
+        )
 
 
 async def pending_migrations(admin_dsn: str) -> list[str]:
