@@ -1,10 +1,7 @@
 -- symphony.claim_webhook_deliveries: the running definition, applied again whenever this file
 -- changes (a repeatable object: see sql/objects/README.md). Moved here from its last definition
--- in migration 0018_webhooks.sql.
+-- in migration 0026_webhook_claim_by_key.sql.
 
--- Lease up to p_limit due deliveries of enabled endpoints. A delivery whose lease expired
--- (its service died mid-call) gets its lost attempt recorded as LEASE_EXPIRED first. Each
--- row carries what the call needs: the URL, the event and the sealed live secrets.
 CREATE OR REPLACE FUNCTION symphony.claim_webhook_deliveries(
     p_worker_id     text,
     p_limit         integer,
@@ -83,37 +80,41 @@ BEGIN
       FROM unnest(v_pids, v_ids, v_eps, v_events, v_counts, v_tokens, v_claimers)
                AS u(pid, id, ep, ev, n, tok, who)
      WHERE u.tok IS NOT NULL AND u.n >= 1;
-    RETURN QUERY
-    WITH leased AS (
-        UPDATE webhook_deliveries d
-           SET attempt_count = d.attempt_count + 1,
-               claimed_by = p_worker_id,
-               lease_token = gen_random_uuid(),
-               lease_expires_at = now() + make_interval(secs => p_lease_seconds)
-         WHERE d.delivery_id = ANY (v_ids) AND d.participant_id = ANY (v_pids)
-        RETURNING d.participant_id, d.delivery_id, d.endpoint_id, d.event_seq, d.event_id,
-                  d.attempt_count, d.lease_token, d.lease_expires_at
-    )
-    SELECT l.participant_id, l.delivery_id, l.endpoint_id, e.url, l.event_seq, l.event_id,
-           ev.event_type, ev.outbox_id, ev.created_at, ev.payload, l.attempt_count,
-           l.lease_token, l.lease_expires_at, s.ciphertexts, s.key_ids
-      FROM leased l
-      -- LIMIT 1 keeps each lookup a probe of its key (never a join over the whole table).
-      CROSS JOIN LATERAL (
-          SELECT x.url FROM webhook_endpoints x
-           WHERE x.participant_id = l.participant_id AND x.endpoint_id = l.endpoint_id
-           LIMIT 1) e
-      CROSS JOIN LATERAL (
-          SELECT x.event_type, x.outbox_id, x.created_at, x.payload FROM payment_events x
-           WHERE x.participant_id = l.participant_id AND x.event_seq = l.event_seq
-           LIMIT 1) ev
-      CROSS JOIN LATERAL (
-          SELECT array_agg(x.secret_ciphertext ORDER BY x.secret_no DESC) AS ciphertexts,
-                 array_agg(x.key_id ORDER BY x.secret_no DESC) AS key_ids
-            FROM webhook_endpoint_secrets x
-           WHERE x.participant_id = l.participant_id AND x.endpoint_id = l.endpoint_id
-             AND (x.expires_at IS NULL OR x.expires_at > now())
-      ) s;
+    -- Each claimed delivery leased by its primary key, one statement per key (see the header),
+    -- in the claim's order (oldest due first).
+    FOR i IN 1 .. cardinality(v_ids) LOOP
+        RETURN QUERY
+        WITH leased AS (
+            UPDATE webhook_deliveries d
+               SET attempt_count = d.attempt_count + 1,
+                   claimed_by = p_worker_id,
+                   lease_token = gen_random_uuid(),
+                   lease_expires_at = now() + make_interval(secs => p_lease_seconds)
+             WHERE d.participant_id = v_pids[i] AND d.delivery_id = v_ids[i]
+            RETURNING d.participant_id, d.delivery_id, d.endpoint_id, d.event_seq, d.event_id,
+                      d.attempt_count, d.lease_token, d.lease_expires_at
+        )
+        SELECT l.participant_id, l.delivery_id, l.endpoint_id, e.url, l.event_seq, l.event_id,
+               ev.event_type, ev.outbox_id, ev.created_at, ev.payload, l.attempt_count,
+               l.lease_token, l.lease_expires_at, s.ciphertexts, s.key_ids
+          FROM leased l
+          -- LIMIT 1 keeps each lookup a probe of its key (never a join over the whole table).
+          CROSS JOIN LATERAL (
+              SELECT x.url FROM webhook_endpoints x
+               WHERE x.participant_id = l.participant_id AND x.endpoint_id = l.endpoint_id
+               LIMIT 1) e
+          CROSS JOIN LATERAL (
+              SELECT x.event_type, x.outbox_id, x.created_at, x.payload FROM payment_events x
+               WHERE x.participant_id = l.participant_id AND x.event_seq = l.event_seq
+               LIMIT 1) ev
+          CROSS JOIN LATERAL (
+              SELECT array_agg(x.secret_ciphertext ORDER BY x.secret_no DESC) AS ciphertexts,
+                     array_agg(x.key_id ORDER BY x.secret_no DESC) AS key_ids
+                FROM webhook_endpoint_secrets x
+               WHERE x.participant_id = l.participant_id AND x.endpoint_id = l.endpoint_id
+                 AND (x.expires_at IS NULL OR x.expires_at > now())
+          ) s;
+    END LOOP;
 END
 $$;
 

@@ -1,6 +1,6 @@
 -- symphony.take_ledger_checkpoint: the running definition, applied again whenever this file
 -- changes (a repeatable object: see sql/objects/README.md). Moved here from its last definition
--- in migration 0019_checkpoint_without_blocking.sql.
+-- in migration 0027_checkpoint_waits_for_unlisted_writers.sql.
 
 CREATE OR REPLACE FUNCTION symphony.take_ledger_checkpoint() RETURNS TABLE (
     checkpoint_id     bigint,
@@ -30,6 +30,8 @@ DECLARE
     v_writers     xid8[];
     v_writer      xid8;
     v_pause       double precision;
+    v_ref         bigint;
+    v_over        boolean;
     v_rows        bigint;
     v_items       bigint;
     v_heads       bytea;
@@ -56,23 +58,37 @@ BEGIN
       FROM payment_outbox_attempts a;
     v_up_to := greatest(v_up_to, coalesce(v_prev_up_to, 0));
 
-    -- The ledger writers that snapshot saw in progress: a row they numbered may lie at or
-    -- below the boundary. Wait until each has committed or rolled back.
+    -- The ledger writers in flight that this snapshot cannot see: a row they numbered may lie
+    -- at or below the boundary. Taken from the lock table (every ledger writer holds the lock
+    -- on its own transaction id and ROW EXCLUSIVE on the ledger until it ends), not from the
+    -- snapshot's in-progress list, which leaves out every id at or above its xmax (see the
+    -- header). Ids are 32-bit there: each is widened to the xid8 nearest the snapshot's xmax
+    -- (every running id lies within 2^31 of it).
+    v_ref := pg_snapshot_xmax(v_snapshot)::text::bigint;
     v_writers := ARRAY(
-        SELECT DISTINCT x.xid
-          FROM pg_snapshot_xip(v_snapshot) AS x(xid)
-          -- Its owner holds the lock on its own transaction id.
-          JOIN pg_locks t ON t.locktype = 'transactionid' AND t.transactionid = x.xid::xid
-                         AND t.mode = 'ExclusiveLock' AND t.granted
-          JOIN pg_locks r ON r.virtualtransaction = t.virtualtransaction
-                         AND r.locktype = 'relation'
-                         AND r.database = (SELECT d.oid FROM pg_database d
-                                            WHERE d.datname = current_database())
-                         AND r.relation = 'symphony.payment_outbox_attempts'::regclass
-         WHERE x.xid IS DISTINCT FROM pg_current_xact_id_if_assigned());
+        SELECT DISTINCT w.fxid
+          FROM (SELECT (v_ref + ((t.transactionid::text::bigint - v_ref % 4294967296)
+                                 % 4294967296 + 6442450944) % 4294967296 - 2147483648
+                       )::text::xid8 AS fxid
+                  FROM pg_locks t
+                  JOIN pg_locks r ON r.virtualtransaction = t.virtualtransaction
+                                 AND r.locktype = 'relation'
+                                 AND r.database = (SELECT d.oid FROM pg_database d
+                                                    WHERE d.datname = current_database())
+                                 AND r.relation = 'symphony.payment_outbox_attempts'::regclass
+                 WHERE t.locktype = 'transactionid' AND t.mode = 'ExclusiveLock'
+                   AND t.granted) w
+         WHERE NOT pg_visible_in_snapshot(w.fxid, v_snapshot)
+           AND w.fxid IS DISTINCT FROM pg_current_xact_id_if_assigned());
+    -- Wait until each has ended, as a snapshot sees it: a fresh snapshot per check (READ
+    -- COMMITTED), so the writer has left the running list and the scans below, which take
+    -- later snapshots, see its rows. (pg_xact_status reads the commit log, which a COMMIT
+    -- marks before the writer leaves that list.)
     FOREACH v_writer IN ARRAY v_writers LOOP
         v_pause := 0.001;
-        WHILE pg_xact_status(v_writer) = 'in progress' LOOP
+        LOOP
+            SELECT pg_visible_in_snapshot(v_writer, pg_current_snapshot()) INTO v_over;
+            EXIT WHEN v_over;
             PERFORM pg_sleep(v_pause);
             v_pause := least(v_pause * 2, 0.05);
         END LOOP;
