@@ -38,26 +38,29 @@ from typing import Protocol
 
 from symphony.db import SymphonyError
 from symphony.outbox.model import EnqueueResult, PaymentInstruction
-from symphony.outbox.storable import check_storable
 
 DEFAULT_MAX_BATCH = 100
 DEFAULT_MAX_IN_FLIGHT = 1
 
 log = logging.getLogger("symphony.outbox")
 
-_Waiter = tuple[PaymentInstruction, "asyncio.Future[EnqueueResult]"]
+# An instruction, its payload body (checked and serialised once, when it joined) and its caller.
+_Waiter = tuple[PaymentInstruction, str, "asyncio.Future[EnqueueResult]"]
 
 
 class BatchEnqueuer(Protocol):
     """What a group commit needs of the store that owns it (`OutboxStore` is one): the group
-    sits below the store, so it names the three calls it makes instead of the store's class."""
+    sits below the store, so it names the calls it makes instead of the store's class."""
+
+    def payload_body(self, instruction: PaymentInstruction) -> str: ...
 
     async def enqueue_or_error(
-        self, instruction: PaymentInstruction
+        self, instruction: PaymentInstruction, *, body: str | None = None
     ) -> EnqueueResult | SymphonyError: ...
 
     async def enqueue_batch(
-        self, instructions: Sequence[PaymentInstruction], *, wake_after_commit: bool = False
+        self, instructions: Sequence[PaymentInstruction], *, wake_after_commit: bool = False,
+        bodies: Sequence[str] | None = None,
     ) -> list[EnqueueResult | SymphonyError]: ...
 
     async def wake_workers(self) -> None: ...
@@ -90,11 +93,13 @@ class EnqueueGroup:
         """Enqueue one instruction in the next batch; its own result, or its own error.
 
         What the database cannot store at all (`check_storable`) is refused here, before the
-        instruction joins a batch: in one, it would make the server refuse the whole batch."""
-        check_storable(instruction)
+        instruction joins a batch: in one, it would make the server refuse the whole batch.
+        The payload body computed by that check goes with the instruction, so the batch
+        neither checks nor serialises it again."""
+        body = self._store.payload_body(instruction)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[EnqueueResult] = loop.create_future()
-        self._queue.append((instruction, future))
+        self._queue.append((instruction, body, future))
         if not self._kick_scheduled:
             # Not at once: on the next turn of the event loop, once every caller that is
             # runnable now has joined (see the module docstring, "one turn").
@@ -125,12 +130,13 @@ class EnqueueGroup:
             if len(batch) == 1 and not self._wake_after_commit:
                 # Alone (no load): the one-item function is the shorter statement.
                 results: list[EnqueueResult | SymphonyError] = [
-                    await self._store.enqueue_or_error(batch[0][0])]
+                    await self._store.enqueue_or_error(batch[0][0], body=batch[0][1])]
             else:
                 results = await self._store.enqueue_batch(
-                    [ins for ins, _ in batch], wake_after_commit=self._wake_after_commit)
+                    [ins for ins, _, _ in batch], wake_after_commit=self._wake_after_commit,
+                    bodies=[body for _, body, _ in batch])
         except BaseException as exc:
-            for _, future in batch:
+            for _, _, future in batch:
                 if not future.done():
                     future.set_exception(exc if isinstance(exc, Exception) else SymphonyError(
                         "the enqueue was interrupted", code="ENQUEUE_INTERRUPTED",
@@ -139,7 +145,7 @@ class EnqueueGroup:
                 raise
             return
         created = False
-        for (_, future), result in zip(batch, results, strict=True):
+        for (_, _, future), result in zip(batch, results, strict=True):
             created = created or (isinstance(result, EnqueueResult) and result.created)
             if future.done():
                 continue
