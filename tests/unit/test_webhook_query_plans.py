@@ -15,6 +15,9 @@ PAYMENTS = 1500
 PID = "plan-hooks"
 SEALED = "'\\x" + "00" * 60 + "'::bytea"
 
+# Needs the auto_explain module (scripts/pg_versions.py leaves it out where the binaries lack it).
+pytestmark = pytest.mark.auto_explain
+
 
 @pytest.fixture(scope="module")
 def seeded_dsn(isolated_settings: DatabaseSettings) -> str:
