@@ -39,14 +39,21 @@ _COMPLETE = ("SELECT count(*) FROM symphony.complete_outbox_batch(%s::uuid[], %s
 _PAYLOAD = json.dumps({"amount": "12.50", "currency": "EUR", "destination": "DE89-0001"})
 
 
+def _flush(conn: psycopg.Connection[Any]) -> None:
+    """This backend's function counters reach the shared statistics at most once a second, at
+    a transaction's end: forced here, so a step's figures hold all of its calls and no more."""
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT 1")
+
+
 def _reset(conn: psycopg.Connection[Any]) -> None:
+    _flush(conn)
     conn.execute("SELECT pg_stat_statements_reset()")
     conn.execute("SELECT pg_stat_reset()")  # pg_stat_user_functions among them
 
 
 def _functions(conn: psycopg.Connection[Any], items: int) -> list[dict[str, Any]]:
-    # The statistics of this backend's own calls reach the views at transaction end; a new
-    # transaction with a stats snapshot cleared reads them.
+    _flush(conn)
     conn.execute("SELECT pg_stat_clear_snapshot()")
     rows = conn.execute(
         "SELECT funcname, calls, total_time, self_time FROM pg_stat_user_functions"
