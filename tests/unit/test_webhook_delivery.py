@@ -5,10 +5,13 @@ next-attempt times in the database, never by waiting."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import psycopg
 import pytest
+from tests.support.outbox import instruction
 from tests.support.webhook_receiver import Receiver, SignatureInvalid, verify_standard_webhook
 from tests.support.webhooks import (
     Hooked,
@@ -26,6 +29,7 @@ from tests.support.webhooks import (
 )
 
 from symphony.db import Database, LeaseFencedError
+from symphony.outbox import Completion, OutboxStore, Outcome
 from symphony.services.delivery import DeliveryService
 from symphony.webhooks import DeliveryOutcome, WebhookStore
 
@@ -299,3 +303,31 @@ async def test_a_new_endpoint_starts_after_the_events_already_written(
         await second.delete_endpoint(first.participant_id, later.endpoint_id)
     finally:
         await retire(isolated_db, first)
+
+
+async def test_payments_never_wait_for_the_webhook_tables(
+    isolated_db: Database, hooked: Hooked
+) -> None:
+    """Every webhook table locked ACCESS EXCLUSIVE (nothing may even read them) while a
+    payment of a participant with an endpoint is accepted, claimed and dispatched: no payment
+    transaction touches a webhook table, so none waits (each step bounded by 10 s; the
+    statement and lock timeouts would fail it otherwise)."""
+    assert isolated_db.endpoint is not None
+    async with await psycopg.AsyncConnection.connect(isolated_db.endpoint.admin_dsn) as locker:
+        await locker.execute(
+            "LOCK TABLE symphony.webhook_endpoints, symphony.webhook_endpoint_secrets, "
+            "symphony.webhook_deliveries, symphony.webhook_delivery_attempts "
+            "IN ACCESS EXCLUSIVE MODE")
+        store = OutboxStore(isolated_db)
+        created = await asyncio.wait_for(
+            store.enqueue(instruction(participant_id=hooked.participant_id)), 10)
+        claimed = await asyncio.wait_for(store.claim("no-wait-worker", 1000, 60), 10)
+        for item in claimed:
+            await asyncio.wait_for(store.complete(Completion(
+                item.outbox_id, item.lease_token, Outcome.DISPATCHED,
+                rail_transaction_id=f"rail-{item.outbox_id.hex[:12]}")), 10)
+        assert created.outbox_id in {item.outbox_id for item in claimed}
+        await locker.rollback()
+    # The events were written meanwhile, and are delivered once the tables are free.
+    types = [e["event_type"] for e in await events_of(isolated_db, hooked.participant_id)]
+    assert types == ["payment.created", "payment.dispatched"]
