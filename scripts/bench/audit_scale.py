@@ -14,7 +14,10 @@ creates and drops a database of its own). Prints one JSON document and writes it
    back; `--recent` items of today are added through the real functions for the incremental
    audit. Then: a checkpoint (control), a full `audit verify` (auditor, one snapshot), an
    incremental one (`since` one hour ago).
-2. Per insert. `--inserts` ledger rows appended in one statement with the digest trigger
+2. Checkpoint contention. Claims and completions (batches of 10, through the functions)
+   timed with nothing else running, while `take_ledger_checkpoint()` runs, and while the
+   checkpoint of migration 0009 (a SHARE lock on the ledger across its scans) is played.
+3. Per insert. `--inserts` ledger rows appended in one statement with the digest trigger
    enabled and, in the same run on the same table, disabled (its NOT NULL dropped for the
    occasion in this throwaway database); and `--cycles` claim + complete cycles (batches of
    100) through the real functions, each way.
@@ -221,7 +224,8 @@ async def per_insert(dsn: str, db: Database, inserts: int, cycles: int) -> dict[
         while done < cycles and (claimed := await store.claim(f"bench-{tag}", 100, 60)):
             await store.complete_batch([Completion(c.outbox_id, c.lease_token,
                                                    Outcome.DISPATCHED,
-                                                       rail_transaction_id="rtx-test") for c in claimed])
+                                                   rail_transaction_id=f"rtx-{c.outbox_id}")
+                                        for c in claimed])
             done += len(claimed)
         return time.perf_counter() - started
 
@@ -250,6 +254,83 @@ async def per_insert(dsn: str, db: Database, inserts: int, cycles: int) -> dict[
     }
 
 
+def _summary(values_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(values_ms)
+    if not ordered:
+        return {"n": 0}
+    return {"n": len(ordered), "median_ms": round(ordered[len(ordered) // 2], 2),
+            "p95_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))], 2),
+            "max_ms": round(ordered[-1], 2)}
+
+
+async def checkpoint_contention(dsn: str, db: Database, batches: int) -> dict[str, Any]:
+    """Claims and completions (batches of 10, through the real functions) on the big ledger:
+    with nothing else running, while `take_ledger_checkpoint()` runs, and while a stand-in
+    for the checkpoint of migration 0009 runs (a SHARE lock on the ledger held across the
+    same two full scans), so the three compare within one run."""
+    store = OutboxStore(db)
+    run = uuid.uuid4().hex[:8]
+    participant = f"cont-{run}"
+    await AccessStore(db).add_participant(participant, "checkpoint contention bench")
+    await store.enqueue_batch([PaymentInstruction(
+        instruction_id=f"cont-{run}-{n}", idempotency_key="k", participant_id=participant,
+        rail_type="RTP", payload={"amount": "1.00", "currency": "EUR", "destination": "d"})
+        for n in range(batches * 10 * 3 + 100)])
+
+    async def cycles(while_running: asyncio.Task[Any] | None) -> dict[str, Any]:
+        claims: list[float] = []
+        completes: list[float] = []
+        started = time.perf_counter()
+        for _ in range(batches):
+            if while_running is not None and while_running.done():
+                break
+            t = time.perf_counter()
+            claimed = await store.claim(f"cont-{run}", 10, 60)
+            claims.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            await store.complete_batch([Completion(c.outbox_id, c.lease_token,
+                                                   Outcome.DISPATCHED,
+                                                   rail_transaction_id=f"rtx-{c.outbox_id}")
+                                        for c in claimed])
+            completes.append((time.perf_counter() - t) * 1000)
+        return {"claim": _summary(claims), "complete": _summary(completes),
+                "seconds": round(time.perf_counter() - started, 2)}
+
+    async def old_checkpoint() -> None:
+        # What 0009's function held: the SHARE lock, across a count and a heads scan.
+        await _admin_script(dsn, [
+            ("LOCK TABLE symphony.payment_outbox_attempts IN SHARE MODE", None),
+            ("SELECT count(*), max(attempt_id) FROM symphony.payment_outbox_attempts", None),
+            ("SELECT count(*) FROM (SELECT DISTINCT ON (a.outbox_id) a.outbox_id, "
+             "       a.attempt_no, a.row_digest FROM symphony.payment_outbox_attempts a "
+             " ORDER BY a.outbox_id, a.attempt_no DESC) h", None)])
+
+    result: dict[str, Any] = {"batches": batches, "batch_size": 10}
+    result["alone"] = await cycles(None)
+    audit = AuditStore(db)
+    t0 = time.perf_counter()
+    task = asyncio.create_task(audit.checkpoint())
+    await asyncio.sleep(0.05)  # let the checkpoint start before the first claim
+    result["during_checkpoint"] = await cycles(task)
+    await task
+    result["checkpoint_seconds"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    old = asyncio.create_task(old_checkpoint())
+    await asyncio.sleep(0.05)
+    result["during_0009_style_lock"] = await cycles(old)
+    await old
+    result["0009_style_seconds"] = round(time.perf_counter() - t0, 2)
+    for key in ("during_checkpoint", "during_0009_style_lock"):
+        for what in ("claim", "complete"):
+            during, alone = result[key][what], result["alone"][what]
+            if during.get("n") and alone.get("n"):
+                result[key][what]["median_extra_ms"] = round(
+                    during["median_ms"] - alone["median_ms"], 2)
+                result[key][what]["max_extra_ms"] = round(
+                    during["max_ms"] - alone["median_ms"], 2)
+    return result
+
+
 async def main(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000,
@@ -257,6 +338,9 @@ async def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--recent", type=int, default=1000)
     parser.add_argument("--inserts", type=int, default=20000)
     parser.add_argument("--cycles", type=int, default=2000)
+    parser.add_argument("--contention-batches", type=int, default=300,
+                        help="claim+complete batches of 10 timed alone, during a checkpoint "
+                             "and during the old checkpoint's lock (0: skip)")
     parser.add_argument("--statement-timeout-ms", type=int, default=600_000)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--keep", type=Path, default=None, metavar="HOME",
@@ -308,6 +392,9 @@ async def main(argv: list[str]) -> dict[str, Any]:
                 "counts": recent.counts,
                 "per_check_seconds": {k: round(v, 2) for k, v in recent.timings.items()},
             }
+            if args.contention_batches > 0:
+                result["checkpoint_contention"] = await checkpoint_contention(
+                    dsn, db, args.contention_batches)
             if args.inserts > 0:
                 result["per_insert"] = await per_insert(dsn, db, args.inserts, args.cycles)
     finally:

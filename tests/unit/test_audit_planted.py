@@ -201,6 +201,17 @@ async def test_i3_a_disabled_append_only_trigger(planted: tuple[Database, Histor
                  subject="payment_outbox_attempts_append_only")
 
 
+async def test_i3_a_disabled_checkpoint_writer_trigger(planted: tuple[Database, History]) -> None:
+    # Checkpoints rely on it to know which ledger writers to wait for (migration
+    # checkpoint_without_blocking): switching it off is reported like the history triggers.
+    db, h = planted
+    await test_only.query_no_role(
+        h.admin, "ALTER TABLE symphony.payment_outbox_attempts "
+                 "DISABLE TRIGGER payment_outbox_attempts_00_writer_xid")
+    assert_names(await verify(db), "I3", None, "TRIGGER_NOT_ENABLED_ALWAYS",
+                 subject="payment_outbox_attempts_00_writer_xid")
+
+
 async def test_i3_a_runtime_role_granted_update(planted: tuple[Database, History]) -> None:
     db, h = planted
     await test_only.query_no_role(

@@ -340,7 +340,8 @@ class AuditStore:
             timings=timings, mode=mode, checkpoint_id=checkpoint_id)
 
     async def checkpoint(self) -> Checkpoint:
-        """Take a ledger checkpoint (control role). Ledger inserts wait while it runs."""
+        """Take a ledger checkpoint (control role). Ledger inserts do not wait for it; it waits
+        for the ledger writers in flight when it starts (docs/audit.md)."""
         row = await self.db.fetch_one(Role.CONTROL, "take_ledger_checkpoint",
                                       label="audit-checkpoint")
         assert row is not None

@@ -494,6 +494,8 @@ WITH expected (table_name, trigger_name, function_name) AS (
            ('payment_outbox_attempts', 'payment_outbox_attempts_terminal_leaves_pending',
             'check_pending_matches_ledger'),
            ('payment_outbox_attempts', 'payment_outbox_attempts_seal', 'seal_attempt'),
+           ('payment_outbox_attempts', 'payment_outbox_attempts_00_writer_xid',
+            'ledger_writer_xid'),
            ('payment_instruction_registry', 'payment_instruction_registry_append_only',
             'refuse_history_rewrite'),
            ('payment_instruction_registry', 'payment_instruction_registry_no_truncate',
@@ -1180,7 +1182,8 @@ SELECT NULL::uuid AS outbox_id, NULL::integer AS attempt_no,
  LIMIT %(limit)s;
 
 -- name: take_ledger_checkpoint
--- Anchor every chain (role: control; ledger inserts wait while it runs).
+-- Anchor every chain (role: control). Ledger inserts do not wait for it; it waits for the
+-- ledger writers in flight when it starts (docs/audit.md).
 SELECT checkpoint_id, taken_at, up_to_attempt_id, row_count, item_count, heads_digest,
        previous_digest, checkpoint_digest, taken_by, changed_items
   FROM symphony.take_ledger_checkpoint();
