@@ -39,15 +39,30 @@ SELECT reg.outbox_id, a.no, a.state::symphony.attempt_state, 'bench-growth', i.l
 # The payment.created event of each item just filled: the pending table's trigger writes it for
 # an enqueued item, and the fill writes no pending rows (its items are terminal at once). The
 # DISPATCHED rows' events come from the ledger's own trigger. Without them the audit's E1
-# refuses the filled ledger (EVENT_MISSING).
+# refuses the filled ledger (EVENT_MISSING). Written as the events' triggers write them
+# (migration payment_events_cheaper): numbered from the participant's counter, the payload
+# from payment_event_payload.
 _CREATED_EVENTS = """
-SELECT symphony.append_payment_events(
-           array_agg(r.participant_id ORDER BY r.sequence_id),
-           array_agg(r.outbox_id ORDER BY r.sequence_id),
-           array_agg('payment.created'::text ORDER BY r.sequence_id))
-  FROM symphony.payment_instruction_registry r
- WHERE r.participant_id = %(participant)s
-   AND r.sequence_id > %(offset)s AND r.sequence_id <= %(offset)s + %(items)s
+WITH items AS (
+    SELECT r.participant_id, r.outbox_id,
+           row_number() OVER (ORDER BY r.sequence_id) AS k, count(*) OVER () AS n
+      FROM symphony.payment_instruction_registry r
+     WHERE r.participant_id = %(participant)s
+       AND r.sequence_id > %(offset)s AND r.sequence_id <= %(offset)s + %(items)s
+), counter AS (
+    -- The participant's event counter, bumped as the events' triggers bump it.
+    INSERT INTO symphony.participant_event_sequences AS s (participant_id, last_event_seq)
+    SELECT i.participant_id, i.n FROM items i WHERE i.k = 1
+    ON CONFLICT ON CONSTRAINT participant_event_sequences_pkey
+    DO UPDATE SET last_event_seq = s.last_event_seq + excluded.last_event_seq
+    RETURNING s.last_event_seq
+)
+INSERT INTO symphony.payment_events (participant_id, event_seq, event_type, outbox_id, payload)
+SELECT i.participant_id, c.last_event_seq - i.n + i.k, 'payment.created', i.outbox_id,
+       b.payload
+  FROM items i
+ CROSS JOIN counter c
+ CROSS JOIN LATERAL symphony.payment_event_payload(i.participant_id, i.outbox_id) b
 """
 
 

@@ -17,8 +17,8 @@ every endpoint down as with no webhooks. Usage (from the repository root):
 
 Prints a table and writes build/bench-webhooks.json.
 
-Latest run (2,000 payments, 3 rounds per mode, nice, a 2-core machine at load average ~11):
-no webhooks 386.5/s, every endpoint down 269.5/s, ratio 0.70 — CPU shared with the delivery
+Latest run (2,000 payments, 5 rounds per mode, nice, a quiet 2-core machine, load 0.2):
+no webhooks 2,663/s, every endpoint down 2,171/s, ratio 0.82 (0.70 at load ~11) — CPU shared with the delivery
 process and its fan-out (no payment statement waits on a webhook table: see
 tests/unit/test_webhook_delivery.py::test_payments_never_wait_for_the_webhook_tables).
 """

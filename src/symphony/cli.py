@@ -7,6 +7,7 @@
     symphony api [--host H] [--port P]        the HTTP API (participant and operator)
     symphony enqueue ...                      submit one payment instruction
     symphony status                           queue counts and zombies
+    symphony cancel ID --reason R [--by NAME] cancel a payment not yet on the rail (control)
     symphony audit verify [--since T | --since-checkpoint]  I1-I10 and the ledger's digests (auditor)
     symphony audit checkpoint                 anchor every ledger chain (control role)
     symphony audit export-checkpoints         the checkpoints as JSON lines (auditor role)
@@ -80,6 +81,7 @@ from symphony.outbox import (
     TokenKind,
     TokenScope,
 )
+from symphony.outbox.cancel import CancelOutcome, CancelResult, CancelStore
 from symphony.outbox.operators import OperatorStore
 from symphony.repair import ZombieRepairConfig, ZombieRepairWorker, zombie_threshold_from_env
 from symphony.services.api import ApiConfig
@@ -91,6 +93,7 @@ from symphony.services.system import RunOptions, run_system
 from symphony.services.system.api import build_api_server
 from symphony.services.worker import WorkerConfig, WorkerProcess, stop_on_signals
 from symphony.webhooks import WebhookSettings, WebhookStore, configured_secret_box
+from symphony.webhooks.store import COMMAND_LINE_REPLAY_REASON, REPLAYED
 
 log = logging.getLogger("symphony.cli")
 
@@ -273,6 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(resolve)
     resolve.set_defaults(handler=cmd_review_resolve)
 
+    cancel = commands.add_parser(
+        "cancel", help="cancel a payment no attempt of which can have reached the rail")
+    cancel.add_argument("outbox_id", type=_outbox_id, help="the payment's outbox_id")
+    cancel.add_argument("--reason", required=True,
+                        help="why (recorded in the ledger and the operator actions)")
+    cancel.add_argument("--by", default="cli", metavar="OPERATOR",
+                        help="who cancels (recorded; default: cli)")
+    _json_flag(cancel)
+    cancel.set_defaults(handler=cmd_cancel)
     history = commands.add_parser(
         "history", help="one item's ledger and the operator actions on it (who, why)")
     history.add_argument("outbox_id", type=_outbox_id, help="the item's outbox_id")
@@ -394,6 +406,8 @@ def _webhook_commands(commands: Any) -> None:
     replay = actions.add_parser("replay", help="send a delivery's event again")
     replay.add_argument("delivery_id", type=_uuid_arg("a delivery id"))
     replay.add_argument("--by", required=True, metavar="OPERATOR", help="who asks (recorded)")
+    replay.add_argument("--reason", default=COMMAND_LINE_REPLAY_REASON,
+                        help="why (recorded in the operator actions and the payment's history)")
     _json_flag(replay)
     replay.set_defaults(handler=cmd_webhooks_replay)
 
@@ -617,7 +631,8 @@ def _payload_from(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError("give either --payload or --amount/--currency/--destination, "
                              "not both", code="CONFLICTING_ARGUMENTS")
         try:
-            payload = strict_json.loads(args.payload)
+            # Depth is the database's to refuse, with its own code (PAYLOAD_TOO_COMPLEX).
+            payload = strict_json.loads(args.payload, max_depth=None)
         except (ValueError, RecursionError):  # nested past Python's limit: no payment either
             raise UsageError("--payload is not valid JSON", code="INVALID_PAYLOAD_JSON") from None
         if not isinstance(payload, dict):
@@ -742,6 +757,26 @@ def cmd_review_resolve(args: argparse.Namespace) -> int:
     emit(args, result, f"{result['outbox_id']}: {result['decision']} recorded, "
                        f"item now {result['state']}")
     return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    settings = database_settings()
+
+    async def go() -> CancelResult:
+        async with await Database.open(settings) as db:
+            return await CancelStore(db).cancel_as_operator(
+                args.outbox_id, canceled_by=args.by, reason=args.reason)
+
+    result = _run(go())
+    if result.canceled:
+        text = (f"{result.outbox_id}: canceled at {result.canceled_at}"
+                + (" (it was already)" if result.outcome is CancelOutcome.ALREADY_CANCELED
+                   else ""))
+    else:
+        text = (f"{result.outbox_id}: not cancelable, the payment is {result.state} "
+                f"({result.refusal})")
+    emit(args, result.as_dict(), text)
+    return EXIT_OK if result.canceled else EXIT_FAILED
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
@@ -1068,12 +1103,21 @@ def cmd_webhooks_replay(args: argparse.Namespace) -> int:
 
     async def go() -> dict[str, Any]:
         async with await Database.open(settings) as db:
-            return await WebhookStore(db).replay(args.delivery_id, args.by, role=Role.CONTROL)
+            return await WebhookStore(db).replay(args.delivery_id, args.by, args.reason,
+                                                 role=Role.CONTROL)
 
     row = _run(go())
-    emit(args, row, f"replay {row['delivery_id']} of event {row['event_id']} queued "
-                    f"(webhook-id {row['event_id']})")
-    return EXIT_OK
+    if row["result"] == REPLAYED:
+        emit(args, row, f"replay {row['delivery_id']} of event {row['event_id']} queued "
+                        f"(webhook-id {row['event_id']}; action {row['action_id']})")
+        return EXIT_OK
+    if row["result"] == "REPLAY_PENDING":
+        text = (f"not replayed: replay {row['delivery_id']} of this delivery is still waiting "
+                "to be sent")
+    else:
+        text = f"not replayed: the endpoint is {row['endpoint_status']}"
+    emit(args, row, text)
+    return EXIT_FAILED
 
 
 if __name__ == "__main__":

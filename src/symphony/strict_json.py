@@ -22,12 +22,20 @@ from typing import Any, Final
 MAX_DEPTH: Final = 32
 
 
-def loads(text: str | bytes) -> Any:
-    """`text` as strict JSON (see the module's docstring); `ValueError` when it is not."""
+def loads(
+    text: str | bytes, *, max_depth: int | None = MAX_DEPTH, storable: bool = True
+) -> Any:
+    """`text` as strict JSON (see the module's docstring); `ValueError` when it is not.
+
+    `max_depth=None` leaves nesting to the reader behind (the database refuses a deep payload
+    with its own code, which `symphony enqueue` reports), bounded only by Python's recursion.
+    `storable=False` keeps only the rules against two readings (repeated members, NaN,
+    Infinity, 1e999): for a document whose text is cleaned where it is used (a rail's answer), a lone
+    surrogate in a message is no ambiguity."""
     try:
         raw = text.decode("utf-8") if isinstance(text, bytes) else text
         value = json.loads(raw, parse_constant=_no_constant, object_pairs_hook=_unique_members)
-        _check(value, 0)
+        _check(value, 0, max_depth, storable)
     except RecursionError:
         raise ValueError("nested too deeply") from None
     except UnicodeError as exc:  # a UnicodeError is a ValueError; say what it was
@@ -48,20 +56,22 @@ def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return value
 
 
-def _check(value: Any, depth: int) -> None:
+def _check(value: Any, depth: int, max_depth: int | None, storable: bool) -> None:
     """What json.loads lets through but JSON text and PostgreSQL cannot hold: lone surrogates,
     infinite numbers (1e999), and nesting deeper than any payment needs."""
-    if depth > MAX_DEPTH:
+    if max_depth is not None and depth > max_depth:
         raise ValueError("nested too deeply")
     if isinstance(value, str):
-        value.encode("utf-8")
+        if storable:
+            value.encode("utf-8")
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError("number out of range")
     elif isinstance(value, dict):
         for key, item in value.items():
-            key.encode("utf-8")
-            _check(item, depth + 1)
+            if storable:
+                key.encode("utf-8")
+            _check(item, depth + 1, max_depth, storable)
     elif isinstance(value, list):
         for item in value:
-            _check(item, depth + 1)
+            _check(item, depth + 1, max_depth, storable)

@@ -18,11 +18,22 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from tests.support.api import Running, serve
 from tests.support.ops import database_now, ended_item, put_under_review
 from tests.support.outbox import instruction, payload
+from tests.support.webhook_receiver import Receiver
+from tests.support.webhooks import (
+    Hooked,
+    admin,
+    deliveries_of,
+    delivery_service,
+    hooked_participant,
+    pay,
+    retire,
+)
 
 from symphony.db import Database, test_only
 from symphony.outbox import AccessStore, OutboxStore, TokenKind, TokenScope
@@ -109,25 +120,118 @@ async def shot(page: Page, name: str, *, full: bool = False) -> None:
     print(f"screenshot: {path}")
 
 
+async def failed_delivery(db: Database, receiver: Receiver) -> tuple[Hooked, dict[str, Any]]:
+    """An endpoint whose receiver answers 503, and a delivery whose one allowed attempt
+    failed (FAILED: the retry schedule ran out)."""
+    hooked = await hooked_participant(db, receiver)
+    await pay(db, hooked.participant_id)
+    service, sender = delivery_service(db, max_attempts=1)
+    try:
+        await service.run_once()
+    finally:
+        await sender.aclose()
+    [delivery] = await deliveries_of(db, hooked.participant_id)
+    assert delivery["status"] == "FAILED"
+    return hooked, delivery
+
+
 async def test_a_viewer_sees_everything_and_no_action_button(
     api: Running, isolated_db: Database, isolated_admin_dsn: str, page: Page
 ) -> None:
     expect = async_api.expect
     outbox_id = await put_under_review(OutboxStore(isolated_db), isolated_admin_dsn)
-    await sign_in(page, f"{api.url}/", await token(isolated_db, TokenScope.VIEWER,
-                                                   "night viewer"))
-    await expect(page.page.locator("#identity")).to_have_text(
-        "night viewer · VIEWER (read only)")
-    await expect(page.page.locator("#review-body")).to_contain_text(str(outbox_id))
-    await expect(page.page.locator("#tokens-body tr")).not_to_have_count(0)
-    await page.page.locator(f"#review-body button[aria-label='Look up item {outbox_id}']").click()
-    await expect(page.page.locator("#lookup-result")).to_contain_text("UNSETTLED_AT_RETRY_LIMIT")
-    assert await page.page.locator("button.act").count() == 0
-    assert await page.page.get_by_role("button", name="Resolve…").count() == 0
-    assert await page.page.get_by_role("button", name="Revoke…").count() == 0
-    await page.page.locator("#review-panel").scroll_into_view_if_needed()
-    await shot(page, "operators-viewer.png")
-    assert page.problems == [], page.problems
+    receiver = Receiver(mode="status:503")
+    await receiver.start()
+    hooked, _delivery = await failed_delivery(isolated_db, receiver)
+    try:
+        await sign_in(page, f"{api.url}/", await token(isolated_db, TokenScope.VIEWER,
+                                                       "night viewer"))
+        await expect(page.page.locator("#identity")).to_have_text(
+            "night viewer · VIEWER (read only)")
+        await expect(page.page.locator("#review-body")).to_contain_text(str(outbox_id))
+        await expect(page.page.locator("#tokens-body tr")).not_to_have_count(0)
+        # The webhook deliveries are readable, with no replay button.
+        await page.page.get_by_role("button", name=f"Deliveries of endpoint {receiver.url}"
+                                    ).click()
+        deliveries = page.page.locator("#hooks-deliveries-body tr")
+        await expect(deliveries).to_have_count(1, timeout=TIMEOUT_MS)
+        await expect(deliveries).to_contain_text("FAILED")
+        await expect(deliveries).to_contain_text("HTTP 503")
+        await page.page.locator(f"#review-body button[aria-label='Look up item {outbox_id}']"
+                                ).click()
+        await expect(page.page.locator("#lookup-result")).to_contain_text(
+            "UNSETTLED_AT_RETRY_LIMIT")
+        assert await page.page.locator("button.act").count() == 0
+        for name in ("Resolve…", "Revoke…", "Replay…", "Cancel…", "Confirm"):
+            assert await page.page.get_by_role("button", name=name).count() == 0, name
+        await page.page.locator("#review-panel").scroll_into_view_if_needed()
+        await shot(page, "operators-viewer.png")
+        await page.page.locator("#webhooks").scroll_into_view_if_needed()
+        await shot(page, "operators-viewer-webhooks.png")
+        assert page.problems == [], page.problems
+    finally:
+        await retire(isolated_db, hooked)
+        await receiver.stop()
+
+
+async def test_an_operator_replays_a_failed_webhook_delivery_and_it_is_recorded(
+    api: Running, isolated_db: Database, page: Page
+) -> None:
+    expect = async_api.expect
+    receiver = Receiver(mode="status:503")
+    await receiver.start()
+    hooked, delivery = await failed_delivery(isolated_db, receiver)
+    delivery_id = str(delivery["delivery_id"])
+    try:
+        await sign_in(page, f"{api.url}/", await token(isolated_db, TokenScope.OPERATOR,
+                                                       "carol on call"))
+        await page.page.get_by_role("button", name=f"Deliveries of endpoint {receiver.url}"
+                                    ).click()
+        rows = page.page.locator("#hooks-deliveries-body tr")
+        await expect(rows).to_have_count(1, timeout=TIMEOUT_MS)
+        await page.page.get_by_role("button", name=f"Replay delivery {delivery_id}").click()
+        await page.page.get_by_role("button", name="Review…").click()
+        await expect(page.page.locator("#action-body [role=alert]")).to_contain_text(
+            "Give a reason")
+        await page.page.get_by_label("Reason", exact=True).fill("receiver fixed, ticket 77")
+        await page.page.get_by_role("button", name="Review…").click()
+        confirm = page.page.locator(".confirm")
+        await expect(confirm).to_contain_text(f"send event #1 of delivery {delivery_id} again")
+        await shot(page, "operators-replay-confirm.png")
+        assert len(await deliveries_of(isolated_db, hooked.participant_id)) == 1, \
+            "nothing before Confirm"
+        await page.page.get_by_role("button", name="Confirm").click()
+        await expect(confirm).to_contain_text("Done", timeout=TIMEOUT_MS)
+        await expect(rows).to_have_count(2, timeout=TIMEOUT_MS)
+        await expect(rows.first).to_contain_text("PENDING")
+        await expect(rows.first).to_contain_text(f"replay of {delivery_id[:8]}")
+        # Again while that replay waits: lost the race, the page says what stands now.
+        await page.page.get_by_role("button", name=f"Replay delivery {delivery_id}").click()
+        await page.page.get_by_label("Reason", exact=True).fill("double click")
+        await page.page.get_by_role("button", name="Review…").click()
+        await page.page.get_by_role("button", name="Confirm").click()
+        await expect(confirm).to_contain_text("Not done: someone or something got there first",
+                                              timeout=TIMEOUT_MS)
+        await expect(confirm).to_contain_text("status: PENDING")
+        await shot(page, "operators-replay-409.png")
+        assert len(await deliveries_of(isolated_db, hooked.participant_id)) == 2
+        # The payment's history names who replayed and why.
+        [event] = await admin(isolated_db, "SELECT outbox_id FROM symphony.payment_events "
+                                           "WHERE participant_id = %s",
+                              (hooked.participant_id,))
+        await page.page.get_by_label("Outbox id").fill(str(event["outbox_id"]))
+        await page.page.get_by_role("button", name="Look up", exact=True).click()
+        history = page.page.locator("#item-actions")
+        await expect(history).to_contain_text("REPLAY_WEBHOOK_DELIVERY", timeout=TIMEOUT_MS)
+        await expect(history).to_contain_text("carol on call")
+        await expect(history).to_contain_text("receiver fixed, ticket 77")
+        await history.scroll_into_view_if_needed()
+        await shot(page, "operators-replay-history.png")
+        # The one console error is the browser's note of the 409 answer.
+        assert [p for p in page.problems if "409" not in p] == [], page.problems
+    finally:
+        await retire(isolated_db, hooked)
+        await receiver.stop()
 
 
 async def test_an_operator_resolves_a_review_item_and_the_history_names_the_token(
@@ -270,3 +374,61 @@ async def test_planted_markup_renders_as_text(
         assert await page.page.locator(f"#{planted}").count() == 0, planted
     await shot(page, "operators-planted-text.png", full=True)
     assert page.problems == [], page.problems
+
+
+async def test_an_operator_cancels_a_payment_and_a_leased_one_is_refused_with_its_state(
+    api: Running, isolated_db: Database, page: Page
+) -> None:
+    expect = async_api.expect
+    store = OutboxStore(isolated_db)
+    pid = f"cancel-{uuid.uuid4().hex[:8]}"
+    await AccessStore(isolated_db).add_participant(pid, "Cancel Bank")
+    waiting = await store.enqueue(instruction(participant_id=pid))
+    racing = await store.enqueue(instruction(participant_id=pid))
+    await sign_in(page, f"{api.url}/", await token(isolated_db, TokenScope.OPERATOR,
+                                                   "dave on call"))
+
+    async def look_up(outbox_id: UUID) -> None:
+        await page.page.get_by_label("Outbox id").fill(str(outbox_id))
+        await page.page.get_by_role("button", name="Look up", exact=True).click()
+        await expect(page.page.locator("#lookup-result")).to_contain_text(str(outbox_id),
+                                                                          timeout=TIMEOUT_MS)
+
+    await look_up(waiting.outbox_id)
+    await page.page.get_by_role("button", name=f"Cancel payment {waiting.outbox_id}").click()
+    await page.page.get_by_role("button", name="Review…").click()
+    await expect(page.page.locator("#action-body [role=alert]")).to_contain_text(
+        "Give a reason")
+    await page.page.get_by_label("Reason", exact=True).fill("customer withdrew, ticket 512")
+    await page.page.get_by_role("button", name="Review…").click()
+    confirm = page.page.locator(".confirm")
+    await expect(confirm).to_contain_text(f"cancel payment {waiting.outbox_id} of {pid}")
+    await shot(page, "operators-cancel-confirm.png")
+    assert await store.ledger(waiting.outbox_id) == [], "nothing before Confirm"
+    await page.page.get_by_role("button", name="Confirm").click()
+    await expect(confirm).to_contain_text("Done", timeout=TIMEOUT_MS)
+    await expect(page.page.locator("#ledger")).to_contain_text("CANCELED", timeout=TIMEOUT_MS)
+    history = page.page.locator("#item-actions")
+    await expect(history).to_contain_text("CANCEL_PAYMENT")
+    await expect(history).to_contain_text("dave on call")
+    await expect(history).to_contain_text("customer withdrew, ticket 512")
+    assert await page.page.get_by_role(
+        "button", name=f"Cancel payment {waiting.outbox_id}").count() == 0
+    await history.scroll_into_view_if_needed()
+    await shot(page, "operators-canceled-history.png")
+    assert [r["state"] for r in await store.ledger(waiting.outbox_id)] == ["CANCELED"]
+    # A worker leases the other payment between the form and Confirm: refused, with its state.
+    await look_up(racing.outbox_id)
+    await page.page.get_by_role("button", name=f"Cancel payment {racing.outbox_id}").click()
+    await page.page.get_by_label("Reason", exact=True).fill("customer withdrew")
+    await page.page.get_by_role("button", name="Review…").click()
+    claimed = await store.claim("worker-race", 1000, 60)
+    assert racing.outbox_id in {c.outbox_id for c in claimed}
+    await page.page.get_by_role("button", name="Confirm").click()
+    await expect(confirm).to_contain_text("Not done: the payment cannot be canceled now",
+                                          timeout=TIMEOUT_MS)
+    await expect(confirm).to_contain_text("state: DISPATCHING")
+    await shot(page, "operators-cancel-409.png")
+    assert [r["state"] for r in await store.ledger(racing.outbox_id)] == ["DISPATCHING"]
+    # The one console error is the browser's note of the 409 answer.
+    assert [p for p in page.problems if "409" not in p] == [], page.problems

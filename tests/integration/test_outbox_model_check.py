@@ -56,6 +56,7 @@ from symphony.db import (
     test_only,
 )
 from symphony.outbox import Completion, OutboxStore, Outcome, PaymentInstruction, ReviewDecision
+from symphony.outbox.cancel import CancelOutcome, CancelStore
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +79,7 @@ MODEL_SETTINGS = settings(
     print_blob=True,
 )
 
-TERMINAL = ("DISPATCHED", "FAILED")
+TERMINAL = ("DISPATCHED", "FAILED", "CANCELED")
 # What happens to one dispatch: the rail's answer, or the worker stalling (its lease runs
 # out) before the call left or after the rail executed it.
 ANSWERS = ("success", "retryable", "terminal", "ambiguous_executed", "ambiguous_not_executed",
@@ -95,7 +96,7 @@ class Item:
     key: str
     amount: str
     sequence_id: int
-    status: str = "due"  # due, scheduled, leased, review, DISPATCHED, FAILED
+    status: str = "due"  # due, scheduled, leased, review, DISPATCHED, FAILED, CANCELED
     attempt_count: int = 0
     last_attempt_no: int = 0
     needs_lookup: bool = False
@@ -477,6 +478,39 @@ class OutboxMachine(RuleBasedStateMachine):
                 reason="mistaken"))
         assert refused.value.code == "NOT_UNDER_REVIEW"
 
+    # -- cancellation ---------------------------------------------------------------------------
+
+    @rule(pick=st.integers(0, 10**6), by_operator=st.booleans())
+    def cancel(self, pick: int, by_operator: bool) -> None:
+        """The participant (or an operator) cancels: allowed exactly while no attempt can have
+        reached the rail (never leased now, never ambiguous) and the item has not ended."""
+        item = self._pick(pick, lambda i: True)
+        if item is None:
+            return
+        cancel = CancelStore(self.db)
+        if by_operator:
+            result = self._run(cancel.cancel_as_operator(
+                item.outbox_id, canceled_by="model-operator", reason="model"))
+        else:
+            result = self._run(cancel.cancel_as_participant(
+                item.participant, item.outbox_id, "model"))
+        cancelable = item.status in ("due", "scheduled") and not item.needs_lookup
+        if item.status == "CANCELED":
+            assert result.outcome is CancelOutcome.ALREADY_CANCELED, (item, result)
+            self.env.events["cancel repeated"] += 1
+        elif cancelable:
+            assert result.outcome is CancelOutcome.CANCELED, (item, result)
+            assert item.outbox_id not in self.executions, f"{item} canceled but was paid"
+            item.history.append("CANCELED")
+            item.last_attempt_no += 1
+            assert result.attempt_no == item.last_attempt_no
+            item.status = "CANCELED"
+            item.token, item.worker = None, None
+            self.env.events["cancel"] += 1
+        else:
+            assert result.outcome is CancelOutcome.NOT_CANCELABLE, (item, result)
+            self.env.events["cancel refused"] += 1
+
     # -- after every step ---------------------------------------------------------------------
 
     @invariant()
@@ -509,6 +543,8 @@ class OutboxMachine(RuleBasedStateMachine):
                 assert not item.maybe_executed, f"{item} failed by a worker after ambiguity"
             if item.status == "DISPATCHED":
                 assert self.executions.get(item.outbox_id) == 1, item
+            if item.status == "CANCELED":
+                assert item.outbox_id not in self.executions, f"{item} canceled but was paid"
         assert all(n == 1 for n in self.executions.values())
         self._run(check_invariants(self.db, self.admin_dsn))
 

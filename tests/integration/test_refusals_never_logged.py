@@ -72,6 +72,8 @@ UNREACHABLE: dict[str, str] = {
              "parser could run out of stack",
     "internal_error": "not a refusal: a payment stored and then unreadable",
     "not_found": "answered by the GET routes only",
+    "payment_not_cancelable": "answered by POST /v1/payments/{id}/cancel, whose body holds no "
+                              "payment data (an optional reason), never by a submission",
     "INVALID_VALUE": "an enum query parameter of the GET routes; the POST body has none",
     "OUT_OF_RANGE": "a range query parameter of the GET routes; the POST body has none",
     "INVALID_ID": "a UUID path or query parameter of the GET routes; the POST body has none",
@@ -231,7 +233,8 @@ CLI_CASES: list[CliCase] = [
             {"--payload": _payload_json(metadata={"note": "MKMETA QWPZ\u0000 VXJK"})}),
     CliCase(("INVALID_TEXT_ENCODING",), "INVALID_TEXT_ENCODING",
             {"--destination": "QZXV MKRDST-\udcff JWPLX"}),
-    CliCase(("INVALID_PAYLOAD",), "INVALID_PAYLOAD",
+    # NaN is not JSON: the CLI's strict reader refuses it before the store could.
+    CliCase(("INVALID_PAYLOAD",), "INVALID_PAYLOAD_JSON",
             {"--payload": _payload_json()[:-1] + ', "x": NaN}'}),
     CliCase(("payment_instruction_registry_same_request",), "IDEMPOTENCY_KEY_REUSED",
             {"--amount": "19.99"}, before=True),

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from symphony import cli
-from symphony.db.database import Transaction
+from symphony.db.database import Database, Transaction
 from symphony.outbox import OutboxStore
 from symphony.rails import HttpRailClient
 
@@ -50,7 +50,24 @@ async def _reached(point: str) -> None:
     await asyncio.Event().wait()
 
 
+# The statements whose uncommitted transaction is a fault point. `Database.fetch_all` sends a
+# single statement and its COMMIT back to back (pipelined), leaving no moment in between to
+# stop at; for these two the faulting worker takes the explicit transaction path instead,
+# which runs the same statement as the same role and commits it the same way.
+_FAULTED_STATEMENTS = frozenset({"claim_outbox_batch", "complete_outbox_batch"})
+
+
 def _install() -> None:
+    database_fetch_all: Callable[..., Any] = Database.fetch_all
+
+    async def fetch_all_in_transaction(
+        self: Database, role: Any, query: str, params: Any = None, *, label: str | None = None
+    ) -> Any:
+        if query not in _FAULTED_STATEMENTS:
+            return await database_fetch_all(self, role, query, params, label=label)
+        async with self.transaction(role, label=label or query) as tx:
+            return await tx.fetch_all(query, params)
+
     fetch_all: Callable[..., Any] = Transaction.fetch_all
 
     async def transaction_fetch_all(self: Transaction, query: str, params: Any = None) -> Any:
@@ -79,6 +96,7 @@ def _install() -> None:
                 await _reached("during_rail_call")
         return await call
 
+    Database.fetch_all = fetch_all_in_transaction  # type: ignore[method-assign]
     Transaction.fetch_all = transaction_fetch_all  # type: ignore[method-assign]
     OutboxStore.claim = store_claim  # type: ignore[method-assign]
     HttpRailClient.dispatch = rail_dispatch  # type: ignore[method-assign]

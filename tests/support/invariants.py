@@ -40,20 +40,22 @@ SELECT
   -- I6: at most one DISPATCHED and one terminal row per item.
   (SELECT coalesce(array_agg(outbox_id::text), '{}') FROM (
       SELECT outbox_id FROM symphony.payment_outbox_attempts
-       WHERE state IN ('DISPATCHED', 'FAILED') GROUP BY outbox_id HAVING count(*) > 1) x) AS i6,
+       WHERE state IN ('DISPATCHED', 'FAILED', 'CANCELED') GROUP BY outbox_id
+      HAVING count(*) > 1) x) AS i6,
   -- I5 (end): a terminal row is the last row of its item.
   (SELECT coalesce(array_agg(DISTINCT t.outbox_id::text), '{}')
      FROM symphony.payment_outbox_attempts t
      JOIN symphony.payment_outbox_attempts later
        ON later.outbox_id = t.outbox_id AND later.attempt_no > t.attempt_no
-    WHERE t.state IN ('DISPATCHED', 'FAILED')) AS after_terminal,
+    WHERE t.state IN ('DISPATCHED', 'FAILED', 'CANCELED')) AS after_terminal,
   -- I7: pending if and only if no terminal row (every registered item is one or the other).
   (SELECT coalesce(array_agg(r.outbox_id::text), '{}')
      FROM symphony.payment_instruction_registry r
     WHERE EXISTS (SELECT 1 FROM symphony.payment_outbox_pending p
                    WHERE p.outbox_id = r.outbox_id)
         = EXISTS (SELECT 1 FROM symphony.payment_outbox_attempts t
-                   WHERE t.outbox_id = r.outbox_id AND t.state IN ('DISPATCHED', 'FAILED'))
+                   WHERE t.outbox_id = r.outbox_id
+                     AND t.state IN ('DISPATCHED', 'FAILED', 'CANCELED'))
   ) AS i7,
   -- I8: sequence_id unique per participant, and never beyond its allocator (a sequence
   -- handed out again after the allocator moved back would collide). Enqueue order is the
@@ -80,6 +82,17 @@ SELECT
       AND z.state = 'ZOMBIE_REQUEUE'
     WHERE f.state = 'FAILED' AND coalesce(f.worker_id, '') NOT LIKE 'review:%%'
   ) AS failed_after_zombie,
+  -- Money: nothing canceled once an attempt of it was dispatched and may have reached the
+  -- rail (a DISPATCHING row not followed by a clean RETRYABLE, or a lookup mark).
+  (SELECT coalesce(array_agg(DISTINCT c.outbox_id::text), '{}')
+     FROM symphony.payment_outbox_attempts c
+    WHERE c.state = 'CANCELED'
+      AND (EXISTS (SELECT 1 FROM symphony.outbox_lookup_marks m
+                    WHERE m.outbox_id = c.outbox_id)
+           OR EXISTS (SELECT 1 FROM symphony.payment_outbox_attempts o
+                       WHERE o.outbox_id = c.outbox_id
+                         AND o.state IN ('ZOMBIE_REQUEUE', 'DISPATCHED', 'FAILED')))
+  ) AS canceled_after_rail,
   (SELECT count(*) FROM symphony.payment_instruction_registry) AS items,
   (SELECT count(*) FROM symphony.payment_outbox_attempts) AS ledger_rows,
   (SELECT count(*) FROM symphony.payment_outbox_pending) AS pending
@@ -95,6 +108,7 @@ _NAMES = {
     "i8": "I8 sequence unique per participant, within its allocator",
     "lease_shape": "lease and review shape",
     "failed_after_zombie": "no FAILED after a zombie requeue",
+    "canceled_after_rail": "nothing canceled that may have reached the rail",
 }
 
 

@@ -1,6 +1,8 @@
-"""GET /v1/events over real HTTP against the real database: the caller's own events by cursor,
-each carrying the payment exactly as GET /v1/payments/{id} showed it at that moment; bad
-parameters in the house's error envelope; documented in the OpenAPI document."""
+"""GET /v1/events and the cancel routes over real HTTP against the real database: the caller's
+own events by cursor, each carrying the payment exactly as GET /v1/payments/{id} showed it at
+that moment; a participant's and an operator's cancel, 409 with the current state, 404 for
+someone else's payment; bad parameters in the house's error envelope; all in the OpenAPI
+document."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import pytest
 from tests.support.api import Member, Running, new_member, operator_token, payment_body, serve
 
 from symphony.db import Database
-from symphony.outbox import Completion, OutboxStore, Outcome
+from symphony.outbox import AccessStore, Completion, OutboxStore, Outcome, TokenKind, TokenScope
+from symphony.services.api.ops import operator_routers
 
 
 @pytest.fixture
@@ -134,3 +137,99 @@ async def test_the_openapi_document_describes_the_feed(api: Running) -> None:
     types = spec["components"]["schemas"]["EventType"]["enum"]
     assert set(types) == {"payment.created", "payment.dispatched", "payment.failed",
                           "payment.canceled", "payment.under_review"}
+
+
+# -- cancellation over HTTP -----------------------------------------------------------------------
+
+
+async def cancel(api: Running, member: Member, outbox_id: str, body: Any = None,
+                 **headers: str) -> httpx.Response:
+    content = None if body is None else json.dumps(body)
+    extra = {"Content-Type": "application/json"} if body is not None else {}
+    return await api.client.post(f"/v1/payments/{outbox_id}/cancel", content=content,
+                                 headers={**member.headers(), **extra, **headers})
+
+
+async def test_a_participant_cancels_and_sees_the_canceled_payment(
+    api: Running, alice: Member
+) -> None:
+    outbox_id = await pay(api, alice)
+    response = await cancel(api, alice, outbox_id, {"reason": "sent twice"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["state"] == "CANCELED" and body["terminal_at"] is not None
+    assert body["last_error_code"] == "CANCELED_BY_PARTICIPANT"
+    assert [a["state"] for a in body["attempts"]] == ["CANCELED"]
+    assert body["attempts"][0]["error_detail"] == "sent twice"
+    got = (await api.client.get(f"/v1/payments/{outbox_id}", headers=alice.headers())).json()
+    assert got == body
+    again = await cancel(api, alice, outbox_id)  # no body: no reason
+    assert again.status_code == 200 and again.json() == body, "idempotent"
+    listed = (await api.client.get("/v1/payments", params={"state": "CANCELED"},
+                                   headers=alice.headers())).json()
+    assert [p["outbox_id"] for p in listed["data"]] == [outbox_id]
+    feed = (await events(api, alice)).json()["data"]
+    assert [e["type"] for e in feed] == ["payment.created", "payment.canceled"]
+    assert feed[1]["data"]["object"] == body
+
+
+async def test_a_payment_being_dispatched_is_409_with_its_state(
+    api: Running, alice: Member, isolated_db: Database
+) -> None:
+    outbox_id = await pay(api, alice)
+    claimed = [c for c in await OutboxStore(isolated_db).claim("w-cancel", 1000, 60)
+               if str(c.outbox_id) == outbox_id]
+    assert claimed
+    body = envelope(await cancel(api, alice, outbox_id), 409, "payment_not_cancelable")
+    assert body["current"] == {"state": "DISPATCHING"}
+
+
+async def test_another_participants_payment_is_404(
+    api: Running, alice: Member, bob: Member
+) -> None:
+    outbox_id = await pay(api, alice)
+    envelope(await cancel(api, bob, outbox_id), 404, "not_found")
+    envelope(await cancel(api, bob, str(uuid4())), 404, "not_found")
+    envelope(await cancel(api, bob, "not-a-uuid"), 404, "not_found")
+
+
+@pytest.mark.parametrize("body", [{"reason": "bell\u0007"}, {"reason": 5}, {"why": "x"}, [1]])
+async def test_a_malformed_cancel_body_is_422_and_cancels_nothing(
+    api: Running, alice: Member, body: Any
+) -> None:
+    outbox_id = await pay(api, alice)
+    envelope(await cancel(api, alice, outbox_id, body), 422, "invalid_request")
+    got = (await api.client.get(f"/v1/payments/{outbox_id}", headers=alice.headers())).json()
+    assert got["state"] == "PENDING"
+
+
+async def test_an_operator_cancels_through_the_ops_api(
+    isolated_db: Database, alice: Member
+) -> None:
+    access = AccessStore(isolated_db)
+    acting = (await access.issue_token(TokenKind.OPERATOR, label="ann",
+                                       scope=TokenScope.OPERATOR)).token
+    viewing = (await access.issue_token(TokenKind.OPERATOR, label="viewer",
+                                        scope=TokenScope.VIEWER)).token
+    async with serve(isolated_db, routers=operator_routers()) as api:
+        outbox_id = await pay(api, alice)
+        url = f"/v1/ops/payments/{outbox_id}/cancel"
+        body = json.dumps({"reason": "fraud suspected"})
+        json_type = {"Content-Type": "application/json"}
+        viewer = await api.client.post(url, content=body, headers={
+            "Authorization": f"Bearer {viewing}", **json_type})
+        envelope(viewer, 403, "insufficient_scope")
+        no_reason = await api.client.post(url, content="{}", headers={
+            "Authorization": f"Bearer {acting}", **json_type})
+        envelope(no_reason, 422, "invalid_request")
+        done = await api.client.post(url, content=body, headers={
+            "Authorization": f"Bearer {acting}", **json_type})
+        assert done.status_code == 200, done.text
+        assert done.json()["result"] == "CANCELED" and done.json()["action_id"] is not None
+        assert done.json()["participant_id"] == alice.participant_id
+        participant_view = (await api.client.get(f"/v1/payments/{outbox_id}",
+                                                 headers=alice.headers())).json()
+        assert participant_view["last_error_code"] == "CANCELED_BY_OPERATOR"
+        spec = (await api.client.get("/openapi.json")).json()
+        assert "post" in spec["paths"]["/v1/ops/payments/{outbox_id}/cancel"]
+        assert "409" in spec["paths"]["/v1/payments/{outbox_id}/cancel"]["post"]["responses"]

@@ -15,7 +15,11 @@ from tests.support.webhooks import LOOPBACK, admin, box_of, pay
 
 from symphony.db import Database
 from symphony.outbox.access import AccessStore, TokenKind, TokenScope
-from symphony.services.api.webhooks import webhook_health_router, webhook_routers
+from symphony.services.api.webhooks import (
+    webhook_health_router,
+    webhook_ops_router,
+    webhook_routers,
+)
 from symphony.webhooks import UrlPolicy, WebhookStore
 
 JSON = {"Content-Type": "application/json"}
@@ -23,7 +27,8 @@ JSON = {"Content-Type": "application/json"}
 
 @pytest.fixture
 async def api(isolated_db: Database) -> AsyncIterator[Running]:
-    routers = [*webhook_routers(box_of(isolated_db), LOOPBACK), webhook_health_router()]
+    routers = [*webhook_routers(box_of(isolated_db), LOOPBACK), webhook_health_router(),
+               webhook_ops_router()]
     async with serve(isolated_db, routers=routers) as r:
         yield r
 
@@ -229,17 +234,37 @@ async def test_the_operator_lists_disables_enables_and_replays(
     deliveries = await api.client.get(
         f"/v1/ops/webhook_endpoints/{created['id']}/deliveries", headers=op)
     [delivery] = deliveries.json()["data"]
-    replay = await api.client.post(
-        f"/v1/ops/webhook_deliveries/{delivery['delivery_id']}/replay", headers=op)
+    path = f"/v1/ops/webhook_deliveries/{delivery['delivery_id']}/replay"
+    why = json.dumps({"reason": "receiver fixed"})
+    not_yours = await api.client.post(path, content=why, headers={**viewer, **JSON})
+    assert not_yours.status_code == 403 and not_yours.json()["code"] == "insufficient_scope"
+    no_reason = await api.client.post(path, content=json.dumps({}), headers={**op, **JSON})
+    assert no_reason.status_code == 422
+    assert (await api.client.post(path, headers=op)).status_code == 415
+    replay = await api.client.post(path, content=why, headers={**op, **JSON})
     assert replay.status_code == 201, replay.text
+    assert replay.json()["result"] == "REPLAYED" and replay.json()["action_id"] >= 1
     assert replay.json()["event_id"] == delivery["event_id"]
     assert replay.json()["replay_of"] == delivery["delivery_id"]
+    # A second replay while the first still waits lost the race: 409 with the waiting one.
+    again = await api.client.post(path, content=why, headers={**op, **JSON})
+    assert again.status_code == 409 and again.json()["code"] == "replay_pending"
+    assert again.json()["current"]["delivery_id"] == replay.json()["delivery_id"]
+    assert again.json()["current"]["status"] == "PENDING"
+    [action] = await admin(isolated_db, "SELECT * FROM symphony_ops.operator_actions "
+                                        "WHERE target = %s", (delivery["delivery_id"],))
+    assert (action["action"], action["actor_label"], action["reason"]) == (
+        "REPLAY_WEBHOOK_DELIVERY", "webhook operator", "receiver fixed")
+    assert str(action["actor_token_id"]) == str(acting.token_id)
     unknown = await api.client.post(
-        "/v1/ops/webhook_deliveries/00000000-0000-0000-0000-000000000000/replay", headers=op)
+        "/v1/ops/webhook_deliveries/00000000-0000-0000-0000-000000000000/replay", content=why,
+        headers={**op, **JSON})
     assert unknown.status_code == 404
-    not_yours = await api.client.post(
-        f"/v1/ops/webhook_deliveries/{delivery['delivery_id']}/replay", headers=viewer)
-    assert not_yours.status_code == 403
+    # The endpoint deleted meanwhile: 409 with where it stands, nothing queued.
+    await api.client.delete(f"/v1/webhook_endpoints/{created['id']}", headers=alice.headers())
+    gone = await api.client.post(path, content=why, headers={**op, **JSON})
+    assert gone.status_code == 409 and gone.json()["code"] == "webhook_endpoint_deleted"
+    assert gone.json()["current"]["endpoint_status"] == "DELETED"
     # Participant tokens do not open the operator routes.
     assert (await api.client.get("/v1/ops/webhook_endpoints",
                                  headers=alice.headers())).status_code == 401

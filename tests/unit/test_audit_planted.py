@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from uuid import UUID
 
 import pytest
@@ -27,6 +28,7 @@ from symphony.outbox import (
     ReviewDecision,
     verify,
 )
+from symphony.outbox.cancel import CancelOutcome, CancelStore
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,11 @@ def assert_names(
     assert matching, f"{invariant} lists {[v.describe() for v in listed]}"
 
 
+# An incremental audit (`--since`) from before the history: every item in scope, each check
+# through its scoped form (I8 and I9: audit_sequence_violations_in, audit_lease_violations_in).
+LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
+
+
 def _u(value: UUID) -> str:
     return f"'{value}'::uuid"
 
@@ -210,6 +217,17 @@ async def test_i3_a_disabled_checkpoint_writer_trigger(planted: tuple[Database, 
                  "DISABLE TRIGGER payment_outbox_attempts_00_writer_xid")
     assert_names(await verify(db), "I3", None, "TRIGGER_NOT_ENABLED_ALWAYS",
                  subject="payment_outbox_attempts_00_writer_xid")
+
+
+async def test_i3_a_dropped_clean_cancel_trigger(planted: tuple[Database, History]) -> None:
+    # Without it a CANCELED row could follow an ambiguous attempt (a payment that may have
+    # executed would read as canceled): its absence is reported like the transition trigger's.
+    db, h = planted
+    await test_only.query_no_role(
+        h.admin, "DROP TRIGGER payment_outbox_attempts_cancel_is_clean "
+                 "ON symphony.payment_outbox_attempts")
+    assert_names(await verify(db), "I3", None, "TRIGGER_MISSING",
+                 subject="payment_outbox_attempts_cancel_is_clean")
 
 
 async def test_i3_a_runtime_role_granted_update(planted: tuple[Database, History]) -> None:
@@ -298,10 +316,10 @@ async def test_i8_a_sequence_number_moved(planted: tuple[Database, History]) -> 
     await plant(h.admin, [REGISTRY_APPEND_ONLY],
                 "UPDATE symphony.payment_instruction_registry SET sequence_id = sequence_id + 100"
                 " WHERE outbox_id = " + _u(h.fresh))
-    report = await verify(db)
-    assert_names(report, "I8", h.fresh, "SEQUENCE_GAP")
-    assert_names(report, "I8", h.fresh, "PENDING_SEQUENCE_MISMATCH")
-    assert_names(report, "I8", None, "ALLOCATOR_BEHIND", subject="participant-test")
+    for report in (await verify(db), await verify(db, since=LONG_AGO)):
+        assert_names(report, "I8", h.fresh, "SEQUENCE_GAP")
+        assert_names(report, "I8", h.fresh, "PENDING_SEQUENCE_MISMATCH")
+        assert_names(report, "I8", None, "ALLOCATOR_BEHIND", subject="participant-test")
 
 
 async def test_i8_a_duplicate_sequence_number(planted: tuple[Database, History]) -> None:
@@ -313,7 +331,8 @@ async def test_i8_a_duplicate_sequence_number(planted: tuple[Database, History])
                 " (SELECT sequence_id FROM symphony.payment_instruction_registry "
                 "   WHERE outbox_id = " + _u(h.dispatched) + ") WHERE r.outbox_id = "
                 + _u(h.failed))
-    assert_names(await verify(db), "I8", None, "DUPLICATE_SEQUENCE")
+    for report in (await verify(db), await verify(db, since=LONG_AGO)):
+        assert_names(report, "I8", None, "DUPLICATE_SEQUENCE")
 
 
 async def test_i9_an_outcome_under_another_lease(planted: tuple[Database, History]) -> None:
@@ -321,7 +340,8 @@ async def test_i9_an_outcome_under_another_lease(planted: tuple[Database, Histor
     await plant(h.admin, [LEDGER_APPEND_ONLY],
                 "UPDATE symphony.payment_outbox_attempts SET lease_token = gen_random_uuid() "
                 " WHERE state = 'DISPATCHED' AND outbox_id = " + _u(h.dispatched))
-    assert_names(await verify(db), "I9", h.dispatched, "LEASE_MISMATCH", attempt_no=2)
+    for report in (await verify(db), await verify(db, since=LONG_AGO)):
+        assert_names(report, "I9", h.dispatched, "LEASE_MISMATCH", attempt_no=2)
 
 
 async def test_i9_a_live_lease_the_ledger_never_granted(
@@ -333,7 +353,8 @@ async def test_i9_a_live_lease_the_ledger_never_granted(
                 " claimed_by = 'intruder', claimed_at = now(), "
                 " lease_expires_at = now() + interval '1 minute' WHERE outbox_id = "
                 + _u(h.fresh))
-    assert_names(await verify(db), "I9", h.fresh, "LIVE_LEASE_NOT_IN_LEDGER")
+    for report in (await verify(db), await verify(db, since=LONG_AGO)):
+        assert_names(report, "I9", h.fresh, "LIVE_LEASE_NOT_IN_LEDGER")
 
 
 async def test_i10_failed_after_an_ambiguous_attempt(planted: tuple[Database, History]) -> None:
@@ -404,6 +425,91 @@ async def test_i10_review_outcome_without_its_decision(
     assert_names(report, "I10", h.review_failed, "REVIEW_ROW_WITHOUT_DECISION")
     # Without the operator's decision, the FAILED is one after an ambiguous attempt.
     assert_names(report, "I10", h.review_failed, "FAILED_AFTER_AMBIGUOUS_ATTEMPT")
+
+
+# -- cancellation (I5, I6, I7, I10 with CANCELED) ----------------------------------------------------
+
+CANCEL_CLEAN = ("payment_outbox_attempts", "payment_outbox_attempts_cancel_is_clean")
+
+
+async def test_i5_canceled_after_a_dispatching_row(planted: tuple[Database, History]) -> None:
+    """A cancel while the dispatch was in flight, written behind the rules' back."""
+    db, h = planted
+    await plant(h.admin, [LEGAL_TRANSITION, CANCEL_CLEAN],
+                "INSERT INTO symphony.payment_outbox_attempts "
+                "(outbox_id, attempt_no, state, worker_id, lease_token) "
+                "SELECT outbox_id, 3, 'DISPATCHING', 'audit-w9', gen_random_uuid() "
+                "  FROM symphony.payment_instruction_registry WHERE outbox_id = "
+                + _u(h.retrying),
+                "INSERT INTO symphony.payment_outbox_attempts (outbox_id, attempt_no, state, "
+                " worker_id) VALUES (" + _u(h.retrying) + ", 4, 'CANCELED', 'participant:x')",
+                "DELETE FROM symphony.payment_outbox_pending WHERE outbox_id = "
+                + _u(h.retrying))
+    assert_names(await verify(db), "I5", h.retrying, "ILLEGAL_TRANSITION", attempt_no=4,
+                 subject="DISPATCHING -> CANCELED")
+
+
+async def test_i6_and_i5_canceled_after_dispatched(planted: tuple[Database, History]) -> None:
+    db, h = planted
+    await plant(h.admin, [LEGAL_TRANSITION],
+                "DROP INDEX symphony.payment_outbox_attempts_one_terminal_idx",
+                "INSERT INTO symphony.payment_outbox_attempts (outbox_id, attempt_no, state, "
+                " worker_id) VALUES (" + _u(h.dispatched) + ", 3, 'CANCELED', 'intruder')")
+    report = await verify(db)
+    assert_names(report, "I6", h.dispatched, "DUPLICATE_TERMINAL")
+    assert_names(report, "I5", h.dispatched, "ILLEGAL_TRANSITION", attempt_no=3,
+                 subject="DISPATCHED -> CANCELED")
+
+
+async def test_i7_canceled_but_still_queued(planted: tuple[Database, History]) -> None:
+    db, h = planted
+    await plant(h.admin, [("payment_outbox_attempts",
+                           "payment_outbox_attempts_terminal_leaves_pending")],
+                "INSERT INTO symphony.payment_outbox_attempts (outbox_id, attempt_no, state, "
+                " worker_id) VALUES (" + _u(h.fresh) + ", 1, 'CANCELED', 'participant:x')")
+    assert_names(await verify(db), "I7", h.fresh, "PENDING_AND_TERMINAL")
+
+
+async def test_i10_canceled_after_an_ambiguous_attempt(
+    planted: tuple[Database, History],
+) -> None:
+    """What the cancel refuses (the call that timed out may still land), written directly."""
+    db, h = planted
+    await plant(h.admin, [CANCEL_CLEAN],
+                "DELETE FROM symphony.payment_outbox_pending WHERE outbox_id = "
+                + _u(h.ambiguous),
+                "INSERT INTO symphony.payment_outbox_attempts (outbox_id, attempt_no, state, "
+                " worker_id) VALUES (" + _u(h.ambiguous) + ", 3, 'CANCELED', 'participant:x')")
+    report = await verify(db)
+    assert_names(report, "I10", h.ambiguous, "CANCELED_AFTER_AMBIGUOUS_ATTEMPT", attempt_no=3)
+    # The ledger itself is legal (a RETRYABLE may be canceled): only I10 knows it was not clean.
+    assert "I5" not in report.failed_invariants
+
+
+async def test_a_clean_cancel_passes_the_audit_from_the_checkpoint(
+    planted: tuple[Database, History],
+) -> None:
+    """A real cancellation after the checkpoint: the routine audit's scoped I9 (a CANCELED row
+    holds no lease and follows no DISPATCHING) and every other check accept it."""
+    db, h = planted
+    result = await CancelStore(db).cancel_as_operator(h.fresh, canceled_by="ops-ann",
+                                                      reason="customer asked")
+    assert result.outcome is CancelOutcome.CANCELED, result
+    for report in (await verify(db, since_checkpoint=True), await verify(db, since=LONG_AGO),
+                   await verify(db)):
+        assert report.ok, [c.as_dict() for c in report.failed()]
+
+
+async def test_i9_a_canceled_row_with_a_lease(planted: tuple[Database, History]) -> None:
+    db, h = planted
+    await plant(h.admin, [CANCEL_CLEAN],
+                "DELETE FROM symphony.payment_outbox_pending WHERE outbox_id = "
+                + _u(h.retrying),
+                "INSERT INTO symphony.payment_outbox_attempts (outbox_id, attempt_no, state, "
+                " worker_id, lease_token) VALUES (" + _u(h.retrying)
+                + ", 3, 'CANCELED', 'participant:x', gen_random_uuid())")
+    for report in (await verify(db), await verify(db, since=LONG_AGO)):
+        assert_names(report, "I9", h.retrying, "CANCELED_WITH_LEASE", attempt_no=3)
 
 
 # -- events (E1) ------------------------------------------------------------------------------------

@@ -16,6 +16,12 @@ AUDIT_FUNCTIONS = {
         "SELECT count(*) AS n FROM symphony.audit_sequence_violations(NULL, 10)",
     "audit_lease_violations":
         "SELECT count(*) AS n FROM symphony.audit_lease_violations(NULL, 10)",
+    "audit_sequence_violations_in":
+        "SELECT count(*) AS n FROM symphony.audit_sequence_violations_in("
+        "ARRAY[gen_random_uuid()], 10)",
+    "audit_lease_violations_in":
+        "SELECT count(*) AS n FROM symphony.audit_lease_violations_in("
+        "ARRAY[gen_random_uuid()], 10)",
 }
 
 # Internal helpers: the owner's triggers and functions call them; no runtime role may.

@@ -537,3 +537,47 @@ def test_history_shows_the_ledger_and_who_resolved(
     assert "RESOLVE_REVIEW  by carol" in capsys.readouterr().out
     code, body = run_json(capsys, "history", "00000000-0000-4000-8000-000000000000")
     assert code == 1 and body["error"]["code"] == "UNKNOWN_OUTBOX_ID"
+
+
+def test_cancel_cancels_once_answers_the_same_again_and_refuses_a_leased_payment(
+    own_db: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, first = run_json(capsys, *enqueue_args(unique("cli"), unique("key")))
+    assert code == 0
+    code, canceled = run_json(capsys, "cancel", first["outbox_id"], "--reason",
+                              "duplicate instruction", "--by", "dora")
+    assert code == 0
+    assert (canceled["result"], canceled["state"]) == ("CANCELED", "CANCELED")
+    assert canceled["canceled_at"] is not None
+    # Again: the same answer, nothing written (exit 0: the payment is canceled).
+    code, again = run_json(capsys, "cancel", first["outbox_id"], "--reason", "again")
+    assert code == 0 and again["result"] == "ALREADY_CANCELED"
+    assert again["canceled_at"] == canceled["canceled_at"]
+    code, history = run_json(capsys, "history", first["outbox_id"])
+    assert [r["state"] for r in history["ledger"]] == ["CANCELED"]
+    # Every operator's cancel is recorded with who, why and what it came to.
+    assert [(a["action"], a["actor_label"], a["reason"], a["outcome"]["result"])
+            for a in history["actions"]] == [
+        ("CANCEL_PAYMENT", "dora", "duplicate instruction", "CANCELED"),
+        ("CANCEL_PAYMENT", "cli", "again", "ALREADY_CANCELED")]
+
+    # A payment being dispatched (leased) is refused with its state: exit 1, nothing written.
+    code, second = run_json(capsys, *enqueue_args(unique("cli"), unique("key")))
+
+    async def lease_it() -> None:
+        async with await Database.open(own_db) as db:
+            claimed = await OutboxStore(db).claim("cli-cancel-worker", 1000, 60)
+            assert second["outbox_id"] in {str(item.outbox_id) for item in claimed}
+
+    asyncio.run(lease_it())
+    assert main(["cancel", second["outbox_id"], "--reason", "too late"]) == 1
+    out = capsys.readouterr().out
+    assert f"{second['outbox_id']}: not cancelable, the payment is DISPATCHING" in out
+    code, history = run_json(capsys, "history", second["outbox_id"])
+    assert [r["state"] for r in history["ledger"]] == ["DISPATCHING"]
+    assert [(a["actor_label"], a["outcome"]["result"], a["outcome"]["state"])
+            for a in history["actions"]] == [("cli", "NOT_CANCELABLE", "DISPATCHING")]
+    # An unknown payment is an error with its code.
+    code, body = run_json(capsys, "cancel", "00000000-0000-4000-8000-000000000000",
+                          "--reason", "x")
+    assert code == 1 and body["error"]["code"] == "PAYMENT_NOT_FOUND"

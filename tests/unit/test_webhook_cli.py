@@ -106,9 +106,20 @@ def test_operators_list_disable_enable_and_replay(
     asyncio.run(_fan_out(isolated_settings))
     deliveries = run(capsys, "webhooks", "deliveries", endpoint)
     assert len(deliveries) >= 1
-    replay = run(capsys, "webhooks", "replay", deliveries[0]["delivery_id"], "--by", "ops-jane")
+    replay = run(capsys, "webhooks", "replay", deliveries[0]["delivery_id"], "--by", "ops-jane",
+                 "--reason", "customer asked")
+    assert replay["result"] == "REPLAYED" and replay["action_id"] >= 1
     assert replay["replay_of"] == deliveries[0]["delivery_id"]
     assert replay["event_id"] == deliveries[0]["event_id"]
+    # Recorded in the payment's history, with the operator's name and the reason.
+    history = run(capsys, "history", replay["outbox_id"])
+    assert [(a["action"], a["actor_label"], a["reason"]) for a in history["actions"]] == [
+        ("REPLAY_WEBHOOK_DELIVERY", "ops-jane", "customer asked")]
+    # Again while that replay waits: nothing queued, the waiting one named, exit 1.
+    waiting = run(capsys, "webhooks", "replay", deliveries[0]["delivery_id"], "--by", "ops-jane",
+                  code=1)
+    assert waiting["result"] == "REPLAY_PENDING"
+    assert waiting["delivery_id"] == replay["delivery_id"]
     unknown = run(capsys, "webhooks", "replay", "00000000-0000-0000-0000-000000000000",
                   "--by", "ops-jane", code=1)
     assert unknown["error"]["code"] == "UNKNOWN_WEBHOOK_DELIVERY"

@@ -46,10 +46,12 @@ OPERATOR_FUNCTIONS = {
         "SELECT * FROM symphony.set_webhook_endpoint_enabled('{endpoint_id}', false, 'test')"),
     "ops_webhook_deliveries": (
         "SELECT * FROM symphony.ops_webhook_deliveries('{endpoint_id}', 5)"),
-    "replay_webhook_delivery": (
-        "SELECT * FROM symphony.replay_webhook_delivery('{delivery_id}', 'test')"),
     "webhook_health": "SELECT * FROM symphony.webhook_health()",
 }
+# Since the replay became an operator action (migration ops_replay_webhook_delivery) the
+# unrecorded replay is the owner's alone: the recording wrappers call it
+# (tests/unit/test_ops_webhook_replay.py proves theirs).
+UNRECORDED_REPLAY = "SELECT * FROM symphony.replay_webhook_delivery('{delivery_id}', 'test')"
 DELIVERY_FUNCTIONS = {
     "fan_out_webhook_events": "SELECT * FROM symphony.fan_out_webhook_events(1, 1)",
     "claim_webhook_deliveries": (
@@ -130,6 +132,14 @@ async def test_other_roles_cannot_run_the_operator_functions(
     db: Database, args: dict[str, str], name: str, role: Role
 ) -> None:
     err = await refused(db, role, OPERATOR_FUNCTIONS[name].format(**args))
+    assert_sqlstate(err, "42501")
+
+
+@pytest.mark.parametrize("role", list(Role))
+async def test_no_role_replays_without_a_record(
+    db: Database, args: dict[str, str], role: Role
+) -> None:
+    err = await refused(db, role, UNRECORDED_REPLAY.format(**args))
     assert_sqlstate(err, "42501")
 
 

@@ -108,3 +108,24 @@ async def test_the_completion_finds_its_delivery_by_primary_key(
     assert ("webhook_deliveries_pkey" in plans
             or "webhook_deliveries_delivery_id_idx" in plans), plans
     assert "Seq Scan on webhook_deliveries" not in plans, plans
+
+
+async def test_a_replay_finds_its_delivery_the_waiting_replays_and_the_event_by_key(
+    explained: psycopg.AsyncConnection[tuple[object, ...]],
+) -> None:
+    # The operator's replay (migration ops_replay_webhook_delivery): the delivery by its id,
+    # the replays still waiting through the pending-replay index, the event by its key; never
+    # a pass over the endpoint's deliveries.
+    cur = await explained.execute(
+        "SELECT delivery_id FROM symphony.webhook_deliveries WHERE participant_id = %s "
+        "LIMIT 1", (PID,))
+    row = await cur.fetchone()
+    assert row is not None
+    plans = await _plans(
+        explained,
+        "SELECT * FROM symphony.replay_webhook_delivery_by_operator("
+        f"  '{row[0]}', 'ops-plan', 'plan check')")
+    assert "webhook_deliveries_pending_replay_idx" in plans, plans
+    assert "payment_events_pkey" in plans, plans
+    assert "Seq Scan on webhook_deliveries" not in plans, plans
+    assert "Seq Scan on payment_events" not in plans, plans

@@ -219,7 +219,8 @@ _BY_SQLSTATE: dict[str, _Mapping] = {
     "SY031": _Mapping(InvalidRequestError, "INVALID_CURSOR",
                       "the cursor is not one of the caller's payments"),
     "SY032": _Mapping(InvalidRequestError, "INVALID_STATE_FILTER",
-                      "state must be PENDING, DISPATCHING, RETRYABLE, DISPATCHED or FAILED"),
+                      "state must be PENDING, DISPATCHING, RETRYABLE, DISPATCHED, FAILED or "
+                      "CANCELED"),
     "SY033": _Mapping(ConflictError, "PARTICIPANT_EXISTS",
                       "a participant with this id exists already"),
     "SY034": _Mapping(NotFoundError, "UNKNOWN_PARTICIPANT", "no participant with this id"),
@@ -278,6 +279,11 @@ _BY_SQLSTATE: dict[str, _Mapping] = {
     "SY081": _Mapping(InvalidRequestError, "INVALID_EVENT_TYPE",
                       "type must be payment.created, payment.dispatched, payment.failed, "
                       "payment.canceled or payment.under_review"),
+    "SY082": _Mapping(NotFoundError, "PAYMENT_NOT_FOUND", "no such payment"),
+    "SY083": _Mapping(InvalidRequestError, "INVALID_CANCEL_REQUEST",
+                      "a cancel names the payment, and the operator (1-64 letters, digits, "
+                      "'.', '_', '@', ':' or '-') where one cancels; a reason is 1-500 "
+                      "printable characters"),
     "SY100": _Mapping(IdempotencyConflictError, "IDEMPOTENCY_KEY_REUSED",
                       "the idempotency key was already used with a different request"),
     "SY200": _Mapping(LeaseFencedError, "LEASE_NOT_HELD",

@@ -1,7 +1,9 @@
 """The outbox domain: payment instructions, leased items, outcomes, and the store that moves
-them through the database functions (enqueue, claim, complete, repair); participants and
-their API tokens (`AccessStore`); the auditor's checks and ledger checkpoints (`AuditStore`,
-`verify`)."""
+them through the database functions (enqueue, claim, complete, repair), with the API's group
+commit of enqueues (`ingest`) and the check that an instruction can be stored (`storable`);
+participants and their API tokens (`AccessStore`); the participants' events (`EventStore`);
+the operators' browse, fleet and actions (`OperatorStore`); the auditor's checks and ledger
+checkpoints (`AuditStore`, `verify`)."""
 
 from __future__ import annotations
 

@@ -301,22 +301,36 @@ class AuditStore:
                 raise InvalidRequestError(
                     f"unknown audit check(s): {', '.join(sorted(unknown))}",
                     code="INVALID_AUDIT_CHECK", context="audit")
-        params: dict[str, Any] = {"since": since, "limit": limit, "from_checkpoint": False}
+        params: dict[str, Any] = {"since": since, "limit": limit, "from_checkpoint": False,
+                                  "scope_ids": None, "scope_participants": None}
         mode = "full" if since is None else "since"
         checkpoint_id: int | None = None
         started = time.perf_counter()
         timings: dict[str, float] = {}
         results: list[CheckResult] = []
         async with self.db.transaction(Role.AUDITOR, label="audit-verify", snapshot=True) as tx:
+            t0 = time.perf_counter()
             await tx.fetch_one("audit_work_mem", {"work_mem": AUDIT_WORK_MEM})
             if since_checkpoint:
                 scope = await tx.fetch_one("audit_checkpoint_scope")
                 if scope is not None:
-                    since = scope["since"]
+                    start = await tx.fetch_one("audit_checkpoint_since", {
+                        "taken_at": scope["taken_at"],
+                        "up_to_attempt_id": scope["up_to_attempt_id"]})
+                    assert start is not None
+                    since = start["since"]
                     checkpoint_id = int(scope["checkpoint_id"])
                     params.update(since=since, from_checkpoint=True)
                     mode = "since-checkpoint"
+            if since is not None:
+                # The items in scope, once: every check probes its table by them.
+                ids = await tx.fetch_one("audit_scope_ids", params)
+                params["scope_ids"] = [] if ids is None else list(ids["scope_ids"])
+                params["scope_participants"] = (
+                    [] if ids is None else list(ids["scope_participants"]))
             counts_row = await tx.fetch_one("audit_scope_counts", params) or {}
+            # The checkpoint, the scope and the counts: what runs before the checks.
+            timings["scope"] = time.perf_counter() - t0
             counts = {k: int(v) for k, v in counts_row.items() if k != "snapshot_at"}
             counts["tables"] = _HISTORY_TABLES
             for spec in CHECKS:

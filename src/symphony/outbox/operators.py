@@ -306,6 +306,18 @@ class OperatorStore:
         assert row is not None
         return row
 
+    async def replay_webhook_delivery(
+        self, actor: Caller, delivery_id: UUID, reason: str
+    ) -> dict[str, Any]:
+        """Send a webhook delivery's event again (a new delivery, same webhook-id), recorded
+        with the token. `result`: REPLAYED (the new delivery), or, with nothing written,
+        REPLAY_PENDING (a replay of the same original still waits: that one) or
+        ENDPOINT_DELETED."""
+        row = await self.db.fetch_one(Role.OPERATOR, "ops_replay_webhook_delivery", {
+            **_actor(actor), "delivery_id": delivery_id, "reason": reason})
+        assert row is not None
+        return row
+
 
 def _actor(caller: Caller) -> dict[str, Any]:
     return {"token_id": caller.token_id, "secret_hash": caller.credential}

@@ -263,7 +263,8 @@ def _json_object(body: bytes | None) -> dict[str, Any] | None:
     try:
         # Strict: an answer that two readers could read differently (a member named twice,
         # say) proves nothing, so it counts as no document at all.
-        parsed = strict_json.loads(body)
+        # Its free text is cleaned where it is parsed (rails.client.storable_text).
+        parsed = strict_json.loads(body, max_depth=None, storable=False)
     except ValueError:
         return None
     return parsed if isinstance(parsed, dict) else None

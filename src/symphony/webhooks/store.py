@@ -25,6 +25,9 @@ EVENT_TYPES: Final = (
 )
 MAX_OVERLAP_SECONDS: Final = 7 * 24 * 3600
 DEFAULT_OVERLAP_SECONDS: Final = 24 * 3600
+# The reason recorded for a command-line replay given none (the record needs one).
+COMMAND_LINE_REPLAY_REASON: Final = "no reason given (command line)"
+REPLAYED: Final = "REPLAYED"
 
 
 class DeliveryOutcome(StrEnum):
@@ -191,11 +194,17 @@ class WebhookStore:
                                        {"endpoint_id": endpoint_id, "limit": limit})
 
     async def replay(
-        self, delivery_id: UUID, requested_by: str, *, role: Role = Role.WEBHOOKS
+        self, delivery_id: UUID, requested_by: str, reason: str = COMMAND_LINE_REPLAY_REASON,
+        *, role: Role = Role.CONTROL,
     ) -> dict[str, Any]:
+        """Send a delivery's event again as a new delivery (same webhook-id), recorded as an
+        operator action of `requested_by` (role: control; the operator API replays through
+        `OperatorStore.replay_webhook_delivery` with its token). `result` is REPLAYED (the
+        new delivery), REPLAY_PENDING (a replay of it still waits: that one, nothing written)
+        or ENDPOINT_DELETED (nothing written)."""
         row = await self.db.fetch_one(
-            role, "replay_webhook_delivery",
-            {"delivery_id": delivery_id, "requested_by": requested_by},
+            role, "replay_webhook_delivery_by_operator",
+            {"delivery_id": delivery_id, "requested_by": requested_by, "reason": reason},
         )
         assert row is not None
         return dict(row)

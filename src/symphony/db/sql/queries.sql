@@ -90,7 +90,8 @@ SELECT r.outbox_id, r.instruction_id, r.idempotency_key, r.participant_id,
        p.attempt_count, p.next_attempt_at, p.lease_expires_at, p.claimed_by,
        p.review_reason, p.review_since,
        (SELECT t.state::text FROM symphony.payment_outbox_attempts t
-         WHERE t.outbox_id = r.outbox_id AND t.state IN ('DISPATCHED', 'FAILED')) AS terminal_state
+         WHERE t.outbox_id = r.outbox_id
+           AND t.state IN ('DISPATCHED', 'FAILED', 'CANCELED')) AS terminal_state
   FROM symphony.payment_instruction_registry r
   LEFT JOIN symphony.payment_outbox_pending p ON p.outbox_id = r.outbox_id
  WHERE r.outbox_id = %(outbox_id)s;
@@ -107,10 +108,11 @@ SELECT x.outbox_id, x.attempt_no, x.state, x.previous_state, x.previous_attempt_
   ) x
  WHERE x.attempt_no <> coalesce(x.previous_attempt_no, 0) + 1
     OR NOT CASE
-        WHEN x.previous_state IS NULL THEN x.state = 'DISPATCHING'
+        WHEN x.previous_state IS NULL THEN x.state IN ('DISPATCHING', 'CANCELED')
         WHEN x.previous_state = 'DISPATCHING'
             THEN x.state IN ('DISPATCHED', 'RETRYABLE', 'FAILED', 'ZOMBIE_REQUEUE')
-        WHEN x.previous_state IN ('RETRYABLE', 'ZOMBIE_REQUEUE') THEN x.state = 'DISPATCHING'
+        WHEN x.previous_state = 'RETRYABLE' THEN x.state IN ('DISPATCHING', 'CANCELED')
+        WHEN x.previous_state = 'ZOMBIE_REQUEUE' THEN x.state = 'DISPATCHING'
         ELSE false
     END
  ORDER BY x.outbox_id, x.attempt_no
@@ -122,12 +124,12 @@ SELECT r.outbox_id,
        p.outbox_id IS NOT NULL AS pending,
        EXISTS (SELECT 1 FROM symphony.payment_outbox_attempts t
                 WHERE t.outbox_id = r.outbox_id
-                  AND t.state IN ('DISPATCHED', 'FAILED')) AS terminal
+                  AND t.state IN ('DISPATCHED', 'FAILED', 'CANCELED')) AS terminal
   FROM symphony.payment_instruction_registry r
   LEFT JOIN symphony.payment_outbox_pending p ON p.outbox_id = r.outbox_id
  WHERE (p.outbox_id IS NOT NULL) = EXISTS (
            SELECT 1 FROM symphony.payment_outbox_attempts t
-            WHERE t.outbox_id = r.outbox_id AND t.state IN ('DISPATCHED', 'FAILED'))
+            WHERE t.outbox_id = r.outbox_id AND t.state IN ('DISPATCHED', 'FAILED', 'CANCELED'))
  LIMIT %(limit)s;
 
 -- name: audit_counts
@@ -365,39 +367,54 @@ SELECT event_seq, event_id, event_type, outbox_id, payload, created_at
 SELECT set_config('work_mem', %(work_mem)s, true) AS work_mem;
 
 -- name: audit_checkpoint_scope
--- Where an audit from the latest checkpoint starts: the checkpoint's time, or the earliest
--- recorded_at of a ledger row numbered above it if earlier (a row's recorded_at is its
--- transaction's start, which may precede the checkpoint it committed after). Reads only the
--- rows above the checkpoint (the primary key's range): the cost follows what was written since,
--- not the ledger's size (role: auditor). No row: no checkpoint yet.
-SELECT c.checkpoint_id, c.up_to_attempt_id, c.taken_at,
-       least(c.taken_at, (SELECT min(a.recorded_at) FROM symphony.payment_outbox_attempts a
-                           WHERE a.attempt_id > c.up_to_attempt_id)) AS since
+-- Where an audit from the latest checkpoint starts (role: auditor): the latest checkpoint
+-- (no row: no checkpoint yet), then audit_checkpoint_since.
+SELECT c.checkpoint_id, c.up_to_attempt_id, c.taken_at
   FROM symphony.ledger_checkpoints c
  ORDER BY c.checkpoint_id DESC
  LIMIT 1;
 
+-- name: audit_checkpoint_since
+-- The checkpoint's time, or the earliest recorded_at of a ledger row numbered above it if
+-- earlier (a row's recorded_at is its transaction's start, which may precede the checkpoint it
+-- committed after). Reads only the rows above the checkpoint through the primary key's range:
+-- the cost follows what was written since, not the ledger's size. The bound is a parameter
+-- (not a column of a join) so the planner sees how few rows lie above it (role: auditor).
+SELECT least(%(taken_at)s::timestamptz,
+             (SELECT min(x.recorded_at)
+                FROM (SELECT a.recorded_at FROM symphony.payment_outbox_attempts a
+                       WHERE a.attempt_id > %(up_to_attempt_id)s::bigint
+                       OFFSET 0) x)) AS since;
+
+-- name: audit_scope_ids
+-- The items an incremental audit checks (`since` given): registered, or with a ledger row
+-- recorded, at or after `since`, and from a checkpoint every live item. Computed once per
+-- audit through the registry's and the ledger's time indexes and passed to every check as an
+-- array, which each check probes through its table's outbox index (an IN over a CTE next to
+-- `since IS NULL OR ...` is planned as a scan of the whole table).
+SELECT coalesce(array_agg(x.outbox_id), '{}') AS scope_ids,
+       coalesce((SELECT array_agg(DISTINCT r.participant_id)
+                   FROM symphony.payment_instruction_registry r
+                  WHERE r.outbox_id = ANY (array_agg(x.outbox_id))), '{}') AS scope_participants
+  FROM (SELECT r.outbox_id FROM symphony.payment_instruction_registry r
+         WHERE r.created_at >= %(since)s::timestamptz
+        UNION
+        SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
+         WHERE a.recorded_at >= %(since)s::timestamptz
+        UNION
+        SELECT p.outbox_id FROM symphony.payment_outbox_pending p
+         WHERE %(from_checkpoint)s::boolean) x;
+
 -- name: audit_scope_counts
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-)
 SELECT (SELECT count(*) FROM symphony.payment_instruction_registry r
          WHERE %(since)s::timestamptz IS NULL
-            OR r.outbox_id IN (SELECT s.outbox_id FROM scope s)) AS items,
+            OR r.outbox_id = ANY (%(scope_ids)s::uuid[])) AS items,
        (SELECT count(*) FROM symphony.payment_outbox_attempts a
          WHERE %(since)s::timestamptz IS NULL
-            OR a.outbox_id IN (SELECT s.outbox_id FROM scope s)) AS ledger_rows,
+            OR a.outbox_id = ANY (%(scope_ids)s::uuid[])) AS ledger_rows,
        (SELECT count(*) FROM symphony.payment_outbox_pending p
          WHERE %(since)s::timestamptz IS NULL
-            OR p.outbox_id IN (SELECT s.outbox_id FROM scope s)) AS pending,
+            OR p.outbox_id = ANY (%(scope_ids)s::uuid[])) AS pending,
        (SELECT count(*) FROM symphony.ledger_checkpoints) AS checkpoints,
        now() AS snapshot_at;
 
@@ -405,18 +422,7 @@ SELECT (SELECT count(*) FROM symphony.payment_instruction_registry r
 -- I1: one item per (participant_id, instruction_id, idempotency_key); outbox_id unique. A full
 -- audit counts each key over the whole registry; an incremental one probes the keys of the
 -- items in scope (one branch runs: the other's condition is false for the given `since`).
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-problems AS (
+WITH problems AS (
     -- Hash aggregates over the registry, then back to the few rows of a duplicated key.
     SELECT r.outbox_id, r.participant_id, 'DUPLICATE_OUTBOX_ID' AS problem
       FROM symphony.payment_instruction_registry r
@@ -443,7 +449,7 @@ problems AS (
            END
       FROM symphony.payment_instruction_registry r
      WHERE %(since)s::timestamptz IS NOT NULL
-       AND r.outbox_id IN (SELECT s.outbox_id FROM scope s)
+       AND r.outbox_id = ANY (%(scope_ids)s::uuid[])
        AND ((SELECT count(*) FROM symphony.payment_instruction_registry o
               WHERE o.outbox_id = r.outbox_id) > 1
             OR EXISTS (SELECT 1 FROM symphony.payment_instruction_registry o
@@ -460,21 +466,10 @@ SELECT x.outbox_id, NULL::integer AS attempt_no, x.participant_id AS subject, x.
 
 -- name: audit_one_pending_row
 -- I2: at most one pending row per outbox_id.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-)
 SELECT p.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
        'DUPLICATE_PENDING_ROW' AS problem, count(*) OVER () AS total
   FROM symphony.payment_outbox_pending p
- WHERE %(since)s::timestamptz IS NULL OR p.outbox_id IN (SELECT s.outbox_id FROM scope s)
+ WHERE %(since)s::timestamptz IS NULL OR p.outbox_id = ANY (%(scope_ids)s::uuid[])
  GROUP BY p.outbox_id
 HAVING count(*) > 1
  ORDER BY p.outbox_id
@@ -496,6 +491,8 @@ WITH expected (table_name, trigger_name, function_name) AS (
            ('payment_outbox_attempts', 'payment_outbox_attempts_seal', 'seal_attempt'),
            ('payment_outbox_attempts', 'payment_outbox_attempts_00_writer_xid',
             'ledger_writer_xid'),
+           ('payment_outbox_attempts', 'payment_outbox_attempts_cancel_is_clean',
+            'check_cancel_is_clean'),
            ('payment_instruction_registry', 'payment_instruction_registry_append_only',
             'refuse_history_rewrite'),
            ('payment_instruction_registry', 'payment_instruction_registry_no_truncate',
@@ -573,27 +570,16 @@ SELECT NULL::uuid AS outbox_id, NULL::integer AS attempt_no, x.subject, x.proble
 -- name: audit_attempt_numbering
 -- I4: attempt_no runs 1, 2, 3, ... per item; a pending row's attempt_count is the number of
 -- its DISPATCHING rows and its last_attempt_no its newest attempt_no.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-numbered AS (
+WITH numbered AS (
     SELECT a.outbox_id, a.attempt_no,
            lag(a.attempt_no) OVER (PARTITION BY a.outbox_id ORDER BY a.attempt_no) AS previous_no
       FROM symphony.payment_outbox_attempts a
-     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id = ANY (%(scope_ids)s::uuid[])
 ),
 live AS (
     SELECT p.outbox_id, p.attempt_count, p.last_attempt_no
       FROM symphony.payment_outbox_pending p
-     WHERE %(since)s::timestamptz IS NULL OR p.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR p.outbox_id = ANY (%(scope_ids)s::uuid[])
 ),
 live_ledger AS (
     SELECT a.outbox_id, count(*) FILTER (WHERE a.state = 'DISPATCHING') AS dispatching,
@@ -626,60 +612,41 @@ SELECT x.outbox_id, x.attempt_no, NULL::text AS subject, x.problem, count(*) OVE
  LIMIT %(limit)s;
 
 -- name: audit_legal_transitions
--- I5: the first row is DISPATCHING; DISPATCHED, RETRYABLE, FAILED and ZOMBIE_REQUEUE follow a
--- DISPATCHING; DISPATCHING follows RETRYABLE or ZOMBIE_REQUEUE; nothing follows a terminal.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-ordered AS (
+-- I5: the first row is DISPATCHING or CANCELED; DISPATCHED, RETRYABLE, FAILED and
+-- ZOMBIE_REQUEUE follow a DISPATCHING; DISPATCHING follows RETRYABLE or ZOMBIE_REQUEUE;
+-- CANCELED follows a RETRYABLE (a clean one: I10 checks that); nothing follows a terminal.
+WITH ordered AS (
     SELECT a.outbox_id, a.attempt_no, a.state::text AS state,
            (lag(a.state) OVER (PARTITION BY a.outbox_id ORDER BY a.attempt_no))::text
                AS previous_state
       FROM symphony.payment_outbox_attempts a
-     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id = ANY (%(scope_ids)s::uuid[])
 )
 SELECT x.outbox_id, x.attempt_no,
        coalesce(x.previous_state, '(start)') || ' -> ' || x.state AS subject,
        'ILLEGAL_TRANSITION' AS problem, count(*) OVER () AS total
   FROM ordered x
  WHERE NOT CASE
-        WHEN x.previous_state IS NULL THEN x.state = 'DISPATCHING'
+        WHEN x.previous_state IS NULL THEN x.state IN ('DISPATCHING', 'CANCELED')
         WHEN x.previous_state = 'DISPATCHING'
             THEN x.state IN ('DISPATCHED', 'RETRYABLE', 'FAILED', 'ZOMBIE_REQUEUE')
-        WHEN x.previous_state IN ('RETRYABLE', 'ZOMBIE_REQUEUE') THEN x.state = 'DISPATCHING'
+        WHEN x.previous_state = 'RETRYABLE' THEN x.state IN ('DISPATCHING', 'CANCELED')
+        WHEN x.previous_state = 'ZOMBIE_REQUEUE' THEN x.state = 'DISPATCHING'
         ELSE false
     END
  ORDER BY x.outbox_id, x.attempt_no
  LIMIT %(limit)s;
 
 -- name: audit_one_terminal
--- I6: at most one DISPATCHED row and at most one terminal row per item.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-)
+-- I6: at most one DISPATCHED row and at most one terminal row (DISPATCHED, FAILED, CANCELED)
+-- per item.
 SELECT a.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
        CASE WHEN count(*) FILTER (WHERE a.state = 'DISPATCHED') > 1 THEN 'DUPLICATE_DISPATCHED'
             ELSE 'DUPLICATE_TERMINAL' END AS problem,
        count(*) OVER () AS total
   FROM symphony.payment_outbox_attempts a
- WHERE a.state IN ('DISPATCHED', 'FAILED')
-   AND (%(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s))
+ WHERE a.state IN ('DISPATCHED', 'FAILED', 'CANCELED')
+   AND (%(since)s::timestamptz IS NULL OR a.outbox_id = ANY (%(scope_ids)s::uuid[]))
  GROUP BY a.outbox_id
 HAVING count(*) > 1
  ORDER BY a.outbox_id
@@ -688,20 +655,9 @@ HAVING count(*) > 1
 -- name: audit_pending_matches_ledger
 -- I7: an item is pending if and only if its ledger has no terminal row; no pending row,
 -- ledger row, review decision or lookup mark belongs to an item the registry does not know.
-WITH scope AS (
+WITH items AS (
     SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-items AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id = ANY (%(scope_ids)s::uuid[])
 ),
 problems AS (
     SELECT x.outbox_id,
@@ -714,7 +670,7 @@ problems AS (
                             WHERE p.outbox_id = i.outbox_id) AS pending,
                    EXISTS (SELECT 1 FROM symphony.payment_outbox_attempts t
                             WHERE t.outbox_id = i.outbox_id
-                              AND t.state IN ('DISPATCHED', 'FAILED')) AS terminal
+                              AND t.state IN ('DISPATCHED', 'FAILED', 'CANCELED')) AS terminal
               FROM items i) x
     UNION ALL
     SELECT p.outbox_id, 'PENDING_WITHOUT_REGISTRY' FROM symphony.payment_outbox_pending p
@@ -724,7 +680,7 @@ problems AS (
     SELECT a.outbox_id, 'LEDGER_WITHOUT_REGISTRY'
       FROM (SELECT DISTINCT x.outbox_id FROM symphony.payment_outbox_attempts x
              WHERE %(since)s::timestamptz IS NULL
-                OR x.outbox_id IN (SELECT s.outbox_id FROM scope s)) a
+                OR x.outbox_id = ANY (%(scope_ids)s::uuid[])) a
      WHERE NOT EXISTS (SELECT 1 FROM symphony.payment_instruction_registry r
                         WHERE r.outbox_id = a.outbox_id)
     UNION ALL
@@ -740,39 +696,41 @@ SELECT x.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject, x.proble
  LIMIT %(limit)s;
 
 -- name: audit_sequences
--- I8, through the owner's function (the auditor may not read sequence numbers).
+-- I8, through the owner's functions (the auditor may not read sequence numbers): the full one,
+-- or for an incremental audit the one that probes the items in scope (one branch runs).
 SELECT v.outbox_id, NULL::integer AS attempt_no, v.participant_id AS subject, v.problem,
        v.total
-  FROM symphony.audit_sequence_violations(%(since)s::timestamptz, %(limit)s) v;
+  FROM symphony.audit_sequence_violations(NULL, %(limit)s) v
+ WHERE %(since)s::timestamptz IS NULL
+UNION ALL
+SELECT v.outbox_id, NULL::integer, v.participant_id, v.problem, v.total
+  FROM symphony.audit_sequence_violations_in(%(scope_ids)s::uuid[], %(limit)s) v
+ WHERE %(since)s::timestamptz IS NOT NULL;
 
 -- name: audit_lease_fencing
--- I9, through the owner's function (no role may read a lease token).
+-- I9, through the owner's functions (no role may read a lease token): the full one, or for an
+-- incremental audit the one that reads the items in scope (one branch runs).
 SELECT v.outbox_id, v.attempt_no, NULL::text AS subject, v.problem, v.total
-  FROM symphony.audit_lease_violations(%(since)s::timestamptz, %(limit)s) v;
+  FROM symphony.audit_lease_violations(NULL, %(limit)s) v
+ WHERE %(since)s::timestamptz IS NULL
+UNION ALL
+SELECT v.outbox_id, v.attempt_no, NULL::text, v.problem, v.total
+  FROM symphony.audit_lease_violations_in(%(scope_ids)s::uuid[], %(limit)s) v
+ WHERE %(since)s::timestamptz IS NOT NULL;
 
 -- name: audit_no_failed_after_ambiguous
 -- I10: once an attempt of an item may have executed (a ZOMBIE_REQUEUE row, or the attempt
 -- its lookup mark names), no FAILED row follows, except an operator's review decision of
--- FAILED; and while the item is pending it keeps needs_lookup, so its next dispatch asks the
+-- FAILED, and no CANCELED row follows at all (a cancel only before anything could reach the
+-- rail); and while the item is pending it keeps needs_lookup, so its next dispatch asks the
 -- rail first.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-ambiguous AS (
+WITH ambiguous AS (
     SELECT x.outbox_id, min(x.attempt_no) AS first_no
       FROM (SELECT a.outbox_id, a.attempt_no FROM symphony.payment_outbox_attempts a
              WHERE a.state = 'ZOMBIE_REQUEUE'
             UNION ALL
             SELECT m.outbox_id, m.attempt_no FROM symphony.outbox_lookup_marks m) x
-     WHERE %(since)s::timestamptz IS NULL OR x.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR x.outbox_id = ANY (%(scope_ids)s::uuid[])
      GROUP BY x.outbox_id
 ),
 problems AS (
@@ -785,6 +743,11 @@ problems AS (
      WHERE NOT (o.state = 'DISPATCHING' AND o.error_code = 'OPERATOR_REVIEW'
                 AND EXISTS (SELECT 1 FROM symphony.outbox_review_decisions d
                              WHERE d.outbox_id = f.outbox_id AND d.decision = 'FAILED'))
+    UNION ALL
+    SELECT c.outbox_id, c.attempt_no, 'CANCELED_AFTER_AMBIGUOUS_ATTEMPT'
+      FROM ambiguous x
+      JOIN symphony.payment_outbox_attempts c
+        ON c.outbox_id = x.outbox_id AND c.attempt_no >= x.first_no AND c.state = 'CANCELED'
     UNION ALL
     SELECT p.outbox_id, x.first_no, 'LOOKUP_FLAG_LOST'
       FROM ambiguous x
@@ -800,18 +763,7 @@ SELECT x.outbox_id, x.attempt_no, NULL::text AS subject, x.problem, count(*) OVE
 -- I10, review: an item under review needs a lookup and holds no lease; a terminal row that
 -- an operator's review wrote (its DISPATCHING row is OPERATOR_REVIEW) has that decision in
 -- outbox_review_decisions, by that operator; a DISPATCHED or FAILED decision has its row.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-problems AS (
+WITH problems AS (
     SELECT p.outbox_id, NULL::integer AS attempt_no,
            CASE WHEN NOT p.needs_lookup THEN 'REVIEW_WITHOUT_LOOKUP'
                 WHEN p.claimed_by IS NOT NULL THEN 'REVIEW_WHILE_LEASED' END AS problem
@@ -837,7 +789,7 @@ problems AS (
 SELECT x.outbox_id, x.attempt_no, NULL::text AS subject, x.problem, count(*) OVER () AS total
   FROM problems x
  WHERE x.problem IS NOT NULL
-   AND (%(since)s::timestamptz IS NULL OR x.outbox_id IN (SELECT s.outbox_id FROM scope s))
+   AND (%(since)s::timestamptz IS NULL OR x.outbox_id = ANY (%(scope_ids)s::uuid[]))
  ORDER BY x.outbox_id, x.attempt_no
  LIMIT %(limit)s;
 
@@ -847,23 +799,12 @@ SELECT x.outbox_id, x.attempt_no, NULL::text AS subject, x.problem, count(*) OVE
 -- DISPATCHED / FAILED / CANCELED ledger row; one payment.under_review per time the item
 -- entered review (each review decision closes one, an item under review now holds one open).
 -- Each participant's events are numbered 1, 2, 3, ... without a gap (full audits).
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
 -- An incremental audit counts only the items in scope (each one whole): its cost follows the
 -- scope, not the ledger (the events through their participants' index).
-expected AS (
+WITH expected AS (
     SELECT r.participant_id, r.outbox_id, 'payment.created' AS event_type, 1::bigint AS n
       FROM symphony.payment_instruction_registry r
-     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id = ANY (%(scope_ids)s::uuid[])
     UNION ALL
     SELECT a.participant_id, a.outbox_id,
            CASE a.state::text WHEN 'DISPATCHED' THEN 'payment.dispatched'
@@ -872,18 +813,18 @@ expected AS (
            count(*)
       FROM symphony.payment_outbox_attempts a
      WHERE a.state::text IN ('DISPATCHED', 'FAILED', 'CANCELED')
-       AND (%(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s))
+       AND (%(since)s::timestamptz IS NULL OR a.outbox_id = ANY (%(scope_ids)s::uuid[]))
      GROUP BY 1, 2, 3
     UNION ALL
     SELECT d.participant_id, d.outbox_id, 'payment.under_review', count(*)
       FROM symphony.outbox_review_decisions d
-     WHERE %(since)s::timestamptz IS NULL OR d.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR d.outbox_id = ANY (%(scope_ids)s::uuid[])
      GROUP BY 1, 2
     UNION ALL
     SELECT p.participant_id, p.outbox_id, 'payment.under_review', 1
       FROM symphony.payment_outbox_pending p
      WHERE p.review_reason IS NOT NULL
-       AND (%(since)s::timestamptz IS NULL OR p.outbox_id IN (SELECT s.outbox_id FROM scope s))
+       AND (%(since)s::timestamptz IS NULL OR p.outbox_id = ANY (%(scope_ids)s::uuid[]))
 ),
 wanted AS (
     SELECT e.participant_id, e.outbox_id, e.event_type, sum(e.n) AS n
@@ -894,10 +835,8 @@ written AS (
     SELECT v.participant_id, v.outbox_id, v.event_type, count(*) AS n
       FROM symphony.payment_events v
      WHERE %(since)s::timestamptz IS NULL
-        OR (v.participant_id IN (SELECT r.participant_id
-                                   FROM symphony.payment_instruction_registry r
-                                  WHERE r.outbox_id IN (SELECT s.outbox_id FROM scope s))
-            AND v.outbox_id IN (SELECT s.outbox_id FROM scope s))
+        OR (v.participant_id = ANY (%(scope_participants)s::text[])
+            AND v.outbox_id = ANY (%(scope_ids)s::uuid[]))
      GROUP BY 1, 2, 3
 ),
 problems AS (
@@ -923,7 +862,7 @@ problems AS (
 )
 SELECT x.outbox_id, NULL::integer AS attempt_no, x.subject, x.problem, count(*) OVER () AS total
   FROM problems x
- WHERE %(since)s::timestamptz IS NULL OR x.outbox_id IN (SELECT s.outbox_id FROM scope s)
+ WHERE %(since)s::timestamptz IS NULL OR x.outbox_id = ANY (%(scope_ids)s::uuid[])
        OR x.problem = 'EVENT_SEQUENCE_GAP'
  ORDER BY x.outbox_id, x.subject
  LIMIT %(limit)s;
@@ -932,18 +871,7 @@ SELECT x.outbox_id, NULL::integer AS attempt_no, x.subject, x.problem, count(*) 
 -- Tamper evidence: each registry row's digest recomputed from its content (the serialization
 -- of docs/audit.md: version tag, then `<characters>:<text>` per field, NULL as `-`, joined
 -- by `|`). A changed amount, destination, key or rail shows here.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-recomputed AS (
+WITH recomputed AS (
     SELECT r.outbox_id, r.instruction_digest,
            sha256(convert_to(
                'symphony-instruction-v1'
@@ -969,7 +897,7 @@ recomputed AS (
                                       ::bigint::text END,
                'UTF8')) AS expected
       FROM symphony.payment_instruction_registry r
-     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR r.outbox_id = ANY (%(scope_ids)s::uuid[])
 )
 SELECT x.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
        CASE WHEN x.instruction_digest IS NULL THEN 'DIGEST_MISSING'
@@ -984,18 +912,7 @@ SELECT x.outbox_id, NULL::integer AS attempt_no, NULL::text AS subject,
 -- Tamper evidence: each ledger row's digest recomputed over its content and the stored
 -- digest of the row before it (attempt 1: the instruction's digest). A changed row fails at
 -- itself; a removed or inserted row fails at the row after it.
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-linked AS (
+WITH linked AS (
     SELECT a.outbox_id, a.attempt_no, a.row_digest,
            CASE WHEN a.attempt_no = 1 THEN r.instruction_digest
                 ELSE lag(a.row_digest) OVER (PARTITION BY a.outbox_id ORDER BY a.attempt_no)
@@ -1021,7 +938,7 @@ linked AS (
       FROM symphony.payment_outbox_attempts a
       LEFT JOIN symphony.payment_instruction_registry r
         ON r.outbox_id = a.outbox_id AND a.attempt_no = 1
-     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR a.outbox_id = ANY (%(scope_ids)s::uuid[])
 )
 SELECT x.outbox_id, x.attempt_no, NULL::text AS subject,
        CASE WHEN x.row_digest IS NULL THEN 'DIGEST_MISSING'
@@ -1087,21 +1004,10 @@ SELECT NULL::uuid AS outbox_id, NULL::integer AS attempt_no,
 -- (ROW_CHANGED, ROW_REMOVED); no row the checkpoints cover appeared since (ROW_INSERTED: a
 -- row numbered at or below a checkpoint's up_to_attempt_id beyond the head it recorded, or of
 -- an item no checkpoint saw).
-WITH scope AS (
-    SELECT r.outbox_id FROM symphony.payment_instruction_registry r
-     WHERE r.created_at >= %(since)s::timestamptz
-    UNION
-    SELECT a.outbox_id FROM symphony.payment_outbox_attempts a
-     WHERE a.recorded_at >= %(since)s::timestamptz
-    UNION
-    -- From a checkpoint: every live item too (registered, maybe not yet dispatched).
-    SELECT p.outbox_id FROM symphony.payment_outbox_pending p
-     WHERE %(from_checkpoint)s::boolean
-),
-heads AS (
+WITH heads AS (
     SELECT h.checkpoint_id, h.outbox_id, h.attempt_no, h.row_digest
       FROM symphony.ledger_checkpoint_heads h
-     WHERE %(since)s::timestamptz IS NULL OR h.outbox_id IN (SELECT s.outbox_id FROM scope s)
+     WHERE %(since)s::timestamptz IS NULL OR h.outbox_id = ANY (%(scope_ids)s::uuid[])
 ),
 latest_head AS (
     SELECT DISTINCT ON (h.outbox_id) h.outbox_id, h.attempt_no, c.up_to_attempt_id
@@ -1130,7 +1036,7 @@ problems AS (
       FROM symphony.payment_outbox_attempts a
      CROSS JOIN covered v
      WHERE a.attempt_id <= v.up_to
-       AND (%(since)s::timestamptz IS NULL OR a.outbox_id IN (SELECT s.outbox_id FROM scope s))
+       AND (%(since)s::timestamptz IS NULL OR a.outbox_id = ANY (%(scope_ids)s::uuid[]))
        AND NOT EXISTS (SELECT 1 FROM symphony.ledger_checkpoint_heads h
                         WHERE h.outbox_id = a.outbox_id)
 )
@@ -1250,9 +1156,12 @@ SELECT delivery_id, participant_id, endpoint_id, event_id, event_seq, status, at
        last_attempt_at
   FROM symphony.ops_webhook_deliveries(%(endpoint_id)s, %(limit)s);
 
--- name: replay_webhook_delivery
-SELECT delivery_id, participant_id, endpoint_id, event_id, replay_of
-  FROM symphony.replay_webhook_delivery(%(delivery_id)s, %(requested_by)s);
+-- name: replay_webhook_delivery_by_operator
+-- Send a delivery's event again, recorded as the named operator's action (role: control).
+SELECT action_id, result, delivery_id, replay_of, participant_id, endpoint_id, event_id,
+       outbox_id, status, endpoint_status
+  FROM symphony.replay_webhook_delivery_by_operator(%(delivery_id)s, %(requested_by)s,
+                                                    %(reason)s);
 
 -- name: webhook_health
 -- Endpoint and delivery counts for the metrics and the dashboard (roles: delivery, webhooks,
@@ -1441,6 +1350,13 @@ SELECT action_id, token_id, revoked_at
   FROM symphony.ops_revoke_token(%(token_id)s, %(secret_hash)s, %(target_token_id)s,
                                  %(reason)s);
 
+-- name: ops_replay_webhook_delivery
+-- An operator token sends a webhook delivery's event again (role: operator).
+SELECT action_id, result, delivery_id, replay_of, participant_id, endpoint_id, event_id,
+       outbox_id, status, endpoint_status
+  FROM symphony.ops_replay_webhook_delivery(%(token_id)s, %(secret_hash)s, %(delivery_id)s,
+                                            %(reason)s);
+
 -- name: ops_participant_summary
 -- One participant's live counts, oldest pending item and recent outcomes (roles: readonly,
 -- control).
@@ -1489,3 +1405,20 @@ SELECT min(u.bucket) AS bucket_from, max(u.bucket) AS bucket_to
           FROM uncovered x) u
  GROUP BY u.grp
  ORDER BY 1;
+
+-- cancellation (migration cancellation) ---------------------------------------------------------
+
+-- name: cancel_payment
+-- A participant cancels one of its own payments (role: ingest).
+SELECT outbox_id, result, state, refusal, attempt_no, canceled_at
+  FROM symphony.cancel_payment(%(participant_id)s, %(outbox_id)s, %(reason)s);
+
+-- name: cancel_payment_by_operator
+-- An operator cancels a payment from the command line (role: control).
+SELECT outbox_id, participant_id, result, state, refusal, attempt_no, canceled_at
+  FROM symphony.cancel_payment_by_operator(%(outbox_id)s, %(canceled_by)s, %(reason)s);
+
+-- name: ops_cancel_payment
+-- An operator token cancels a payment (role: operator).
+SELECT action_id, outbox_id, participant_id, result, state, refusal, attempt_no, canceled_at
+  FROM symphony.ops_cancel_payment(%(token_id)s, %(secret_hash)s, %(outbox_id)s, %(reason)s);

@@ -88,7 +88,9 @@ async def _body(request: Request, model: type[BaseModel]) -> Any:
                        errors=[validation_field_error(e) for e in exc.errors()]) from None
 
 
-def _refused(exc: InvalidRequestError | PermissionDeniedError | NotFoundError) -> ApiError:
+def action_refused(exc: InvalidRequestError | PermissionDeniedError | NotFoundError) -> ApiError:
+    """The answer to an action the database refused: a viewer's token 403, a token revoked
+    meanwhile 401, an unknown target 404, bad input 422."""
     if isinstance(exc, PermissionDeniedError):
         if exc.code == "INSUFFICIENT_SCOPE":
             return ApiError(403, "insufficient_scope",
@@ -150,7 +152,7 @@ def operators_router() -> APIRouter:
                                             body.rail_transaction_id)
         except InvalidRequestError as exc:
             if exc.code != "NOT_UNDER_REVIEW":
-                raise _refused(exc) from None
+                raise action_refused(exc) from None
             current = await _current_item(context, outbox_id)
             if current is None:
                 raise ApiError(404, "not_found", "no payment with this outbox id") from None
@@ -158,7 +160,7 @@ def operators_router() -> APIRouter:
                            "the item is not under review (any more): see current",
                            current=current) from None
         except (PermissionDeniedError, NotFoundError) as exc:
-            raise _refused(exc) from None
+            raise action_refused(exc) from None
         return done
 
     @router.get("/participants/{participant_id}",
@@ -188,7 +190,7 @@ def operators_router() -> APIRouter:
                            current={"participant_id": participant_id,
                                     "status": summary["status"] if summary else None}) from None
         except (InvalidRequestError, PermissionDeniedError, NotFoundError) as exc:
-            raise _refused(exc) from None
+            raise action_refused(exc) from None
 
     @router.get("/tokens", summary="API tokens (no secrets), newest first")
     async def tokens(
@@ -210,7 +212,7 @@ def operators_router() -> APIRouter:
             raise ApiError(409, "already_revoked", "the token is already revoked",
                            current={"token_id": str(token_id), "revoked": True}) from None
         except (InvalidRequestError, PermissionDeniedError, NotFoundError) as exc:
-            raise _refused(exc) from None
+            raise action_refused(exc) from None
 
     @router.get("/fleet", summary="Workers (live and stale) and buckets no live worker covers")
     async def fleet(caller: Operator, ops: Ops) -> dict[str, Any]:

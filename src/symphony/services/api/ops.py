@@ -6,6 +6,9 @@ it is read as `symphony_readonly` through `OutboxStore`'s named queries; the API
 become no other reading role, and readonly sees every column an operator needs (never a lease
 token, never `participant_outbox_sequences`). Every answer is bounded: the lists take a limit
 with a maximum, and each query reads an index, not the ledger (tests/unit/test_ops_query_plans).
+
+One action lives here: `POST /v1/ops/payments/{id}/cancel` (symphony.outbox.cancel), run as
+`symphony_operator`, whose function verifies the acting token and its OPERATOR scope.
 """
 
 from __future__ import annotations
@@ -15,21 +18,24 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from symphony.db import Role
+from symphony.db import InvalidRequestError, NotFoundError, PermissionDeniedError, Role
 from symphony.outbox import OutboxStore
+from symphony.outbox.access import Caller
+from symphony.outbox.cancel import CancelStore
 from symphony.outbox.operators import OperatorStore
 from symphony.outbox.store import MAX_FAILURES_LIMIT, MAX_THROUGHPUT_MINUTES
 from symphony.services.api.auth import require_operator
+from symphony.services.api.body import read_json
 from symphony.services.api.context import ApiContext, get_context
 from symphony.services.api.dashboard import dashboard_router
-from symphony.services.api.error import ApiError, ErrorBody
+from symphony.services.api.error import ApiError, ErrorBody, FieldError, validation_field_error
 from symphony.services.api.metrics import metrics_router
 from symphony.services.api.operators import operators_router
-from symphony.services.api.webhooks import webhook_health_router
+from symphony.services.api.webhooks import webhook_health_router, webhook_ops_router
 
 DEFAULT_FAILURES_LIMIT = 50
 DEFAULT_THROUGHPUT_MINUTES = 30
@@ -232,7 +238,77 @@ def ops_router() -> APIRouter:
         rows = await store.throughput(minutes, Role.READONLY)
         return Throughput(minutes=minutes, buckets=[ThroughputBucket(**row) for row in rows])
 
+    @router.post(
+        "/payments/{outbox_id}/cancel",
+        summary="Cancel a payment no attempt of which can have reached the rail",
+        description="Needs an operator token of OPERATOR scope and a reason; recorded with "
+        "the token in the operator actions and in the payment's ledger. Any participant's "
+        "payment (a revoked participant's accepted payments go on unless an operator cancels "
+        "them). 409 `payment_not_cancelable` with the current `state` otherwise.",
+        responses={
+            403: {"model": ErrorBody, "description": "the token may read but not act"},
+            404: {"model": ErrorBody, "description": "no payment with this outbox id"},
+            409: {"model": ErrorBody, "description": "not cancelable; `state` says why"},
+            422: {"model": ErrorBody, "description": "no reason, or a malformed one"},
+        },
+        openapi_extra={"requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": OpsCancelRequest.model_json_schema()}},
+        }},
+    )
+    async def cancel(
+        request: Request,
+        outbox_id: UUID,
+        caller: Annotated[Caller, Depends(require_operator)],
+        context: Annotated[ApiContext, Depends(get_context)],
+    ) -> OpsCancelResult:
+        body = await read_json(request)
+        try:
+            reason = OpsCancelRequest.model_validate(body).reason
+        except ValidationError as exc:
+            errors = [validation_field_error({**e, "loc": ("body", *e["loc"])})
+                      for e in exc.errors(include_url=False, include_input=False)]
+            raise ApiError(422, "invalid_request", "the request has invalid fields",
+                           errors=errors) from None
+        if not caller.may_act:
+            raise ApiError(403, "insufficient_scope",
+                           "this operator token may read but not act")
+        try:
+            result = await CancelStore(context.db).cancel_with_token(caller, outbox_id, reason)
+        except NotFoundError:
+            raise ApiError(404, "not_found", "no payment with this outbox id") from None
+        except PermissionDeniedError:
+            raise ApiError(403, "insufficient_scope",
+                           "this operator token may read but not act") from None
+        except InvalidRequestError as exc:
+            raise ApiError(422, "invalid_request", "the request has invalid fields", errors=[
+                FieldError(field="reason", code=exc.code, message=exc.message)]) from None
+        if not result.canceled:
+            raise ApiError(409, "payment_not_cancelable",
+                           "the payment cannot be canceled: an attempt of it may have reached "
+                           "the rail, or it has ended",
+                           current={"state": result.state, "refusal": result.refusal})
+        return OpsCancelResult(
+            action_id=result.action_id, outbox_id=result.outbox_id,
+            participant_id=result.participant_id, result=result.outcome.value,
+            state=result.state, canceled_at=result.canceled_at)
+
     return router
+
+
+class OpsCancelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    reason: str = Field(description="why: 1-500 printable characters (recorded)")
+
+
+class OpsCancelResult(BaseModel):
+    action_id: int | None = Field(description="the operator action recorded")
+    outbox_id: UUID
+    participant_id: str | None
+    result: str = Field(description="CANCELED, or ALREADY_CANCELED for a repeat")
+    state: str
+    canceled_at: datetime | None
 
 
 def operator_routers(
@@ -246,4 +322,5 @@ def operator_routers(
         metrics_router(process_registries=process_registries),
         dashboard_router(),
         webhook_health_router(),
+        webhook_ops_router(),
     ]

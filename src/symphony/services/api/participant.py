@@ -3,6 +3,7 @@
     POST /v1/payments              Idempotency-Key header, JSON body -> 201 (created) / 200 (replay)
     GET  /v1/payments/{outbox_id}  the payment with its state and attempts
     GET  /v1/payments              the caller's payments, newest first, by cursor
+    POST /v1/payments/{id}/cancel  cancel it while no attempt can have reached the rail
 
 Every route needs a participant token, and the participant is the token's, never the body's:
 a participant sees and submits only its own payments, and another participant's outbox id is
@@ -31,9 +32,15 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from symphony.db import IdempotencyConflictError, InvalidRequestError, SymphonyError
+from symphony.db import (
+    IdempotencyConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    SymphonyError,
+)
 from symphony.outbox import PaymentInstruction
 from symphony.outbox.access import Caller
+from symphony.outbox.cancel import CancelStore
 from symphony.outbox.model import ParticipantPayment, PaymentAttempt
 from symphony.services.api.auth import refused_token, require_participant
 from symphony.services.api.body import read_json
@@ -76,6 +83,15 @@ class PaymentState(StrEnum):
     RETRYABLE = "RETRYABLE"
     DISPATCHED = "DISPATCHED"
     FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+
+class CancelRequest(BaseModel):
+    """Why the payment is canceled (optional); kept in its history."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    reason: str | None = Field(default=None, description="1-500 printable characters")
 
 
 class PaymentRequest(BaseModel):
@@ -297,6 +313,71 @@ async def list_payments(
         next_after=page[-1].outbox_id if has_more and page else None,
     )
     return JSONResponse(result.model_dump(mode="json"), headers=_NO_STORE)
+
+
+@router.post(
+    "/{outbox_id}/cancel",
+    summary="cancel one of your payments while no attempt of it can have reached the rail",
+    description="Cancelable while the payment was never dispatched, or every earlier attempt "
+    "was a clean refusal (nothing ambiguous), and it is not being dispatched now. Answers the "
+    "canceled payment; canceling it again answers the same. Otherwise 409 "
+    "`payment_not_cancelable` with the payment's current `state`. The body is optional: "
+    '`{"reason": "..."}`.',
+    response_model=PaymentDetail,
+    responses=_errors(400, 401, 404, 409, 415, 422, 503),
+    openapi_extra={"requestBody": {
+        "required": False,
+        "content": {"application/json": {"schema": CancelRequest.model_json_schema()}},
+    }},
+)
+async def cancel_payment(
+    request: Request, outbox_id: str, caller: CallerDep, context: ContextDep
+) -> JSONResponse:
+    participant_id = _participant(caller)
+    try:
+        wanted = UUID(outbox_id)
+    except ValueError:
+        raise _not_found() from None
+    reason = await _cancel_reason(request)
+    request.state.outbox_id = str(wanted)
+    try:
+        result = await CancelStore(context.db).cancel_as_participant(
+            participant_id, wanted, reason)
+    except NotFoundError:
+        raise _not_found() from None
+    except InvalidRequestError as exc:
+        raise ApiError(422, "invalid_request", "the request has invalid fields", errors=[
+            FieldError(field="reason", code=exc.code, message=exc.message)]) from None
+    if not result.canceled:
+        raise ApiError(409, "payment_not_cancelable",
+                       "the payment cannot be canceled: an attempt of it may have reached the "
+                       "rail, or it has ended", current={"state": result.state})
+    payment = await context.store.payment_for(participant_id, wanted)
+    if payment is None:  # canceled just now, under this participant
+        raise ApiError(500, "internal_error", "the payment was canceled but cannot be read back")
+    attempts = await context.store.attempts_for(participant_id, wanted)
+    return JSONResponse(payment_detail(payment, attempts).model_dump(mode="json"),
+                        headers=_NO_STORE)
+
+
+async def _cancel_reason(request: Request) -> str | None:
+    """The optional `reason` of a cancel's body; no body (or an empty one) is no reason."""
+    raw = await request.body()
+    if not raw.strip():
+        return None
+    _require_json(request)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid_request", "the request has invalid fields", errors=[
+            FieldError(field=None, code="INVALID_BODY", message="the body must be a JSON object")
+        ])
+    try:
+        return CancelRequest.model_validate(body).reason
+    except ValidationError as exc:
+        errors = [validation_field_error({**e, "loc": ("body", *e["loc"])})
+                  for e in exc.errors(include_url=False, include_input=False)]
+        raise ApiError(422, "invalid_request", "the request has invalid fields",
+                       errors=errors) from None
 
 
 # -- request checks ----------------------------------------------------------------------

@@ -32,12 +32,21 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from symphony.db import ConflictError, InvalidRequestError, NotFoundError, SymphonyError
+from symphony.db import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    SymphonyError,
+)
 from symphony.outbox.access import Caller
+from symphony.outbox.operators import OperatorStore
 from symphony.services.api.auth import require_operator, require_participant
 from symphony.services.api.body import parse_json as _parse_json
+from symphony.services.api.body import read_json
 from symphony.services.api.context import ApiContext, get_context
 from symphony.services.api.error import ApiError, ErrorBody, FieldError, validation_field_error
+from symphony.services.api.operators import action_refused
 from symphony.services.api.participant import _require_json
 from symphony.webhooks import (
     EVENT_TYPES,
@@ -58,6 +67,7 @@ _FIELD_OF_CODE: Final[dict[str, str | None]] = {
     "INVALID_DESCRIPTION": "description",
     "INVALID_OVERLAP": "overlap_seconds",
     "INVALID_REASON": "reason",
+    "INVALID_ACTION_REASON": "reason",
 }
 
 
@@ -143,9 +153,11 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def webhook_routers(box: SecretBox | None, policy: UrlPolicy) -> list[APIRouter]:
-    """The participant's and the operator's webhook routes. Without a key (`box` None) the
-    routes that seal a secret answer 503 `webhook_key_missing`; the others work."""
-    return [_participant_router(box, policy), _operator_router()]
+    """The participant's webhook routes. Without a key (`box` None) the routes that seal a
+    secret answer 503 `webhook_key_missing`; the others work. The operator's webhook routes
+    (`webhook_ops_router`, `webhook_health_router`) are mounted with the operator API, where
+    the dashboard that uses them is."""
+    return [_participant_router(box, policy)]
 
 
 def _sealing(box: SecretBox | None) -> SecretBox:
@@ -226,7 +238,9 @@ def _participant_router(box: SecretBox | None, policy: UrlPolicy) -> APIRouter:
     return router
 
 
-def _operator_router() -> APIRouter:
+def webhook_ops_router() -> APIRouter:
+    """The operator's webhook routes: every endpoint, disable/enable, an endpoint's
+    deliveries, and the replay (an operator action recorded with the token)."""
     router = APIRouter(prefix="/v1/ops", tags=["operator"])
 
     @router.get("/webhook_endpoints", summary="every webhook endpoint, failing first",
@@ -258,16 +272,32 @@ def _operator_router() -> APIRouter:
         return JSONResponse(_json({"data": rows}), headers=_NO_STORE)
 
     @router.post("/webhook_deliveries/{delivery_id}/replay",
-                 summary="send a delivery's event again (a new delivery, same webhook-id)",
-                 responses=_errors(401, 403, 404, 409, 503))
-    async def ops_replay(delivery_id: str, caller: OperatorDep,
+                 summary="send a delivery's event again (a new delivery, same webhook-id); "
+                         "a reason is required and the replay is recorded with the token",
+                 responses=_errors(401, 403, 404, 409, 415, 422, 503),
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     "application/json": {"schema": ReasonRequest.model_json_schema()}}}})
+    async def ops_replay(delivery_id: str, request: Request, caller: OperatorDep,
                          context: ContextDep) -> JSONResponse:
         _may_act(caller)
+        wanted = _uuid(delivery_id)
+        _require_json(request)
+        body = _model(ReasonRequest, await read_json(request))
         try:
-            row = await WebhookStore(context.db).replay(
-                _uuid(delivery_id), f"operator token {caller.token_id}")
+            row = await OperatorStore(context.db).replay_webhook_delivery(
+                caller, wanted, body.reason)
+        except PermissionDeniedError as exc:
+            raise action_refused(exc) from None
         except SymphonyError as exc:
             raise _refusal(exc) from None
+        if row["result"] == "REPLAY_PENDING":
+            raise ApiError(409, "replay_pending",
+                           "a replay of this delivery is already waiting to be sent (see "
+                           "current): nothing was queued", current=_json(_replay_state(row)))
+        if row["result"] == "ENDPOINT_DELETED":
+            raise ApiError(409, "webhook_endpoint_deleted",
+                           "the webhook endpoint was deleted: nothing was queued",
+                           current=_json(_replay_state(row)))
         return JSONResponse(_json(row), status_code=201, headers=_NO_STORE)
 
     return router
@@ -295,6 +325,12 @@ def webhook_health_router() -> APIRouter:
         return JSONResponse(_json(health), headers=_NO_STORE)
 
     return router
+
+
+def _replay_state(row: dict[str, Any]) -> dict[str, Any]:
+    """Where a replay that was not made stands: the waiting replay, or the deleted endpoint."""
+    return {k: row[k] for k in ("delivery_id", "replay_of", "status", "endpoint_id",
+                                "endpoint_status")}
 
 
 def _may_act(caller: Caller) -> None:

@@ -1,4 +1,5 @@
-"""`symphony run`: database, rail simulator, worker and repair together in one process."""
+"""`symphony run`: the database, the rail simulator, the worker (with its repair loop, heartbeat
+and checkpoints), the webhook delivery service and the HTTP API together in one process."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ import httpx
 
 from symphony.db import Database, DatabaseSettings, EmbeddedServer, bootstrap
 from symphony.outbox import OutboxStore
-from symphony.outbox.access import AccessStore, TokenKind
+from symphony.outbox.access import AccessStore, TokenKind, TokenScope
 from symphony.services.api import ApiConfig, ApiServer
 from symphony.services.delivery import DeliveryConfig, DeliveryProcess
 from symphony.services.rail_sim import RailSimBehaviour, RailSimConfig, RailSimServer
@@ -242,11 +242,13 @@ class SystemRunner:
         self.say(curl_example(url, token))
         # The dashboard reads through the operator API: hand the newcomer its token too.
         assert self.db is not None
+        # A viewer (least privilege): it reads everything; acting needs a token of its own.
         operator = await AccessStore(self.db).issue_token(
-            TokenKind.OPERATOR, label="symphony run dashboard")
+            TokenKind.OPERATOR, label="symphony run dashboard", scope=TokenScope.VIEWER)
         self._issued_tokens.append(operator.token_id)
-        self.say(f"  dashboard  {url}/  operator token {operator.token}")
-        self.say("             shown once, revoked when this process stops")
+        self.say(f"  dashboard  {url}/  operator token (viewer) {operator.token}")
+        self.say("             shown once, revoked when this process stops; to act (resolve, "
+                 "cancel, revoke): symphony tokens issue --kind operator --scope operator")
 
     async def _demo(self) -> None:
         assert self.worker is not None and self.api is not None

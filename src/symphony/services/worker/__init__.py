@@ -1,8 +1,9 @@
 """The executor worker: claims due outbox items, dispatches them to the rail, records outcomes.
 
 `ExecutorWorker` is one loop (one cycle = claim a batch, dispatch, complete in one statement);
-`WorkerProcess` runs it together with the zombie repair loop and the metrics endpoint, which
-is what `symphony worker` starts.
+`WorkerProcess` runs it together with the zombie repair loop, the heartbeat, the metrics
+endpoint and (where its database handle can become the control role) the scheduled ledger
+checkpoints, which is what `symphony worker` starts.
 """
 
 from __future__ import annotations

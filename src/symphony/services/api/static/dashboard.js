@@ -183,12 +183,25 @@
     return item.currency ? `${item.amount} ${item.currency}` : String(item.amount);
   }
 
+  let lastTrigger = null; // the action button last pressed: its form opens beside it
+
   function actionButton(text, onClick, label) {
     const button = el("button", text, "act");
     button.type = "button";
     if (label) button.setAttribute("aria-label", label);
-    button.addEventListener("click", onClick);
+    button.addEventListener("click", (event) => {
+      lastTrigger = button;
+      onClick(event);
+    });
     return button;
+  }
+
+  const UUID_TEXT = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+  // A long id shortened for a table cell (the whole value stays in the cell's title).
+  function brief(value) {
+    const text = String(value);
+    return UUID_TEXT.test(text) ? `${text.slice(0, 8)}…` : text;
   }
 
   function participantButton(participantId) {
@@ -320,6 +333,12 @@
     if (mayAct() && item.review_reason) {
       tools.append(actionButton("Resolve…", () => openResolve(item.outbox_id),
         `Resolve item ${item.outbox_id}`));
+    }
+    // Cancelable only while no attempt can have reached the rail: the database decides (a
+    // 409 says where the payment stands); the button is offered for a waiting payment.
+    if (mayAct() && item.state === "PENDING" && !item.review_reason) {
+      tools.append(actionButton("Cancel…", () => openCancel(item),
+        `Cancel payment ${item.outbox_id}`));
     }
     box.append(tools);
     const table = el("table");
@@ -603,12 +622,16 @@
     const body = el("tbody");
     for (const a of actions) {
       const tr = el("tr");
-      const outcome = Object.entries(a.outcome || {})
-        .filter(([, v]) => v !== null && v !== undefined)
-        .map(([k, v]) => `${k}: ${v}`).join(", ");
+      const entries = Object.entries(a.outcome || {})
+        .filter(([, v]) => v !== null && v !== undefined);
+      const outcome = el("td", entries.map(([k, v]) => `${k}: ${brief(v)}`).join(", ") || "—");
+      outcome.title = entries.map(([k, v]) => `${k}: ${v}`).join("\n");
+      const tokenCell = el("td", a.actor_token_id ? brief(a.actor_token_id) : "command line",
+        "mono");
+      if (a.actor_token_id) tokenCell.title = a.actor_token_id;
       tr.append(el("td", when(a.recorded_at)), el("td", a.action, "mono"),
-        el("td", a.actor_label || "—"), el("td", a.actor_token_id || "command line", "mono"),
-        el("td", a.reason), el("td", outcome || "—"), el("td", a.recorded_by, "mono"));
+        el("td", a.actor_label || "—", "who"), tokenCell,
+        el("td", a.reason), outcome, el("td", a.recorded_by, "mono"));
       body.append(tr);
     }
     if (!actions.length) body.append(emptyRow("None.", 7));
@@ -646,6 +669,9 @@
   // the summary before anything is sent.
   function openAction(title, build) {
     const panel = $("action-panel");
+    // Beside the section whose button opened it, so the person does not lose their place.
+    const home = lastTrigger && lastTrigger.isConnected ? lastTrigger.closest("section") : null;
+    if (home && home !== panel && home.nextElementSibling !== panel) home.after(panel);
     $("action-title").textContent = title;
     const form = el("form", null, "action-form");
     form.autocomplete = "off";
@@ -708,8 +734,12 @@
       } catch (err) {
         if (err.status === 409) {
           const now = err.current ? Object.entries(err.current)
+            .filter(([, v]) => v !== null && v !== undefined)
             .map(([k, v]) => `${k}: ${v}`).join(", ") : "unknown";
-          result.textContent = `Not done: someone or something got there first. Now: ${now}.`;
+          result.textContent = err.code === "payment_not_cancelable"
+            ? `Not done: the payment cannot be canceled now (an attempt may have reached the ` +
+              `rail, or it has ended). Now: ${now}.`
+            : `Not done: someone or something got there first. Now: ${now}.`;
         } else if (err.status === 403) {
           result.textContent = `Not allowed: ${describe(err)}.`;
         } else {
@@ -763,6 +793,26 @@
       };
     };
     openAction("Resolve a review item", build);
+  }
+
+  function openCancel(item) {
+    openAction("Cancel a payment", (form) => {
+      const reason = reasonInput();
+      form.append(el("p", `Payment ${item.outbox_id} of ${item.participant_id} ` +
+        `(${item.rail_type}, instruction ${item.instruction_id}): canceled only if no attempt ` +
+        "of it can have reached the rail; it then never goes to the rail.", "notice"),
+        field("Reason", reason, "cancel-reason"));
+      return () => {
+        if (!reason.value.trim()) throw new Error("Give a reason.");
+        return {
+          summary: `cancel payment ${item.outbox_id} of ${item.participant_id}`,
+          path: `/v1/ops/payments/${encodeURIComponent(item.outbox_id)}/cancel`,
+          body: { reason: reason.value.trim() },
+          reopen: () => openCancel(item),
+          after: () => lookup(item.outbox_id),
+        };
+      };
+    });
   }
 
   function openRevokeParticipant(p) {
@@ -953,6 +1003,7 @@
     clearNumbers();
     shownParticipant = null;
     $("participant-panel").hidden = true;
+    closeDeliveries();
     $("participant-result").replaceChildren();
     $("lookup-result").replaceChildren();
     $("board").hidden = true;
@@ -972,6 +1023,8 @@
     "deliveries_failed",
   ];
 
+  let shownEndpoint = null; // the endpoint whose deliveries are open: {id, url, participant}
+
   function renderWebhooks(health) {
     for (const field of HOOK_FIELDS) {
       const dd = $(`hooks-${field}`);
@@ -981,25 +1034,136 @@
       card.classList.toggle("alert", card.classList.contains("warn-if-nonzero") && value > 0);
     }
     $("hooks-oldest").textContent = age(health.oldest_due_age_seconds);
+  }
+
+  function shortId(id) {
+    return id ? `${String(id).slice(0, 8)}…` : "—";
+  }
+
+  function endpointStatus(e) {
+    if (e.status === "ENABLED" && e.failing_since) {
+      return el("td", `FAILING since ${when(e.failing_since)}`, "tag bad");
+    }
+    return el("td", e.status, e.status === "ENABLED" ? "tag ok" : "tag warn");
+  }
+
+  function renderEndpoints(data) {
+    if (!changed("hooks-endpoints", data)) return;
     const body = $("hooks-failing-body");
-    const failing = Array.isArray(health.failing) ? health.failing : [];
-    if (failing.length === 0) {
-      const row = el("tr");
-      const cell = el("td", "No endpoint is failing.", "empty");
-      cell.colSpan = 5;
-      row.appendChild(cell);
-      body.replaceChildren(row);
+    const endpoints = Array.isArray(data.data) ? data.data : [];
+    if (endpoints.length === 0) {
+      body.replaceChildren(emptyRow("No webhook endpoint is registered.", 7));
       return;
     }
-    body.replaceChildren(...failing.map((e) => {
-      const row = el("tr", null, "failing");
-      row.appendChild(el("td", when(e.failing_since)));
-      row.appendChild(el("td", e.participant_id, "mono"));
-      row.appendChild(el("td", e.url, "mono"));
-      row.appendChild(el("td", number.format(e.consecutive_failures)));
-      row.appendChild(el("td", e.last_error_class || "—", "mono"));
+    body.replaceChildren(...endpoints.map((e) => {
+      const row = el("tr", null, e.failing ? "failing" : "");
+      const open = el("button", "Deliveries", "quiet small");
+      open.type = "button";
+      open.setAttribute("aria-label", `Deliveries of endpoint ${e.url}`);
+      open.addEventListener("click", () => openDeliveries(
+        { id: e.id, url: e.url, participant: e.participant_id }));
+      const cell = el("td");
+      cell.append(open);
+      row.append(endpointStatus(e), el("td", e.participant_id, "mono"), el("td", e.url, "mono"),
+        el("td", number.format(e.consecutive_failures)),
+        el("td", e.last_error_class || "—", "mono"),
+        el("td", number.format(e.pending_deliveries ?? 0)), cell);
       return row;
     }));
+  }
+
+  function lastAnswer(d) {
+    if (d.last_http_status) return `HTTP ${d.last_http_status}`;
+    if (d.last_error_class) return d.last_error_class;
+    return d.attempt_count ? "—" : "not sent yet";
+  }
+
+  function renderDeliveries(data) {
+    if (!changed("hooks-deliveries", [data, mayAct()])) return;
+    const body = $("hooks-deliveries-body");
+    const rows = Array.isArray(data.data) ? data.data : [];
+    $("hooks-deliveries-summary").textContent =
+      `${rows.length} newest deliver${rows.length === 1 ? "y" : "ies"} to ${shownEndpoint.url} ` +
+      `(participant ${shownEndpoint.participant}). A replay sends the event again with the ` +
+      "same webhook-id, as a new delivery.";
+    if (rows.length === 0) {
+      body.replaceChildren(emptyRow("No deliveries yet.", 8));
+      return;
+    }
+    body.replaceChildren(...rows.map((d) => {
+      const row = el("tr", null, d.status === "FAILED" ? "failed-row" : "");
+      const id = el("td", shortId(d.delivery_id), "mono");
+      id.title = d.delivery_id;
+      const of = el("td", d.replay_of ? `replay of ${shortId(d.replay_of)}` : "—", "mono");
+      if (d.replay_of) of.title = d.replay_of;
+      const act = el("td");
+      if (mayAct()) {
+        act.append(actionButton("Replay…", () => openReplay(d),
+          `Replay delivery ${d.delivery_id}`));
+      } else {
+        act.textContent = "—";
+      }
+      row.append(el("td", when(d.created_at)), id, el("td", `#${d.event_seq}`, "mono"),
+        stateCell(d.status), el("td", number.format(d.attempt_count)),
+        el("td", lastAnswer(d), "mono"), of, act);
+      return row;
+    }));
+  }
+
+  async function openDeliveries(endpoint) {
+    shownEndpoint = endpoint;
+    delete rendered["hooks-deliveries"];
+    $("hooks-deliveries-title").textContent = "Deliveries, newest first";
+    $("hooks-deliveries-body").replaceChildren(emptyRow("Loading …", 8));
+    $("hooks-deliveries").hidden = false;
+    await refreshDeliveries();
+    $("hooks-deliveries").scrollIntoView({ block: "nearest" });
+  }
+
+  function closeDeliveries() {
+    shownEndpoint = null;
+    delete rendered["hooks-deliveries"];
+    $("hooks-deliveries").hidden = true;
+    $("hooks-deliveries-body").replaceChildren();
+  }
+
+  async function refreshDeliveries() {
+    if (!shownEndpoint) return;
+    const endpoint = shownEndpoint;
+    try {
+      const data = await api(
+        `/v1/ops/webhook_endpoints/${encodeURIComponent(endpoint.id)}/deliveries?limit=20`);
+      if (endpoint === shownEndpoint) renderDeliveries(data);
+    } catch (err) {
+      if (endpoint !== shownEndpoint) return;
+      delete rendered["hooks-deliveries"];
+      $("hooks-deliveries-summary").textContent = err.status === 404
+        ? "This endpoint is gone." : `Deliveries failed to load: ${describe(err)}`;
+      $("hooks-deliveries-body").replaceChildren(emptyRow("No current data.", 8));
+    }
+  }
+
+  function openReplay(d) {
+    openAction("Replay a webhook delivery", (form) => {
+      const reason = reasonInput();
+      form.append(el("p", `Delivery ${d.delivery_id} (event #${d.event_seq}, ${d.status}) to ` +
+        `${shownEndpoint ? shownEndpoint.url : "its endpoint"}: the event is sent again, with ` +
+        "the same webhook-id, as a new delivery.", "notice"),
+        field("Reason", reason, "replay-reason"));
+      return () => {
+        if (!reason.value.trim()) throw new Error("Give a reason.");
+        return {
+          summary: `send event #${d.event_seq} of delivery ${d.delivery_id} again`,
+          path: `/v1/ops/webhook_deliveries/${encodeURIComponent(d.delivery_id)}/replay`,
+          body: { reason: reason.value.trim() },
+          reopen: () => openReplay(d),
+          after: async () => {
+            delete rendered["hooks-deliveries"];
+            await refreshDeliveries();
+          },
+        };
+      };
+    });
   }
 
   function clearWebhooks() {
@@ -1009,19 +1173,21 @@
       dd.parentElement.classList.remove("alert");
     }
     $("hooks-oldest").textContent = "—";
-    const row = el("tr");
-    const cell = el("td", "No current data.", "empty");
-    cell.colSpan = 5;
-    row.appendChild(cell);
-    $("hooks-failing-body").replaceChildren(row);
+    delete rendered["hooks-endpoints"];
+    $("hooks-failing-body").replaceChildren(emptyRow("No current data.", 7));
   }
 
   async function refreshWebhooks() {
     const card = $("webhooks");
     if (token() && !$("board").hidden) {
       try {
-        renderWebhooks(await api("/v1/ops/webhook_health"));
+        const [health, endpoints] = await Promise.all([
+          api("/v1/ops/webhook_health"), api("/v1/ops/webhook_endpoints?limit=20"),
+        ]);
+        renderWebhooks(health);
+        renderEndpoints(endpoints);
         card.hidden = false;
+        await refreshDeliveries();
       } catch (err) {
         clearWebhooks();
         // Not served by this API (no webhook routes): the card stays away.
@@ -1047,6 +1213,7 @@
       if (value) lookup(value).catch(() => {});
     });
     $("forget-token").addEventListener("click", () => signOut(null));
+    $("hooks-deliveries-close").addEventListener("click", closeDeliveries);
     $("browse-form").addEventListener("submit", (event) => {
       event.preventDefault();
       applyBrowse();
