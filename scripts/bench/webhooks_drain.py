@@ -102,8 +102,56 @@ async def _failed_attempts(admin_dsn: str, participants: list[str]) -> int:
         return int(row[0]) if row else 0
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu(pid: int, *, reaped: bool = False) -> float:
+    """CPU seconds (user + system) of a live process, plus its reaped children's if asked."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / _TICK
+
+
+def _server_cpu(data_dir: Path) -> float:
+    """CPU seconds of the PostgreSQL server: the postmaster, its live backends and the ones
+    that ended (reaped into the postmaster's counts). Linux only; 0.0 elsewhere."""
+    try:
+        postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    total = _proc_cpu(postmaster, reaped=True)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:  # a backend may end meanwhile
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(stat[1]) == postmaster:
+                total += _proc_cpu(int(entry.name))
+    return total
+
+
+async def _webhook_rows(admin_dsn: str, participants: list[str]) -> tuple[int, int]:
+    """(deliveries, attempts) of these participants so far."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT (SELECT count(*) FROM symphony.webhook_deliveries "
+            "         WHERE participant_id = ANY(%s)), "
+            "       (SELECT count(*) FROM symphony.webhook_delivery_attempts "
+            "         WHERE participant_id = ANY(%s))", (participants, participants))
+        row = await cur.fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
 async def one_round(db: Database, admin_dsn: str, mode: str, payments: int, tag: str,
-                    down_url: str) -> dict[str, Any]:
+                    down_url: str, data_dir: Path) -> dict[str, Any]:
     access = AccessStore(db)
     store = OutboxStore(db)
     hooks = WebhookStore(db, load_secret_box(db.settings.home))
@@ -134,10 +182,19 @@ async def one_round(db: Database, admin_dsn: str, mode: str, payments: int, tag:
             sys.executable, "-m", "symphony", "delivery", "--worker-id", f"bench-{tag}",
             env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         await _until_delivering(admin_dsn, participants)
+    rows_before = await _webhook_rows(admin_dsn, participants)
+    delivery_cpu = _proc_cpu(delivery.pid) if delivery is not None else 0.0
+    server_cpu = _server_cpu(data_dir)
+    own_cpu = time.process_time()
     started = time.perf_counter()
     await worker.start()
     await _until_drained(admin_dsn)
     seconds = time.perf_counter() - started
+    # What each process spent while the payments drained (the figure's window).
+    own_cpu = time.process_time() - own_cpu
+    server_cpu = _server_cpu(data_dir) - server_cpu
+    delivery_cpu = (_proc_cpu(delivery.pid) - delivery_cpu) if delivery is not None else 0.0
+    rows_after = await _webhook_rows(admin_dsn, participants)
     await worker.stop()
     attempts = 0
     if delivery is not None:
@@ -151,10 +208,17 @@ async def one_round(db: Database, admin_dsn: str, mode: str, payments: int, tag:
             if row["participant_id"] in participants:
                 await hooks.set_enabled(row["endpoint_id"], False, "benchmark round over")
     return {"mode": mode, "payments": payments, "seconds": round(seconds, 3),
-            "rate": round(payments / seconds, 1), "failed_delivery_attempts": attempts}
+            "rate": round(payments / seconds, 1), "failed_delivery_attempts": attempts,
+            "during_drain": {
+                "deliveries_created": rows_after[0] - rows_before[0],
+                "attempts_recorded": rows_after[1] - rows_before[1],
+                "cpu_seconds_worker_process": round(own_cpu, 3),
+                "cpu_seconds_delivery_process": round(delivery_cpu, 3),
+                "cpu_seconds_postgres": round(server_cpu, 3)}}
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     home = Path(tempfile.mkdtemp(prefix="symphony-bench-webhooks-"))
     server = EmbeddedServer(home / "pgdata")
     admin_dsn = await asyncio.to_thread(server.start)
@@ -168,14 +232,20 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         try:
             # Warm-up (plans, pools), not counted.
             await one_round(db, admin_dsn, "none", min(200, args.payments), f"{run}-warm",
-                            down_url)
+                            down_url, home / "pgdata")
             for r in range(args.rounds):
                 for mode in (("none", "down") if r % 2 == 0 else ("down", "none")):
                     result = await one_round(db, admin_dsn, mode, args.payments,
-                                             f"{run}-{r}-{mode}", down_url)
+                                             f"{run}-{r}-{mode}", down_url, home / "pgdata")
+                    during = result["during_drain"]
                     print(f"  round {r + 1} {mode:>4}: {result['rate']:8.1f} payments/s "
                           f"({result['seconds']:.2f} s; {result['failed_delivery_attempts']} "
-                          "failed delivery attempts)", flush=True)
+                          f"failed delivery attempts in all; while draining: "
+                          f"{during['deliveries_created']} deliveries made, "
+                          f"{during['attempts_recorded']} attempts, CPU s worker "
+                          f"{during['cpu_seconds_worker_process']} / delivery "
+                          f"{during['cpu_seconds_delivery_process']} / postgres "
+                          f"{during['cpu_seconds_postgres']})", flush=True)
                     rounds.append(result)
         finally:
             await db.close()
@@ -189,6 +259,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "payments_per_round": args.payments, "rounds_per_mode": args.rounds,
         "median_rate_no_webhooks": none, "median_rate_endpoints_down": down,
         "ratio_down_over_none": round(down / none, 3),
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "rounds": rounds,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
