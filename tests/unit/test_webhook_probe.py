@@ -76,6 +76,7 @@ async def test_the_first_failure_holds_the_endpoint_and_takes_back_what_was_not_
     events = await events_of(isolated_db, hooked.participant_id)
     endpoint = await endpoint_row(isolated_db, hooked)
     assert endpoint["held_since"] is not None and endpoint["consecutive_failures"] == 2
+    assert endpoint["failing_since"] is None  # 2 failures + 3 events waiting < 10
     # The two attempted deliveries stay (with their attempts); the three nobody sent are gone
     # and the cursor stands before the oldest of them, so they are fanned out again later.
     rows = await deliveries_of(isolated_db, hooked.participant_id)
@@ -118,9 +119,13 @@ async def test_a_held_endpoint_has_at_most_one_delivery_in_flight_and_no_new_one
         cycle = await service.run_once()
         assert cycle.claimed <= 1 and cycle.deliveries_created == 0
     assert len(await deliveries_of(isolated_db, hooked.participant_id)) == 2
-    # The failing mark still comes from consecutive failures (2 + the probes'), and shows.
+    # Failed attempts (2 + the probes') and the events waiting behind the cursor (23) count
+    # toward the failing mark (10 in a row): it is failing, and shows.
     endpoint = await endpoint_row(isolated_db, hooked)
-    assert endpoint["consecutive_failures"] >= 6 and endpoint["held_since"] is not None
+    assert endpoint["consecutive_failures"] == 6 and endpoint["held_since"] is not None
+    assert endpoint["failing_since"] is not None
+    failing = await WebhookStore(isolated_db).ops_endpoints(status="FAILING")
+    assert hooked.endpoint_id in {r["endpoint_id"] for r in failing}
 
 
 async def test_recovery_delivers_every_event_past_the_cursor_in_order_signed_once(

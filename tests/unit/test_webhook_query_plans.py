@@ -172,11 +172,17 @@ async def test_a_held_endpoints_probe_and_its_failure_read_the_pending_index(
     assert "webhook_deliveries_pending_endpoint_idx" in plans, plans
     assert "Seq Scan on webhook_deliveries" not in plans, plans
     assert "Seq Scan on payment_events" not in plans, plans
+    # The events waiting behind the held endpoint's cursor: its participant's last event.
+    assert "Scan Backward using payment_events_pkey" in plans, plans
 
 
 async def test_the_backlog_figures_probe_each_endpoints_last_event(
     explained: psycopg.AsyncConnection[tuple[object, ...]],
 ) -> None:
-    plans = await _plans(explained, "SELECT * FROM symphony.ops_webhook_endpoints(NULL, 100)")
-    assert "payment_events_pkey" in plans, plans
-    assert "Seq Scan on payment_events" not in plans, plans
+    # The last event of each endpoint's participant: one descent of the key from its end,
+    # never the participant's events.
+    for statement in ("SELECT * FROM symphony.ops_webhook_endpoints(NULL, 100)",
+                      "SELECT * FROM symphony.webhook_health()"):
+        plans = await _plans(explained, statement)
+        assert "Scan Backward using payment_events_pkey" in plans, plans
+        assert "Seq Scan on payment_events" not in plans, plans

@@ -29,6 +29,11 @@
 -- it: held_since is cleared, the endpoint's other pending deliveries waiting out a backoff are
 -- due at once, and the next fan-out continues from the cursor in event order.
 --
+-- Marked failing: as before, after p_failing_after consecutive failed attempts (or a delivery
+-- that ran out of attempts), where the events waiting behind a held endpoint's cursor count as
+-- failed attempts too (each would have been one): a held endpoint sends few attempts, and a
+-- busy one must still be marked failing as soon as before.
+--
 -- At least once, never lost: an event is either at or behind the cursor with its delivery
 -- row, or past the cursor (payment_events, append-only) — the cursor only moves forward past
 -- events that have their delivery, and back in the same transaction that deletes the
@@ -40,10 +45,9 @@
 -- per endpoint held_since and events_waiting in ops_webhook_endpoints.
 --
 -- Restated from their newest definitions: fan_out_webhook_events and
--- complete_webhook_delivery (0018), claim_webhook_deliveries (0026's predecessor
--- webhook_claim_by_key: the per-key lease loop is kept); webhook_health and
--- ops_webhook_endpoints (0018) gain result columns, so they are dropped and created again
--- with the same grants.
+-- complete_webhook_delivery (0018), claim_webhook_deliveries (webhook_claim_by_key: its
+-- per-key lease loop is kept); webhook_health and ops_webhook_endpoints (0018) gain result
+-- columns, so they are dropped and created again with their 0018 grants.
 
 SET LOCAL ROLE symphony_owner;
 
@@ -366,6 +370,7 @@ DECLARE
     v_was      timestamptz;
     v_held     timestamptz;
     v_back     bigint;
+    v_waiting  bigint := 0;
 BEGIN
     IF p_outcome IS NULL OR p_outcome NOT IN ('DELIVERED', 'RETRY', 'FAILED')
        OR (p_outcome = 'RETRY' AND (p_retry_after_seconds IS NULL
@@ -417,13 +422,26 @@ BEGIN
                AND d.lease_token IS NULL;
         END IF;
     ELSE
+        IF v_held IS NOT NULL OR p_http_status IS NULL OR p_http_status NOT BETWEEN 400 AND 499
+           OR p_http_status IN (408, 429) THEN
+            -- Held (or holding now): the events waiting behind its cursor would each have
+            -- been a failed attempt; they count toward the failing mark, so a held endpoint
+            -- is marked failing about as soon as when every event was tried.
+            SELECT coalesce(greatest(0, (SELECT max(ev.event_seq) FROM payment_events ev
+                                          WHERE ev.participant_id = p_participant_id)
+                                         - e.event_cursor), 0)
+              INTO v_waiting
+              FROM webhook_endpoints e
+             WHERE e.participant_id = p_participant_id AND e.endpoint_id = v_row.endpoint_id;
+        END IF;
         UPDATE webhook_endpoints e
            SET consecutive_failures = e.consecutive_failures + 1,
                last_failure_at = now(),
                last_error_class = p_error_class,
                failing_since = CASE
                    WHEN e.failing_since IS NOT NULL THEN e.failing_since
-                   WHEN e.consecutive_failures + 1 >= p_failing_after OR p_outcome = 'FAILED'
+                   WHEN e.consecutive_failures + 1 + v_waiting >= p_failing_after
+                        OR p_outcome = 'FAILED'
                        THEN now()
                END,
                -- A plain 4xx is the receiver refusing this event, not the endpoint down.
