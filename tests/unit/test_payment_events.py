@@ -367,6 +367,7 @@ def _explained(dsn: str, statement: str) -> tuple[str, int]:
     return "\n".join(notices), len(rows)
 
 
+@pytest.mark.auto_explain  # needs the auto_explain module (not in the 16 wheel)
 def test_a_page_of_events_is_a_range_of_the_primary_key(seeded_events: str) -> None:
     plans, n = _explained(
         seeded_events, "SELECT * FROM symphony.participant_events('ev-b', 1500, 50, NULL)")
@@ -375,6 +376,7 @@ def test_a_page_of_events_is_a_range_of_the_primary_key(seeded_events: str) -> N
     assert "Seq Scan on payment_events" not in plans, plans
 
 
+@pytest.mark.auto_explain  # needs the auto_explain module (not in the 16 wheel)
 def test_a_page_of_one_type_is_a_range_of_the_type_index(seeded_events: str) -> None:
     plans, n = _explained(
         seeded_events,

@@ -16,6 +16,9 @@ PID = "plan-hooks"
 HELD = "plan-held"
 SEALED = "'\\x" + "00" * 60 + "'::bytea"
 
+# Needs the auto_explain module (scripts/pg_versions.py leaves it out where the binaries lack it).
+pytestmark = pytest.mark.auto_explain
+
 
 @pytest.fixture(scope="module")
 def seeded_dsn(isolated_settings: DatabaseSettings) -> str:

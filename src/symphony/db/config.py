@@ -49,7 +49,7 @@ class DatabaseSettings(BaseSettings):
     database_url: SecretStr | None = Field(
         default=None,
         validation_alias="DATABASE_URL",
-        description="Admin DSN of a PostgreSQL 18+ server. Unset: the embedded server.",
+        description="Admin DSN of a PostgreSQL 15+ server. Unset: the embedded server.",
     )
     api_database_url: SecretStr | None = Field(
         default=None,

@@ -279,6 +279,9 @@ class Database:
         self._pools: dict[Principal, psycopg_pool.AsyncConnectionPool[Any]] = {}
         self._pool_lock = asyncio.Lock()
         self._closed = False
+        # Pool checks under way after a broken connection (one per pool at a time).
+        self._checking: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- construction -------------------------------------------------------------------------
 
@@ -454,9 +457,12 @@ class Database:
                 context=context,
             )
         token = _ACTIVE_ROLE.set(role)
+        pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
+        used: psycopg.AsyncConnection[Any] | None = None
         try:
             pool = await self._pool(self.principal_for(role))
             async with pool.connection() as conn:
+                used = conn
                 _ENDED_CLEAN.discard(conn)
                 await _begin(conn, role, context, snapshot=snapshot)
                 tx = Transaction(conn, role, context)
@@ -487,15 +493,45 @@ class Database:
                         code="TRANSACTION_ABORTED",
                         context=context,
                     )
-                await conn.execute(_COMMIT)
-                if not tx._raw:
-                    _mark_if_ended(conn)
+                await _commit(conn, context, mark=not tx._raw)
         except SymphonyError:
+            await self._after_failure(pool, used)
             raise
         except (psycopg.Error, UnicodeError, psycopg_pool.PoolTimeout, OSError) as exc:
+            await self._after_failure(pool, used)
             raise translate(exc, context) from exc
         finally:
             _ACTIVE_ROLE.reset(token)
+
+    async def _after_failure(self, pool: psycopg_pool.AsyncConnectionPool[Any] | None,
+                             used: psycopg.AsyncConnection[Any] | None) -> None:
+        """A transaction failed: if its connection broke (its server died, restarted or failed
+        over), test the pool's idle connections now (`_check_pool`)."""
+        if pool is not None and used is not None and used.broken:
+            await self._check_pool(pool)
+
+    async def _check_pool(self, pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
+        """Test the pool's idle connections in the background, so that each dead one is
+        replaced at once instead of failing one request of its own. New connections follow
+        the DSN, so with `target_session_attrs=read-write` they reach whichever host is the
+        primary now."""
+        if pool.name in self._checking:
+            return
+        self._checking.add(pool.name)
+        task = asyncio.get_running_loop().create_task(pool.check())
+        self._background.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._background.discard(finished)
+            self._checking.discard(pool.name)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.warning("checking the %s pool failed: %s", pool.name,
+                            type(finished.exception()).__name__)
+
+        task.add_done_callback(done)
+        # One turn of the loop: the check takes every idle connection out of the pool in its
+        # first step, before the next request can be handed a dead one.
+        await asyncio.sleep(0)
 
     async def fetch_all(
         self, role: Role, query: str, params: Params = None, *, label: str | None = None
@@ -533,9 +569,12 @@ class Database:
             )
         statement = get_query(query).sql
         token = _ACTIVE_ROLE.set(role)
+        pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
+        used: psycopg.AsyncConnection[Any] | None = None
         try:
             pool = await self._pool(self.principal_for(role))
             async with pool.connection() as conn:
+                used = conn
                 _ENDED_CLEAN.discard(conn)
                 check: psycopg.AsyncCursor[DictRow] | None = None
                 try:
@@ -565,12 +604,13 @@ class Database:
                         context=context,
                     )
                 rows = list(await cur.fetchall()) if cur.description is not None else []
-                await conn.execute(_COMMIT)
-                _mark_if_ended(conn)
+                await _commit(conn, context, mark=True)
                 return rows, cur.rowcount
         except SymphonyError:
+            await self._after_failure(pool, used)
             raise
         except (psycopg.Error, UnicodeError, psycopg_pool.PoolTimeout, OSError) as exc:
+            await self._after_failure(pool, used)
             raise translate(exc, context) from exc
         finally:
             _ACTIVE_ROLE.reset(token)
@@ -660,6 +700,7 @@ class Database:
                 min_size=min(self.settings.pool_min_size, self.settings.pool_max_size),
                 max_size=self.settings.pool_max_size,
                 kwargs={"autocommit": True, "row_factory": dict_row},
+                configure=_watch_commits,
                 reset=_reset_connection,
                 timeout=float(self.settings.connect_timeout_s),
                 name=principal.value,
@@ -726,6 +767,60 @@ async def _rollback(conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute(_ROLLBACK)
     except psycopg.Error:
         log.warning("rollback failed; the pool will discard the connection")
+
+
+# PostgreSQL's words (syncrep.c) when a COMMIT's wait for the synchronous standby is
+# canceled: the transaction stays committed on the primary and the COMMIT succeeds with this
+# WARNING only. A server whose lc_messages is not English words it otherwise (see
+# docs/deployment.md: keep lc_messages = 'C' on a server with synchronous standbys).
+_SYNC_WAIT_CANCELED = "canceling wait for synchronous replication"
+
+
+class _CommitWatch:
+    """Notices, on one pooled connection, a COMMIT whose synchronous-standby wait was cut."""
+
+    __slots__ = ("canceled",)
+
+    def __init__(self) -> None:
+        self.canceled = False
+
+    def __call__(self, diag: psycopg.errors.Diagnostic) -> None:
+        if (diag.message_primary or "").startswith(_SYNC_WAIT_CANCELED):
+            self.canceled = True
+
+
+_COMMIT_WATCHES: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], _CommitWatch] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _watch_commits(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Pool `configure` callback: every pooled connection watches its COMMITs' warnings."""
+    watch = _CommitWatch()
+    conn.add_notice_handler(watch)
+    _COMMIT_WATCHES[conn] = watch
+
+
+async def _commit(conn: psycopg.AsyncConnection[Any], context: str, *, mark: bool) -> None:
+    """COMMIT; refused to the caller (COMMIT_NOT_REPLICATED) if the server says its wait for
+    the synchronous standby was canceled: committed on the primary alone, it could be lost
+    with the primary, so it must not be acknowledged (docs/deployment.md)."""
+    watch = _COMMIT_WATCHES.get(conn)
+    if watch is not None:
+        watch.canceled = False
+    await conn.execute(_COMMIT)
+    if mark:
+        _mark_if_ended(conn)
+    if watch is not None and watch.canceled:
+        log.error("a commit's wait for the synchronous standby was canceled: committed on the "
+                  "primary only, refused to the caller", extra={"context": context})
+        raise DatabaseUnavailableError(
+            "the transaction committed on the primary, but the synchronous standby never "
+            "confirmed it (the wait was canceled): it may not survive the loss of the "
+            "primary, so it is not acknowledged; retry (an idempotent retry is answered once "
+            "the standby has it)",
+            code="COMMIT_NOT_REPLICATED", context=context,
+        )
 
 
 def _mark_if_ended(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -99,7 +99,7 @@ class DatabaseUnavailableError(TransientDatabaseError):
 
 
 class UnsupportedServerError(SymphonyError):
-    """The server is older than PostgreSQL 18 (the oldest the tests run on)."""
+    """The server is older than PostgreSQL 15 (the oldest the tests run on)."""
 
     default_code = "UNSUPPORTED_SERVER"
 

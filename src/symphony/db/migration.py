@@ -5,6 +5,9 @@ its own transaction together with its record in `symphony_meta.schema_migrations
 migration leaves nothing behind. Concurrent runs queue on an advisory lock. Before anything is
 applied, every recorded migration is checked against the shipped file: a changed checksum, or
 a recorded version this code does not know, stops the run — history is never rewritten.
+
+On a server older than PostgreSQL 16 each migration runs with its role grants spelled the 15
+way, and is checked after (symphony.db.compat says why that is the same grant).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import LiteralString
 
 import psycopg
 
+from symphony.db.compat import AdaptedMigration, adapt_migration
 from symphony.db.error import MigrationError, translate
+from symphony.db.server import require_supported_version
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Arbitrary but fixed: all migrators of one database serialize on it.
@@ -34,6 +39,12 @@ CREATE TABLE IF NOT EXISTS symphony_meta.schema_migrations (
     CONSTRAINT schema_migrations_pkey PRIMARY KEY (version)
 );
 """
+
+# Members of a grant spelled the PostgreSQL 15 way that would inherit the role's privileges.
+_INHERITING_MEMBERS: LiteralString = (
+    "SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY(%s) AND rolinherit"
+    " ORDER BY rolname"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +181,8 @@ async def migrate(admin_dsn: str, *, up_to: int | None = None) -> MigrationRepor
         )
     try:
         async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
+            server_version = conn.info.server_version
+            require_supported_version(server_version, "the migration's server")
             await conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
             try:
                 async with conn.transaction():
@@ -184,8 +197,16 @@ async def migrate(admin_dsn: str, *, up_to: int | None = None) -> MigrationRepor
                         continue
                     if up_to is not None and migration.version > up_to:
                         break
+                    adapted = adapt_migration(migration.sql, server_version)
+                    if adapted.problem is not None:
+                        raise MigrationError(
+                            f"migration {migration.name} cannot run on this server: "
+                            f"{adapted.problem}; upgrade PostgreSQL",
+                            code="MIGRATION_NEEDS_NEWER_SERVER",
+                        )
                     async with conn.transaction():
-                        await conn.execute(migration.sql)
+                        await conn.execute(adapted.sql)
+                        await _check_adapted(conn, migration, adapted)
                         # A migration may switch to the owner; the record is the admin's.
                         await conn.execute("RESET ROLE")
                         await conn.execute(
@@ -201,6 +222,22 @@ async def migrate(admin_dsn: str, *, up_to: int | None = None) -> MigrationRepor
         raise
     except (psycopg.Error, OSError) as exc:
         raise translate(exc, "migrate") from exc
+
+
+async def _check_adapted(conn: psycopg.AsyncConnection[tuple[object, ...]],
+                         migration: Migration, adapted: AdaptedMigration) -> None:
+    """Refuse (and so roll back) a migration whose 15-spelled grants would inherit."""
+    if not adapted.noinherit_members:
+        return
+    cur = await conn.execute(_INHERITING_MEMBERS, (list(adapted.noinherit_members),))
+    inheriting = [str(row[0]) for row in await cur.fetchall()]
+    if inheriting:
+        raise MigrationError(
+            f"migration {migration.name} grants roles to {', '.join(inheriting)}, which "
+            "inherit(s) privileges: on PostgreSQL 15 the grant cannot say INHERIT FALSE, so "
+            "the member must be NOINHERIT (ALTER ROLE ... NOINHERIT) before the grant",
+            code="MIGRATION_GRANT_WOULD_INHERIT",
+        )
 
 
 async def pending_migrations(admin_dsn: str) -> list[str]:

@@ -20,6 +20,7 @@ import psycopg
 from psycopg import conninfo as pg_conninfo
 from psycopg import sql
 
+from symphony.db.compat import MIN_SERVER_VERSION, major
 from symphony.db.config import DatabaseSettings
 from symphony.db.dsn import describe_dsn, parse_dsn
 from symphony.db.dsn import server_key as dsn_server_key
@@ -30,10 +31,6 @@ from symphony.db.error import (
 
 log = logging.getLogger("symphony.db")
 
-# The oldest server the test suite runs on (the embedded PostgreSQL 18). The schema needs 16
-# for its role grants (WITH INHERIT FALSE, SET TRUE); before 18 deferred triggers ran as the
-# role current at COMMIT, and no test has proven the outbox on 16 or 17 since.
-MIN_SERVER_VERSION = 180000
 EMBEDDED_DATABASE = "symphony"
 EMBEDDED_ADMIN = "postgres"
 
@@ -76,7 +73,7 @@ def parse_database_url(url: str) -> dict[str, Any]:
 
 
 async def check_server(admin_dsn: str, *, connect_timeout: int = 10) -> int:
-    """Connect as admin, and refuse servers older than PostgreSQL 18. Returns the version."""
+    """Connect as admin, and refuse servers older than the oldest supported. The version."""
     parts = pg_conninfo.conninfo_to_dict(admin_dsn)
     where = f"{parts.get('host') or 'localhost'}:{parts.get('port') or 5432}"
     try:
@@ -96,11 +93,15 @@ async def check_server(admin_dsn: str, *, connect_timeout: int = 10) -> int:
 
 
 def require_supported_version(version: int, where: str) -> None:
-    """Refuse a server older than PostgreSQL 18 (`server_version_num` form, e.g. 170004)."""
+    """Refuse a server older than the oldest one a test has run on (`MIN_SERVER_VERSION`).
+
+    `version` is the `server_version_num` form (150018 is 15.18). CI runs the database suites
+    on 15, 16 and 18 (scripts/pg_versions.py); symphony.db.compat holds what differs.
+    """
     if version < MIN_SERVER_VERSION:
         raise UnsupportedServerError(
-            f"PostgreSQL {version // 10000} at {where} is too old: Symphony needs 18 or newer "
-            "(the version it is tested on)",
+            f"PostgreSQL {major(version)} at {where} is too old: Symphony needs "
+            f"{major(MIN_SERVER_VERSION)} or newer (the oldest version its tests run on)",
             code="UNSUPPORTED_SERVER_VERSION",
         )
 

@@ -189,7 +189,10 @@ SELECT p.outbox_id, p.participant_id, p.review_reason, p.review_since, p.attempt
 -- name: login_identity
 -- Who a new connection logged in as, before any role switch (run by symphony.db on the probe
 -- of every pool): the login, whether it is more than a principal should be, and which of the
--- given roles it may SET ROLE to (directly or through a chain of SET grants).
+-- given roles it may SET ROLE to (directly or through a chain of SET grants). PostgreSQL 15
+-- has no 'SET' privilege for pg_has_role (it raises): there every membership, direct or
+-- through a chain, allows SET ROLE, so 'MEMBER' is the same question. The CASE evaluates
+-- only the branch the server understands (pg_has_role is not folded at plan time).
 SELECT session_user::text AS login,
        r.rolsuper AS superuser,
        r.rolcreaterole AS createrole,
@@ -197,7 +200,10 @@ SELECT session_user::text AS login,
        ARRAY(SELECT m.rolname::text
                FROM pg_catalog.pg_roles m
               WHERE m.rolname = ANY(%(roles)s::text[])
-                AND pg_catalog.pg_has_role(session_user, m.oid, 'SET')
+                AND CASE WHEN pg_catalog.current_setting('server_version_num')::integer >= 160000
+                         THEN pg_catalog.pg_has_role(session_user, m.oid, 'SET')
+                         ELSE pg_catalog.pg_has_role(session_user, m.oid, 'MEMBER')
+                    END
               ORDER BY m.rolname) AS settable
   FROM pg_catalog.pg_roles r
  WHERE r.rolname = session_user;
@@ -241,19 +247,30 @@ SELECT a.outbox_id, a.attempt_no, a.error_code, a.error_detail, a.worker_id,
 -- Terminal ledger rows per minute over the last `minutes` minutes, oldest first, one row per
 -- minute (zero where nothing ended); the last minute is the one in progress (roles: readonly,
 -- auditor, control). The window's start is written out (not joined from a CTE) so that it is
--- an index condition: only the window's rows of the terminal-rows index are read.
+-- an index condition: only the window's rows of the terminal-rows index are read. One range
+-- per terminal state (state = X AND recorded_at >= start) rather than state IN (...): before
+-- PostgreSQL 17 the planner prices an IN list on the index's leading column as a scan of every
+-- terminal row and reads another index instead.
 SELECT m.minute, coalesce(c.dispatched, 0) AS dispatched, coalesce(c.failed, 0) AS failed
   FROM generate_series(
            date_trunc('minute', now()) - (%(minutes)s::integer - 1) * interval '1 minute',
            date_trunc('minute', now()), interval '1 minute') AS m(minute)
   LEFT JOIN (
-      SELECT date_trunc('minute', a.recorded_at) AS minute,
-             count(*) FILTER (WHERE a.state = 'DISPATCHED') AS dispatched,
-             count(*) FILTER (WHERE a.state = 'FAILED') AS failed
-        FROM symphony.payment_outbox_attempts a
-       WHERE a.state IN ('DISPATCHED', 'FAILED')
-         AND a.recorded_at >= date_trunc('minute', now())
-                              - (%(minutes)s::integer - 1) * interval '1 minute'
+      SELECT date_trunc('minute', t.recorded_at) AS minute,
+             count(*) FILTER (WHERE t.state = 'DISPATCHED') AS dispatched,
+             count(*) FILTER (WHERE t.state = 'FAILED') AS failed
+        FROM (SELECT a.state, a.recorded_at
+                FROM symphony.payment_outbox_attempts a
+               WHERE a.state = 'DISPATCHED'
+                 AND a.recorded_at >= date_trunc('minute', now())
+                                      - (%(minutes)s::integer - 1) * interval '1 minute'
+              UNION ALL
+              SELECT a.state, a.recorded_at
+                FROM symphony.payment_outbox_attempts a
+               WHERE a.state = 'FAILED'
+                 AND a.recorded_at >= date_trunc('minute', now())
+                                      - (%(minutes)s::integer - 1) * interval '1 minute'
+             ) t
        GROUP BY 1
   ) c ON c.minute = m.minute
  ORDER BY m.minute;
