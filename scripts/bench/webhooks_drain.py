@@ -22,13 +22,14 @@ root):
 
 Prints a table and writes build/bench-webhooks.json.
 
-Latest run (2,000 payments, 5 rounds per mode, nice, a 2-core machine shared with other work,
-load average 6-7): no webhooks 819.7/s, every endpoint down 799.6/s, ratio 0.98 (rounds of
-one mode ranged 617-1,096/s at that load). While draining, the delivery service made no
-delivery and 4-12 attempts (0.01 s of its CPU): a held endpoint gets one probe at a time and
-its new events wait behind its cursor (migration webhook_probe). Before that, the same bench
-in the same hour: 0.65 (~3,800 deliveries made and ~400 failed attempts per round while
-draining, 0.8 s of the delivery process's CPU); 0.82 on a quiet machine. No payment statement
+Latest runs (2,000 payments, 5 rounds per mode, nice, a 2-core machine). Quiet (load
+0.0-0.7): no webhooks 2,833/s, every endpoint down 2,657/s, ratio of the medians 0.94; per
+alternating pair 1.00, 1.00, 0.94, 1.04, 0.95 (the machine slowed during the run). Shared
+with other work (load 6-7): 820/s vs 800/s, ratio 0.98. While draining, the delivery service
+made no delivery and 0-12 attempts (<= 0.01 s of its CPU) and the server's CPU matched the
+no-webhook rounds: a held endpoint gets one probe at a time and its new events wait behind
+its cursor (migration webhook_probe). Before that, the same bench: 0.85 quiet, 0.65 at load
+6-7 (~3,800 deliveries made and 300-400 failed attempts per drain). No payment statement
 waits on a webhook table: see
 tests/unit/test_webhook_delivery.py::test_payments_never_wait_for_the_webhook_tables.
 """

@@ -1,4 +1,4 @@
--- 0026 — an endpoint that is down costs one probe at a time, not a delivery per event.
+-- 0028 — an endpoint that is down costs one probe at a time, not a delivery per event.
 --
 -- Why: with every endpoint down, the delivery service still turned each event into a delivery
 -- row per subscribed endpoint and tried each one on its own retry schedule. Measured with
@@ -45,7 +45,7 @@
 -- per endpoint held_since and events_waiting in ops_webhook_endpoints.
 --
 -- Restated from their newest definitions: fan_out_webhook_events and
--- complete_webhook_delivery (0018), claim_webhook_deliveries (webhook_claim_by_key: its
+-- complete_webhook_delivery (0018), claim_webhook_deliveries (0026_webhook_claim_by_key: its
 -- per-key lease loop is kept); webhook_health and ops_webhook_endpoints (0018) gain result
 -- columns, so they are dropped and created again with their 0018 grants.
 
