@@ -4,7 +4,8 @@ signer: a test that passes proves the product signs as the specification says.
 
 The receiver is a bare asyncio HTTP/1.1 server so a test can make it misbehave exactly:
 answer with any status, hang, stream a huge body, redirect, or be down (`stop()`, then
-`start()` again on the same port).
+`start()` again on the same port). Given a server `tls` context it speaks https and records
+the SNI name each connection asked for (`Received.sni`, `sni_names`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +64,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    sni: str | None = None
 
     @property
     def event(self) -> dict[str, Any]:
@@ -73,24 +76,45 @@ class Received:
 @dataclass
 class Receiver:
     """Answers every request per `mode`: 'ok' (204), 'status:<n>', 'hang' (never answers),
-    'huge' (200 with a 10 MB body, streamed), 'redirect' (302 to `redirect_to`)."""
+    'huge' (200 with a 10 MB body, streamed), 'redirect' (302 to `redirect_to`).
+
+    tls: a server context (https; its certificate is the test's choice). host_name: the name
+    `url` uses instead of the address (the test resolves it). keep_alive: serve further
+    requests on a connection after an 'ok' answer (so a client that reuses connections
+    shows it)."""
 
     mode: str = "ok"
     port: int = 0
+    address: str = "127.0.0.1"
+    tls: ssl.SSLContext | None = None
+    host_name: str | None = None
+    keep_alive: bool = False
     redirect_to: str = "http://127.0.0.1:9/elsewhere"
     received: list[Received] = field(default_factory=list)
+    sni_names: list[str | None] = field(default_factory=list)
+    connections: int = 0
     huge_bytes_sent: int = 0
     _server: asyncio.base_events.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _sni_of: dict[int, str | None] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host_name or self.address}:{self.port}/hooks"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port,
-                                                  reuse_address=True)
+        if self.tls is not None:
+            self.tls.sni_callback = self._on_sni
+        self._server = await asyncio.start_server(self._handle, self.address, self.port,
+                                                  reuse_address=True, ssl=self.tls)
         self.port = int(self._server.sockets[0].getsockname()[1])
+
+    def _on_sni(self, conn: Any, name: str | None, _context: ssl.SSLContext) -> None:
+        # Called during the handshake, before the certificate is chosen or checked: the
+        # name is recorded even when the client then refuses the certificate.
+        self.sni_names.append(name)
+        self._sni_of[id(conn)] = name
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -105,18 +129,24 @@ class Receiver:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self.connections += 1
+        tls_object = writer.get_extra_info("ssl_object")
+        sni = self._sni_of.pop(id(tls_object), None) if tls_object is not None else None
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            _method, path, _version = lines[0].split(" ", 2)
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                if ":" in line:
-                    name, value = line.split(":", 1)
-                    headers[name.strip().lower()] = value.strip()
-            body = await reader.readexactly(int(headers.get("content-length", "0")))
-            self.received.append(Received(path, headers, body, time.time()))
-            await self._answer(writer)
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                _method, path, _version = lines[0].split(" ", 2)
+                headers: dict[str, str] = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        name, value = line.split(":", 1)
+                        headers[name.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                self.received.append(Received(path, headers, body, time.time(), sni))
+                await self._answer(writer)
+                if not (self.keep_alive and self.mode == "ok"):
+                    break
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:

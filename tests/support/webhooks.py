@@ -60,7 +60,7 @@ async def pay(db: Database, participant_id: str, count: int = 1) -> None:
 
 
 def delivery_service(
-    db: Database, **config: Any
+    db: Database, *, policy: UrlPolicy = LOOPBACK, **config: Any
 ) -> tuple[DeliveryService, WebhookSender]:
     settings: dict[str, Any] = {
         "worker_id": f"delivery-test-{uuid.uuid4().hex[:6]}", "lease_seconds": 30,
@@ -69,7 +69,7 @@ def delivery_service(
     }
     settings.update(config)
     cfg = DeliveryConfig(**settings)
-    sender = WebhookSender(LOOPBACK, cfg.limits)
+    sender = WebhookSender(policy, cfg.limits, ca_bundle=cfg.ca_bundle)
     return DeliveryService(WebhookStore(db), box_of(db), sender, cfg), sender
 
 

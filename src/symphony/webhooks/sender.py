@@ -11,15 +11,26 @@ redirects are never followed (a 3xx is a failed attempt, `redirect_not_followed`
 body is streamed and at most `excerpt_bytes` of it are read before the connection is closed,
 so a 10 MB answer costs no more than a short one. Keep-alive is off: every call connects
 afresh, so a TLS session verified for one host is never reused for another host that shares
-its address.
+its address (the connection pool knows a connection by address and port, not by SNI name).
+
+TLS: the certificate must chain to a trusted root and name the URL's host (checked against
+the SNI name, never against the address connected to). The roots are the public ones httpx
+ships (certifi) plus, for endpoints behind a private CA, the PEM bundle the operator
+configures (`ca_bundle`). Verification cannot be switched off: no setting or argument does
+it, and `tls_context` refuses a context that would not verify. A refused certificate is a
+failed attempt like any other (retried on the schedule): `tls_certificate_name_mismatch`
+(valid, but for another name), `tls_certificate_invalid` (untrusted issuer, self-signed,
+expired), `tls_error` (any other handshake failure).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 import httpx
@@ -30,6 +41,8 @@ log = logging.getLogger("symphony.delivery.sender")
 
 USER_AGENT: Final = "Symphony-Webhooks/1"
 EXCERPT_CHARS: Final = 256
+# OpenSSL's verify codes for a certificate that is valid but names another host or address.
+_NAME_MISMATCH_CODES: Final = frozenset({62, 64})  # X509_V_ERR_HOSTNAME/IP_ADDRESS_MISMATCH
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,16 +65,37 @@ class SenderLimits:
     excerpt_bytes: int = 1024
 
 
-class WebhookSender:
-    """Sends signed bodies to vetted endpoints. One instance per service; `aclose()` ends it."""
+def tls_context(ca_bundle: Path | None = None) -> ssl.SSLContext:
+    """The client context of every https call: public roots plus `ca_bundle`'s CAs (a PEM
+    file), TLS 1.2 or later, the certificate and its host name always verified.
 
-    def __init__(self, policy: UrlPolicy, limits: SenderLimits | None = None) -> None:
+    OSError or ssl.SSLError when the bundle cannot be read or holds no certificate."""
+    context = httpx.create_ssl_context(verify=True, trust_env=False)
+    if ca_bundle is not None:
+        context.load_verify_locations(cafile=str(ca_bundle))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if context.verify_mode != ssl.CERT_REQUIRED or not context.check_hostname:
+        raise ssl.SSLError("a webhook call must verify the certificate and its host name")
+    return context
+
+
+class WebhookSender:
+    """Sends signed bodies to vetted endpoints. One instance per service; `aclose()` ends it.
+
+    ca_bundle: a PEM file of CAs trusted besides the public roots (endpoints behind a
+    private CA)."""
+
+    def __init__(
+        self, policy: UrlPolicy, limits: SenderLimits | None = None, *,
+        ca_bundle: Path | None = None,
+    ) -> None:
         self.policy = policy
         self.limits = limits or SenderLimits()
         lim = self.limits
         self._client = httpx.AsyncClient(
+            verify=tls_context(ca_bundle),
             follow_redirects=False,
-            trust_env=False,  # never through a proxy from the environment
+            trust_env=False,  # never through a proxy, nor a CA file, from the environment
             timeout=httpx.Timeout(connect=lim.connect_timeout, read=lim.read_timeout,
                                   write=lim.read_timeout, pool=lim.connect_timeout),
             limits=httpx.Limits(max_keepalive_connections=0, max_connections=256),
@@ -99,7 +133,7 @@ class WebhookSender:
         except httpx.TimeoutException:
             return _failed(started, "timeout")
         except httpx.ConnectError as exc:
-            return _failed(started, "tls_error" if _is_tls(exc) else "connect_error")
+            return _failed(started, _connect_error_class(exc))
         except httpx.HTTPError:
             return _failed(started, "protocol_error")
         try:
@@ -143,13 +177,19 @@ def sanitize_excerpt(raw: bytes) -> str | None:
     return folded[:EXCERPT_CHARS] or None
 
 
-def _is_tls(exc: BaseException) -> bool:
+def _connect_error_class(exc: BaseException) -> str:
+    """What failed while connecting: the certificate, another part of TLS, or the TCP
+    connection (httpx wraps the ssl module's error; its cause says which)."""
     seen: BaseException | None = exc
     while seen is not None:
-        if type(seen).__name__.startswith("SSL") or "ssl" in type(seen).__module__.lower():
-            return True
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            if seen.verify_code in _NAME_MISMATCH_CODES:
+                return "tls_certificate_name_mismatch"
+            return "tls_certificate_invalid"
+        if isinstance(seen, ssl.SSLError):
+            return "tls_error"
         seen = seen.__cause__ or seen.__context__
-    return False
+    return "connect_error"
 
 
 def _ms(started: float) -> int:

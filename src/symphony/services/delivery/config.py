@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
+from pathlib import Path
 from typing import Any, Final
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from symphony.db import ConfigurationError
 from symphony.webhooks import RetrySchedule, SenderLimits
+from symphony.webhooks.sender import tls_context
 
 MAX_WORKER_ID_LENGTH: Final = 128
 # What the lease must hold beyond a call's worst case (the completion, clocks, scheduling).
@@ -47,6 +50,9 @@ class DeliveryConfig(BaseSettings):
     health_interval_seconds: how often the endpoint-health gauges are read from the
         database (default 10; the read counts every delivery, so not every cycle).
     metrics_port: serve Prometheus metrics on 127.0.0.1 at this port (default: off).
+    ca_bundle: a PEM file of CA certificates trusted besides the public roots, for endpoints
+        whose certificates a private CA issued (default: none). It only adds trust: the
+        certificate and its host name are verified on every https call, always.
     """
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
@@ -79,6 +85,20 @@ class DeliveryConfig(BaseSettings):
     health_interval_seconds: float = Field(default=10.0, ge=0, le=3600)
     metrics_port: int | None = Field(default=None, ge=0, le=65_535,
                                      validation_alias="SYMPHONY_DELIVERY_METRICS_PORT")
+    ca_bundle: Path | None = Field(default=None, validation_alias="SYMPHONY_DELIVERY_CA_BUNDLE")
+
+    @field_validator("ca_bundle", mode="after")
+    @classmethod
+    def _bundle_loads(cls, value: Path | None) -> Path | None:
+        # Read now, so a wrong path or a file without a certificate stops the service at
+        # start rather than failing every https call.
+        if value is not None:
+            try:
+                tls_context(value)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"SYMPHONY_DELIVERY_CA_BUNDLE {str(value)[:200]!r} is not a "
+                                 f"readable PEM file of CA certificates ({exc})") from None
+        return value
 
     @model_validator(mode="after")
     def _call_fits_in_the_lease(self) -> DeliveryConfig:

@@ -25,7 +25,7 @@ class DeliveryProcess:
     ) -> None:
         self.config = config
         self.metrics = DeliveryMetrics()
-        self.sender = WebhookSender(policy, config.limits)
+        self.sender = WebhookSender(policy, config.limits, ca_bundle=config.ca_bundle)
         self.service = DeliveryService(WebhookStore(db), box, self.sender, config, self.metrics)
         self._started = False
 
