@@ -61,6 +61,7 @@ DATABASE_SUITES = [
     "tests/unit/test_outbox_metrics.py",
     "tests/unit/test_payment_events.py",
     "tests/unit/test_webhook_delivery.py",
+    "tests/unit/test_webhook_probe.py",
     "tests/unit/test_cancellation.py",
     "tests/unit/test_ops_webhook_replay.py",
     # money safety and audit

@@ -7,20 +7,31 @@ per second. The rounds alternate:
 
 * `none`: the participants have no webhook endpoints and no delivery service runs;
 * `down`: each participant has two endpoints on a loopback port nothing listens on, and the
-  real delivery service runs beside the worker the whole time (fan-out, claims, refused
-  connections, attempts recorded, retries scheduled).
+  real delivery service runs beside the worker the whole time (its own process, its
+  defaults); the round's clock starts once the service has tried every endpoint and failed
+  once (they are down and it knows: the steady cost of endpoints that stay down, not the
+  one-off cost of finding out).
 
 The figure is the ratio of the medians (down / none): 1.0 means payments drain as fast with
-every endpoint down as with no webhooks. Usage (from the repository root):
+every endpoint down as with no webhooks. Each round also records what happened while its
+payments drained: deliveries made, attempts recorded, CPU seconds of this process (the
+worker), of the delivery process and of the PostgreSQL server. Usage (from the repository
+root):
 
     nice .venv/bin/python scripts/bench/webhooks_drain.py [--payments 2000] [--rounds 3]
 
 Prints a table and writes build/bench-webhooks.json.
 
-Latest run (2,000 payments, 5 rounds per mode, nice, a quiet 2-core machine, load 0.2):
-no webhooks 2,663/s, every endpoint down 2,171/s, ratio 0.82 (0.70 at load ~11) — CPU shared with the delivery
-process and its fan-out (no payment statement waits on a webhook table: see
-tests/unit/test_webhook_delivery.py::test_payments_never_wait_for_the_webhook_tables).
+Latest runs (2,000 payments, 5 rounds per mode, nice, a 2-core machine). Quiet (load
+0.0-0.7): no webhooks 2,833/s, every endpoint down 2,657/s, ratio of the medians 0.94; per
+alternating pair 1.00, 1.00, 0.94, 1.04, 0.95 (the machine slowed during the run). Shared
+with other work (load 6-7): 820/s vs 800/s, ratio 0.98. While draining, the delivery service
+made no delivery and 0-12 attempts (<= 0.01 s of its CPU) and the server's CPU matched the
+no-webhook rounds: a held endpoint gets one probe at a time and its new events wait behind
+its cursor (migration webhook_probe). Before that, the same bench: 0.85 quiet, 0.65 at load
+6-7 (~3,800 deliveries made and 300-400 failed attempts per drain). No payment statement
+waits on a webhook table: see
+tests/unit/test_webhook_delivery.py::test_payments_never_wait_for_the_webhook_tables.
 """
 
 from __future__ import annotations
@@ -76,20 +87,24 @@ async def _until_drained(admin_dsn: str) -> None:
                 return
 
 
-async def _until_delivering(admin_dsn: str, participants: list[str]) -> None:
-    """Until the delivery service made its first attempts (it is up and busy)."""
+async def _until_every_endpoint_failed(admin_dsn: str, participants: list[str]) -> None:
+    """Until the delivery service has tried every endpoint of the round and failed at least
+    once on each: the endpoints are down and the service has found out. What it does from
+    then on is the steady cost of endpoints that stay down, which the figure measures; finding
+    out is a one-off per outage, not a cost per payment."""
     import psycopg
 
     async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
         for _ in range(600):
             await asyncio.sleep(0.05)
-            cur = await conn.execute("SELECT EXISTS (SELECT 1 FROM "
-                                     "symphony.webhook_delivery_attempts "
-                                     "WHERE participant_id = ANY(%s))", (participants,))
+            cur = await conn.execute(
+                "SELECT count(DISTINCT endpoint_id) = %s FROM "
+                "symphony.webhook_delivery_attempts WHERE participant_id = ANY(%s)",
+                (len(participants) * ENDPOINTS_PER_PARTICIPANT, participants))
             row = await cur.fetchone()
             if row is not None and row[0]:
                 return
-    raise RuntimeError("the delivery service made no attempt within 30 s")
+    raise RuntimeError("the delivery service did not try every endpoint within 30 s")
 
 
 async def _failed_attempts(admin_dsn: str, participants: list[str]) -> int:
@@ -102,8 +117,56 @@ async def _failed_attempts(admin_dsn: str, participants: list[str]) -> int:
         return int(row[0]) if row else 0
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu(pid: int, *, reaped: bool = False) -> float:
+    """CPU seconds (user + system) of a live process, plus its reaped children's if asked."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / _TICK
+
+
+def _server_cpu(data_dir: Path) -> float:
+    """CPU seconds of the PostgreSQL server: the postmaster, its live backends and the ones
+    that ended (reaped into the postmaster's counts). Linux only; 0.0 elsewhere."""
+    try:
+        postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    total = _proc_cpu(postmaster, reaped=True)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:  # a backend may end meanwhile
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(stat[1]) == postmaster:
+                total += _proc_cpu(int(entry.name))
+    return total
+
+
+async def _webhook_rows(admin_dsn: str, participants: list[str]) -> tuple[int, int]:
+    """(deliveries, attempts) of these participants so far."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT (SELECT count(*) FROM symphony.webhook_deliveries "
+            "         WHERE participant_id = ANY(%s)), "
+            "       (SELECT count(*) FROM symphony.webhook_delivery_attempts "
+            "         WHERE participant_id = ANY(%s))", (participants, participants))
+        row = await cur.fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
 async def one_round(db: Database, admin_dsn: str, mode: str, payments: int, tag: str,
-                    down_url: str) -> dict[str, Any]:
+                    down_url: str, data_dir: Path) -> dict[str, Any]:
     access = AccessStore(db)
     store = OutboxStore(db)
     hooks = WebhookStore(db, load_secret_box(db.settings.home))
@@ -133,11 +196,20 @@ async def one_round(db: Database, admin_dsn: str, mode: str, payments: int, tag:
         delivery = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "symphony", "delivery", "--worker-id", f"bench-{tag}",
             env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        await _until_delivering(admin_dsn, participants)
+        await _until_every_endpoint_failed(admin_dsn, participants)
+    rows_before = await _webhook_rows(admin_dsn, participants)
+    delivery_cpu = _proc_cpu(delivery.pid) if delivery is not None else 0.0
+    server_cpu = _server_cpu(data_dir)
+    own_cpu = time.process_time()
     started = time.perf_counter()
     await worker.start()
     await _until_drained(admin_dsn)
     seconds = time.perf_counter() - started
+    # What each process spent while the payments drained (the figure's window).
+    own_cpu = time.process_time() - own_cpu
+    server_cpu = _server_cpu(data_dir) - server_cpu
+    delivery_cpu = (_proc_cpu(delivery.pid) - delivery_cpu) if delivery is not None else 0.0
+    rows_after = await _webhook_rows(admin_dsn, participants)
     await worker.stop()
     attempts = 0
     if delivery is not None:
@@ -151,10 +223,17 @@ async def one_round(db: Database, admin_dsn: str, mode: str, payments: int, tag:
             if row["participant_id"] in participants:
                 await hooks.set_enabled(row["endpoint_id"], False, "benchmark round over")
     return {"mode": mode, "payments": payments, "seconds": round(seconds, 3),
-            "rate": round(payments / seconds, 1), "failed_delivery_attempts": attempts}
+            "rate": round(payments / seconds, 1), "failed_delivery_attempts": attempts,
+            "during_drain": {
+                "deliveries_created": rows_after[0] - rows_before[0],
+                "attempts_recorded": rows_after[1] - rows_before[1],
+                "cpu_seconds_worker_process": round(own_cpu, 3),
+                "cpu_seconds_delivery_process": round(delivery_cpu, 3),
+                "cpu_seconds_postgres": round(server_cpu, 3)}}
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     home = Path(tempfile.mkdtemp(prefix="symphony-bench-webhooks-"))
     server = EmbeddedServer(home / "pgdata")
     admin_dsn = await asyncio.to_thread(server.start)
@@ -168,14 +247,20 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         try:
             # Warm-up (plans, pools), not counted.
             await one_round(db, admin_dsn, "none", min(200, args.payments), f"{run}-warm",
-                            down_url)
+                            down_url, home / "pgdata")
             for r in range(args.rounds):
                 for mode in (("none", "down") if r % 2 == 0 else ("down", "none")):
                     result = await one_round(db, admin_dsn, mode, args.payments,
-                                             f"{run}-{r}-{mode}", down_url)
+                                             f"{run}-{r}-{mode}", down_url, home / "pgdata")
+                    during = result["during_drain"]
                     print(f"  round {r + 1} {mode:>4}: {result['rate']:8.1f} payments/s "
                           f"({result['seconds']:.2f} s; {result['failed_delivery_attempts']} "
-                          "failed delivery attempts)", flush=True)
+                          f"failed delivery attempts in all; while draining: "
+                          f"{during['deliveries_created']} deliveries made, "
+                          f"{during['attempts_recorded']} attempts, CPU s worker "
+                          f"{during['cpu_seconds_worker_process']} / delivery "
+                          f"{during['cpu_seconds_delivery_process']} / postgres "
+                          f"{during['cpu_seconds_postgres']})", flush=True)
                     rounds.append(result)
         finally:
             await db.close()
@@ -189,6 +274,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "payments_per_round": args.payments, "rounds_per_mode": args.rounds,
         "median_rate_no_webhooks": none, "median_rate_endpoints_down": down,
         "ratio_down_over_none": round(down / none, 3),
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "rounds": rounds,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},

@@ -1066,9 +1066,12 @@ def cmd_webhooks_list(args: argparse.Namespace) -> int:
     for r in rows:
         health = (f"FAILING since {r['failing_since']:%Y-%m-%d %H:%M:%S%z}, "
                   f"{r['consecutive_failures']} failure(s), last {r['last_error_class']}"
-                  if r["failing_since"] else "healthy")
+                  if r["failing_since"] else
+                  f"held since {r['held_since']:%Y-%m-%d %H:%M:%S%z} (one probe at a time)"
+                  if r["held_since"] else "healthy")
         lines.append(f"  {r['endpoint_id']}  {r['participant_id']}  {r['status']}  {health}  "
-                     f"{r['pending_deliveries']} pending  {r['url']}")
+                     f"{r['pending_deliveries']} pending  {r['events_waiting']} waiting  "
+                     f"{r['url']}")
     emit(args, rows, "\n".join(lines))
     return EXIT_OK
 

@@ -243,6 +243,35 @@ async def test_a_nul_in_the_group_commit_does_not_split_its_neighbours(
     assert len(await _transactions_of(admin_dsn, results)) <= 2
 
 
+async def test_callers_answered_together_share_their_next_batch(
+    db: Database, admin_dsn: str
+) -> None:
+    # Failed on main: the first caller back after a batch's answers started the next batch
+    # at once, alone, and the other 15 waited for its commit: 16 callers calling 3 times each
+    # took 6 transactions (batches of 1 and 15 in turn) instead of 3.
+    store = OutboxStore(db, group_commit=True)
+    results: list[EnqueueResult] = []
+
+    async def caller() -> None:
+        for _ in range(3):
+            results.append(await store.enqueue(instruction()))
+
+    try:
+        await asyncio.gather(*(caller() for _ in range(16)))
+    finally:
+        await store.aclose()
+    assert len(results) == 48 and all(r.created for r in results)
+    assert len(await _transactions_of(admin_dsn, results)) == 3
+
+
+async def test_aclose_commits_what_was_gathered_but_not_started(db: Database) -> None:
+    store = OutboxStore(db, group_commit=True)
+    calls = [asyncio.ensure_future(store.enqueue(instruction())) for _ in range(5)]
+    await asyncio.sleep(0)  # every call has joined; the batch is only scheduled
+    await store.aclose()
+    assert all(c.done() and isinstance(c.result(), EnqueueResult) for c in calls)
+
+
 # -- privileges ------------------------------------------------------------------------------------
 
 BATCH_CALL = ("SELECT * FROM symphony.enqueue_payment_outbox_batch("

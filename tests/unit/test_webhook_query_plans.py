@@ -13,6 +13,7 @@ from symphony.db import DatabaseSettings
 
 PAYMENTS = 1500
 PID = "plan-hooks"
+HELD = "plan-held"
 SEALED = "'\\x" + "00" * 60 + "'::bytea"
 
 # Needs the auto_explain module (scripts/pg_versions.py leaves it out where the binaries lack it).
@@ -46,6 +47,24 @@ def seeded_dsn(isolated_settings: DatabaseSettings) -> str:
             "SELECT symphony.enqueue_payment_outbox('plan-new-' || g, 'k-' || g, %s, 'SEPA_CT', "
             "  '{\"amount\": \"1.00\", \"currency\": \"EUR\", \"destination\": \"d\"}') "
             "  FROM generate_series(1, 20) g", (PID,))
+        # A second participant whose endpoint the held-endpoint test holds: a few deliveries
+        # (what a held endpoint keeps), each attempted once, two due.
+        conn.execute("SELECT 1 FROM symphony.add_participant(%s, 'plans')", (HELD,))
+        conn.execute(
+            "SELECT 1 FROM symphony.create_webhook_endpoint(%s, gen_random_uuid(), "
+            "'https://hooks.example.com/y', ARRAY['payment.created'], '', "
+            + SEALED + ", '0123456789abcdef')", (HELD,))
+        conn.execute(
+            "SELECT symphony.enqueue_payment_outbox('held-' || g, 'k-' || g, %s, 'SEPA_CT', "
+            "  '{\"amount\": \"1.00\", \"currency\": \"EUR\", \"destination\": \"d\"}') "
+            "  FROM generate_series(1, 12) g", (HELD,))
+        conn.execute("SELECT * FROM symphony.fan_out_webhook_events(100, 10000)")
+        conn.execute(
+            "UPDATE symphony.webhook_deliveries "
+            "   SET next_attempt_at = now() + CASE WHEN event_seq <= 2 "
+            "       THEN interval '-1 minute' ELSE interval '1 hour' END, "
+            "       attempt_count = 1 "
+            " WHERE participant_id = %s", (HELD,))
         for table in ("webhook_deliveries", "webhook_endpoints", "payment_events",
                       "webhook_delivery_attempts"):
             conn.execute(f"ANALYZE symphony.{table}")
@@ -132,3 +151,41 @@ async def test_a_replay_finds_its_delivery_the_waiting_replays_and_the_event_by_
     assert "payment_events_pkey" in plans, plans
     assert "Seq Scan on webhook_deliveries" not in plans, plans
     assert "Seq Scan on payment_events" not in plans, plans
+
+
+async def test_a_held_endpoints_probe_and_its_failure_read_the_pending_index(
+    explained: psycopg.AsyncConnection[tuple[object, ...]],
+) -> None:
+    # Migration webhook_probe: an endpoint held (the large one disabled meanwhile), its one
+    # probe claimed (its pending deliveries and the "one leased?" check by the endpoint's
+    # pending index, never a pass over the table), then failed (the take-back of what nobody
+    # attempted, by that index), then the fan-out skips it by that index.
+    plans = await _plans(
+        explained,
+        "DO $$ DECLARE r record; BEGIN "
+        "  UPDATE symphony.webhook_endpoints SET status = 'DISABLED' "
+        f"   WHERE participant_id = '{PID}'; "
+        "  UPDATE symphony.webhook_endpoints SET held_since = now() "
+        f"   WHERE participant_id = '{HELD}'; "
+        "  SELECT * INTO STRICT r FROM symphony.claim_webhook_deliveries('w', 32, 60); "
+        "  PERFORM * FROM symphony.complete_webhook_delivery(r.participant_id, r.delivery_id, "
+        "      r.lease_token, 'RETRY', 5, NULL, 1, 'connect_error', NULL, now(), 10); "
+        "  PERFORM * FROM symphony.fan_out_webhook_events(100, 500); "
+        "END $$")
+    assert "webhook_deliveries_pending_endpoint_idx" in plans, plans
+    assert "Seq Scan on webhook_deliveries" not in plans, plans
+    assert "Seq Scan on payment_events" not in plans, plans
+    # The events waiting behind the held endpoint's cursor: its participant's last event.
+    assert "Scan Backward using payment_events_pkey" in plans, plans
+
+
+async def test_the_backlog_figures_probe_each_endpoints_last_event(
+    explained: psycopg.AsyncConnection[tuple[object, ...]],
+) -> None:
+    # The last event of each endpoint's participant: one descent of the key from its end,
+    # never the participant's events.
+    for statement in ("SELECT * FROM symphony.ops_webhook_endpoints(NULL, 100)",
+                      "SELECT * FROM symphony.webhook_health()"):
+        plans = await _plans(explained, statement)
+        assert "Scan Backward using payment_events_pkey" in plans, plans
+        assert "Seq Scan on payment_events" not in plans, plans

@@ -62,8 +62,11 @@ class OutboxStore:
             return await self._group.submit(instruction)
         return await self.enqueue_one(instruction)
 
-    async def enqueue_one(self, instruction: PaymentInstruction) -> EnqueueResult:
-        """One instruction in its own transaction (`enqueue_payment_outbox`)."""
+    async def enqueue_one(
+        self, instruction: PaymentInstruction, *, body: str | None = None
+    ) -> EnqueueResult:
+        """One instruction in its own transaction (`enqueue_payment_outbox`). `body` is
+        `payload_body(instruction)` when the caller already computed it (the group commit)."""
         row = await self.db.fetch_one(
             Role.INGEST,
             "enqueue_payment_outbox",
@@ -72,14 +75,15 @@ class OutboxStore:
                 "idempotency_key": instruction.idempotency_key,
                 "participant_id": instruction.participant_id,
                 "rail_type": instruction.rail_type,
-                "payload": _payload_body(instruction),
+                "payload": _payload_body(instruction) if body is None else body,
             },
         )
         assert row is not None  # the function always returns one row or raises
         return _enqueue_result(row)
 
     async def enqueue_batch(
-        self, instructions: Sequence[PaymentInstruction], *, wake_after_commit: bool = False
+        self, instructions: Sequence[PaymentInstruction], *, wake_after_commit: bool = False,
+        bodies: Sequence[str] | None = None,
     ) -> list[EnqueueResult | SymphonyError]:
         """Many instructions in one transaction per 1,000 (`enqueue_payment_outbox_batch`), with
         the guarantees of `enqueue` for each. The answer is one entry per instruction, in
@@ -89,11 +93,17 @@ class OutboxStore:
 
         `wake_after_commit=True` keeps the NOTIFY out of the batch's commit (where it would
         serialise the commits, see migration wake_after_commit): the caller then calls
-        `wake_workers()` once this returned."""
+        `wake_workers()` once this returned.
+
+        `bodies`, when given, holds `payload_body()` of each instruction, computed by the
+        caller (the group commit does so when a call joins it): each instruction is then
+        checked and serialised once, not twice."""
+        if bodies is not None and len(bodies) != len(instructions):
+            raise ValueError("bodies must hold one payload body per instruction")
         results: list[EnqueueResult | SymphonyError | None] = [None] * len(instructions)
         for start in range(0, len(instructions), MAX_ENQUEUE_BATCH):
             chunk = range(start, min(start + MAX_ENQUEUE_BATCH, len(instructions)))
-            await self._enqueue_chunk(instructions, chunk, results, wake_after_commit)
+            await self._enqueue_chunk(instructions, chunk, results, wake_after_commit, bodies)
         return [r for r in results if r is not None]
 
     async def _enqueue_chunk(
@@ -102,10 +112,15 @@ class OutboxStore:
         chunk: range,
         results: list[EnqueueResult | SymphonyError | None],
         wake_after_commit: bool,
+        given: Sequence[str] | None,
     ) -> None:
         sent: list[int] = []
         bodies: list[str] = []
         for k in chunk:
+            if given is not None:
+                bodies.append(given[k])
+                sent.append(k)
+                continue
             try:
                 bodies.append(_payload_body(instructions[k]))
             except SymphonyError as exc:
@@ -149,13 +164,18 @@ class OutboxStore:
                 instructions[k])
 
     async def enqueue_or_error(
-        self, instruction: PaymentInstruction
+        self, instruction: PaymentInstruction, *, body: str | None = None
     ) -> EnqueueResult | SymphonyError:
         """`enqueue_one`, its refusal returned instead of raised."""
         try:
-            return await self.enqueue_one(instruction)
+            return await self.enqueue_one(instruction, body=body)
         except SymphonyError as exc:
             return exc
+
+    def payload_body(self, instruction: PaymentInstruction) -> str:
+        """What `enqueue_one`/`enqueue_batch` send as the payload: `check_storable` passed,
+        then compact JSON. Raises the refusal (INVALID_CHARACTER, ...) otherwise."""
+        return _payload_body(instruction)
 
     async def wake_workers(self) -> None:
         """Wake the workers (NOTIFY, from a transaction that writes nothing)."""

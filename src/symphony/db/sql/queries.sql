@@ -1175,7 +1175,7 @@ SELECT endpoint_id, secret_no, previous_expires
 -- webhooks, control).
 SELECT participant_id, endpoint_id, url, event_types, status, status_reason,
        consecutive_failures, failing_since, last_success_at, last_failure_at, last_error_class,
-       pending_deliveries, created_at
+       pending_deliveries, created_at, held_since, events_waiting
   FROM symphony.ops_webhook_endpoints(%(status)s, %(limit)s);
 
 -- name: set_webhook_endpoint_enabled
@@ -1198,8 +1198,9 @@ SELECT action_id, result, delivery_id, replay_of, participant_id, endpoint_id, e
 -- name: webhook_health
 -- Endpoint and delivery counts for the metrics and the dashboard (roles: delivery, webhooks,
 -- control).
-SELECT endpoints_enabled, endpoints_disabled, endpoints_failing, deliveries_pending,
-       deliveries_due, oldest_due_at, deliveries_failed, observed_at
+SELECT endpoints_enabled, endpoints_disabled, endpoints_failing, endpoints_held,
+       deliveries_pending, deliveries_due, oldest_due_at, deliveries_failed, events_waiting,
+       observed_at
   FROM symphony.webhook_health();
 
 -- name: fan_out_webhook_events

@@ -46,12 +46,24 @@ class DeliveryMetrics:
             "symphony_webhook_deliveries_failed",
             "Deliveries whose retry schedule ran out (an operator may replay them)",
             registry=r)
+        self.endpoints_held = Gauge(
+            "symphony_webhook_endpoints_held",
+            "Enabled endpoints whose last attempt failed: sent one probe at a time, their new "
+            "events wait behind their cursor until a delivery succeeds",
+            registry=r)
+        self.events_waiting = Gauge(
+            "symphony_webhook_events_waiting",
+            "Events past the cursors of enabled endpoints, not yet made deliveries (the "
+            "backlog of held endpoints, all event types)",
+            registry=r)
         self._server_port: int | None = None
 
     def observe_health(self, health: dict[str, Any]) -> None:
         self.endpoints_failing.set(float(health["endpoints_failing"]))
         self.deliveries_pending.set(float(health["deliveries_pending"]))
         self.deliveries_failed.set(float(health["deliveries_failed"]))
+        self.endpoints_held.set(float(health["endpoints_held"]))
+        self.events_waiting.set(float(health["events_waiting"]))
 
     def serve(self, port: int) -> int:
         if self._server_port is not None:

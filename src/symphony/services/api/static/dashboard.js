@@ -1019,8 +1019,8 @@
   // -- webhook endpoint health (its own card and loop) -------------------------------------
 
   const HOOK_FIELDS = [
-    "endpoints_enabled", "endpoints_disabled", "endpoints_failing", "deliveries_pending",
-    "deliveries_failed",
+    "endpoints_enabled", "endpoints_disabled", "endpoints_failing", "endpoints_held",
+    "deliveries_pending", "events_waiting", "deliveries_failed",
   ];
 
   let shownEndpoint = null; // the endpoint whose deliveries are open: {id, url, participant}
@@ -1044,7 +1044,16 @@
     if (e.status === "ENABLED" && e.failing_since) {
       return el("td", `FAILING since ${when(e.failing_since)}`, "tag bad");
     }
+    if (e.status === "ENABLED" && e.held_since) {
+      return el("td", `HELD since ${when(e.held_since)}`, "tag warn");
+    }
     return el("td", e.status, e.status === "ENABLED" ? "tag ok" : "tag warn");
+  }
+
+  function pendingText(e) {
+    const pending = number.format(e.pending_deliveries ?? 0);
+    const waiting = e.events_waiting ?? 0;
+    return waiting > 0 ? `${pending} (+${number.format(waiting)} events waiting)` : pending;
   }
 
   function renderEndpoints(data) {
@@ -1067,7 +1076,7 @@
       row.append(endpointStatus(e), el("td", e.participant_id, "mono"), el("td", e.url, "mono"),
         el("td", number.format(e.consecutive_failures)),
         el("td", e.last_error_class || "—", "mono"),
-        el("td", number.format(e.pending_deliveries ?? 0)), cell);
+        el("td", pendingText(e)), cell);
       return row;
     }));
   }
