@@ -1,7 +1,11 @@
 -- symphony.claim_webhook_deliveries: the running definition, applied again whenever this file
 -- changes (a repeatable object: see sql/objects/README.md). Moved here from its last definition
--- in migration 0026_webhook_claim_by_key.sql.
+-- in migration 0028_webhook_probe.sql.
 
+-- Restated from webhook_claim_by_key. Changed: the due deliveries of endpoints that are not
+-- held, as before (the due index), then at most one delivery per held endpoint (its probe),
+-- each such endpoint locked (SKIP LOCKED) and checked for a leased delivery in a statement of
+-- its own, so two services never both send one of its deliveries.
 CREATE OR REPLACE FUNCTION symphony.claim_webhook_deliveries(
     p_worker_id     text,
     p_limit         integer,
@@ -36,6 +40,8 @@ DECLARE
     v_counts   integer[];
     v_tokens   uuid[];
     v_claimers text[];
+    v_held     record;
+    v_probe    record;
 BEGIN
     IF p_worker_id IS NULL OR char_length(p_worker_id) NOT BETWEEN 1 AND 128 THEN
         RAISE EXCEPTION 'worker_id must be 1-128 characters'
@@ -50,8 +56,9 @@ BEGIN
             USING ERRCODE = 'SY022', CONSTRAINT = 'claim_webhook_deliveries_lease';
     END IF;
     PERFORM set_config('synchronous_commit', 'off', true);
-    -- The due deliveries, oldest first (the due index), locked; their keys as arrays, so
-    -- every later statement reaches its rows by key, whatever the tables' sizes.
+    -- The due deliveries of endpoints that are not held, oldest first (the due index; the
+    -- event order breaks ties, so one fan-out's deliveries go out in event order), locked;
+    -- their keys as arrays, so every later statement reaches its rows by key.
     SELECT array_agg(x.participant_id), array_agg(x.delivery_id), array_agg(x.endpoint_id),
            array_agg(x.event_id), array_agg(x.attempt_count), array_agg(x.lease_token),
            array_agg(x.claimed_by)
@@ -65,10 +72,60 @@ BEGIN
                AND d.next_attempt_at <= now()
                AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
                AND e.status = 'ENABLED'
-             ORDER BY d.next_attempt_at
+               AND e.held_since IS NULL
+             ORDER BY d.next_attempt_at, d.event_seq
              LIMIT p_limit
                FOR UPDATE OF d SKIP LOCKED) x;
-    IF v_ids IS NULL THEN
+    v_pids := coalesce(v_pids, '{}');
+    v_ids := coalesce(v_ids, '{}');
+    v_eps := coalesce(v_eps, '{}');
+    v_events := coalesce(v_events, '{}');
+    v_counts := coalesce(v_counts, '{}');
+    v_tokens := coalesce(v_tokens, '{}');
+    v_claimers := coalesce(v_claimers, '{}');
+    -- The probes: one due delivery per held endpoint with none leased. The endpoint row is
+    -- locked first (SKIP LOCKED: another claim holds it, or a completion); the lease check
+    -- runs after, in its own statement, so it sees a lease another claim committed meanwhile.
+    IF cardinality(v_ids) < p_limit THEN
+        FOR v_held IN
+            SELECT e.participant_id, e.endpoint_id
+              FROM webhook_endpoints e
+             WHERE e.status = 'ENABLED' AND e.held_since IS NOT NULL
+               AND EXISTS (SELECT 1 FROM webhook_deliveries d
+                            WHERE d.participant_id = e.participant_id
+                              AND d.endpoint_id = e.endpoint_id
+                              AND d.status = 'PENDING' AND d.next_attempt_at <= now())
+             ORDER BY e.held_since
+             LIMIT p_limit - cardinality(v_ids)
+               FOR UPDATE OF e SKIP LOCKED
+        LOOP
+            SELECT d.participant_id, d.delivery_id, d.endpoint_id, d.event_id,
+                   d.attempt_count, d.lease_token, d.claimed_by
+              INTO v_probe
+              FROM webhook_deliveries d
+             WHERE d.participant_id = v_held.participant_id
+               AND d.endpoint_id = v_held.endpoint_id
+               AND d.status = 'PENDING' AND d.next_attempt_at <= now()
+               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries l
+                                WHERE l.participant_id = v_held.participant_id
+                                  AND l.endpoint_id = v_held.endpoint_id
+                                  AND l.status = 'PENDING'
+                                  AND l.lease_expires_at > now())
+             ORDER BY d.next_attempt_at, d.event_seq
+             LIMIT 1
+               FOR UPDATE OF d SKIP LOCKED;
+            IF FOUND THEN
+                v_pids := v_pids || v_probe.participant_id;
+                v_ids := v_ids || v_probe.delivery_id;
+                v_eps := v_eps || v_probe.endpoint_id;
+                v_events := v_events || v_probe.event_id;
+                v_counts := v_counts || v_probe.attempt_count;
+                v_tokens := v_tokens || v_probe.lease_token;
+                v_claimers := v_claimers || v_probe.claimed_by;
+            END IF;
+        END LOOP;
+    END IF;
+    IF cardinality(v_ids) = 0 THEN
         RETURN;
     END IF;
     -- A lease that expired: its attempt was lost with its service; recorded before the
@@ -80,8 +137,8 @@ BEGIN
       FROM unnest(v_pids, v_ids, v_eps, v_events, v_counts, v_tokens, v_claimers)
                AS u(pid, id, ep, ev, n, tok, who)
      WHERE u.tok IS NOT NULL AND u.n >= 1;
-    -- Each claimed delivery leased by its primary key, one statement per key (see the header),
-    -- in the claim's order (oldest due first).
+    -- Each claimed delivery leased by its primary key, one statement per key (see
+    -- webhook_claim_by_key), in the claim's order.
     FOR i IN 1 .. cardinality(v_ids) LOOP
         RETURN QUERY
         WITH leased AS (

@@ -1,12 +1,10 @@
 -- symphony.complete_webhook_delivery: the running definition, applied again whenever this file
 -- changes (a repeatable object: see sql/objects/README.md). Moved here from its last definition
--- in migration 0018_webhooks.sql.
+-- in migration 0028_webhook_probe.sql.
 
--- Record one attempt's outcome, fenced by the lease token (SY077 when the lease is no longer
--- the caller's: it expired and another service took the delivery, or it ended). p_outcome is
--- DELIVERED, RETRY (next attempt p_retry_after_seconds from now) or FAILED (the schedule ran
--- out). The endpoint turns failing after p_failing_after consecutive failed attempts, or when
--- a delivery fails for good.
+-- Restated from 0018. Changed: after the endpoint's health is updated, a failure that is the
+-- endpoint's (see the header) holds it and takes back its deliveries nobody attempted yet; a
+-- success releases a held endpoint (its deliveries waiting out a backoff are due now).
 CREATE OR REPLACE FUNCTION symphony.complete_webhook_delivery(
     p_participant_id      text,
     p_delivery_id         uuid,
@@ -37,6 +35,9 @@ DECLARE
     v_status   text;
     v_failing  timestamptz;
     v_was      timestamptz;
+    v_held     timestamptz;
+    v_back     bigint;
+    v_waiting  bigint := 0;
 BEGIN
     IF p_outcome IS NULL OR p_outcome NOT IN ('DELIVERED', 'RETRY', 'FAILED')
        OR (p_outcome = 'RETRY' AND (p_retry_after_seconds IS NULL
@@ -70,26 +71,80 @@ BEGIN
            finished_at = CASE WHEN v_status = 'PENDING' THEN NULL ELSE now() END,
            claimed_by = NULL, lease_token = NULL, lease_expires_at = NULL
      WHERE d.participant_id = p_participant_id AND d.delivery_id = p_delivery_id;
-    SELECT e.failing_since INTO v_was FROM webhook_endpoints e
+    SELECT e.failing_since, e.held_since INTO v_was, v_held FROM webhook_endpoints e
      WHERE e.participant_id = p_participant_id AND e.endpoint_id = v_row.endpoint_id
        FOR UPDATE;
     IF p_outcome = 'DELIVERED' THEN
         UPDATE webhook_endpoints e
-           SET consecutive_failures = 0, failing_since = NULL, last_success_at = now()
+           SET consecutive_failures = 0, failing_since = NULL, last_success_at = now(),
+               held_since = NULL
          WHERE e.participant_id = p_participant_id AND e.endpoint_id = v_row.endpoint_id
         RETURNING e.failing_since INTO v_failing;
+        IF v_held IS NOT NULL THEN
+            -- Released: what waited out a backoff behind the probe is due now (the fan-out
+            -- continues from the cursor on its own).
+            UPDATE webhook_deliveries d SET next_attempt_at = now()
+             WHERE d.participant_id = p_participant_id AND d.endpoint_id = v_row.endpoint_id
+               AND d.status = 'PENDING' AND d.next_attempt_at > now()
+               AND d.lease_token IS NULL;
+        END IF;
     ELSE
+        IF v_held IS NOT NULL OR p_http_status IS NULL OR p_http_status NOT BETWEEN 400 AND 499
+           OR p_http_status IN (408, 429) THEN
+            -- Held (or holding now): the events waiting behind its cursor would each have
+            -- been a failed attempt; they count toward the failing mark, so a held endpoint
+            -- is marked failing about as soon as when every event was tried.
+            SELECT coalesce(greatest(0, (SELECT max(ev.event_seq) FROM payment_events ev
+                                          WHERE ev.participant_id = p_participant_id)
+                                         - e.event_cursor), 0)
+              INTO v_waiting
+              FROM webhook_endpoints e
+             WHERE e.participant_id = p_participant_id AND e.endpoint_id = v_row.endpoint_id;
+        END IF;
         UPDATE webhook_endpoints e
            SET consecutive_failures = e.consecutive_failures + 1,
                last_failure_at = now(),
                last_error_class = p_error_class,
                failing_since = CASE
                    WHEN e.failing_since IS NOT NULL THEN e.failing_since
-                   WHEN e.consecutive_failures + 1 >= p_failing_after OR p_outcome = 'FAILED'
+                   WHEN e.consecutive_failures + 1 + v_waiting >= p_failing_after
+                        OR p_outcome = 'FAILED'
                        THEN now()
+               END,
+               -- A plain 4xx is the receiver refusing this event, not the endpoint down.
+               held_since = CASE
+                   WHEN e.held_since IS NOT NULL THEN e.held_since
+                   WHEN p_http_status BETWEEN 400 AND 499 AND p_http_status NOT IN (408, 429)
+                       THEN NULL
+                   ELSE now()
                END
          WHERE e.participant_id = p_participant_id AND e.endpoint_id = v_row.endpoint_id
-        RETURNING e.failing_since INTO v_failing;
+        RETURNING e.failing_since, e.held_since INTO v_failing, v_held;
+        IF v_held IS NOT NULL THEN
+            -- Held: the deliveries nobody attempted yet go back behind the cursor (deleted,
+            -- the cursor before the oldest of them), to be fanned out again after recovery.
+            -- SKIP LOCKED: one a claim holds right now is sent and kept.
+            WITH back AS (
+                SELECT d.delivery_id FROM webhook_deliveries d
+                 WHERE d.participant_id = p_participant_id
+                   AND d.endpoint_id = v_row.endpoint_id
+                   AND d.status = 'PENDING' AND d.attempt_count = 0
+                   AND d.replay_of IS NULL AND d.lease_token IS NULL
+                   FOR UPDATE SKIP LOCKED
+            ), gone AS (
+                DELETE FROM webhook_deliveries d
+                 WHERE d.participant_id = p_participant_id
+                   AND d.delivery_id IN (SELECT b.delivery_id FROM back b)
+                RETURNING d.event_seq
+            )
+            SELECT min(g.event_seq) INTO v_back FROM gone g;
+            IF v_back IS NOT NULL THEN
+                UPDATE webhook_endpoints e
+                   SET event_cursor = least(e.event_cursor, v_back - 1)
+                 WHERE e.participant_id = p_participant_id
+                   AND e.endpoint_id = v_row.endpoint_id;
+            END IF;
+        END IF;
     END IF;
     RETURN QUERY SELECT v_status, v_row.attempt_count, v_next, v_failing IS NOT NULL,
                         v_was IS NULL AND v_failing IS NOT NULL;

@@ -1,7 +1,8 @@
 -- symphony.ops_webhook_endpoints: the running definition, applied again whenever this file
 -- changes (a repeatable object: see sql/objects/README.md). Moved here from its last definition
--- in migration 0018_webhooks.sql.
+-- in migration 0028_webhook_probe.sql.
 
+-- Restated from 0018 with held_since and events_waiting (as in webhook_health) per endpoint.
 CREATE OR REPLACE FUNCTION symphony.ops_webhook_endpoints(
     p_status text,
     p_limit  integer
@@ -18,7 +19,9 @@ CREATE OR REPLACE FUNCTION symphony.ops_webhook_endpoints(
     last_failure_at      timestamptz,
     last_error_class     text,
     pending_deliveries   integer,
-    created_at           timestamptz
+    created_at           timestamptz,
+    held_since           timestamptz,
+    events_waiting       bigint
 )
 LANGUAGE plpgsql
 STABLE
@@ -42,7 +45,11 @@ BEGIN
            (SELECT count(*)::integer FROM webhook_deliveries d
              WHERE d.participant_id = e.participant_id AND d.endpoint_id = e.endpoint_id
                AND d.status = 'PENDING'),
-           e.created_at
+           e.created_at,
+           e.held_since,
+           CASE WHEN e.status = 'DELETED' THEN 0::bigint ELSE
+               (SELECT coalesce(greatest(0, max(ev.event_seq) - e.event_cursor), 0)::bigint
+                  FROM payment_events ev WHERE ev.participant_id = e.participant_id) END
       FROM webhook_endpoints e
      WHERE CASE WHEN p_status IS NULL THEN e.status <> 'DELETED'
                 WHEN p_status = 'FAILING' THEN e.status = 'ENABLED'
